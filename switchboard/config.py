@@ -1,0 +1,105 @@
+"""Settings as frozen value objects.
+
+Nothing here reads the environment: :mod:`switchboard.cli` builds these objects from flags and
+``SWITCHBOARD_<NAME>`` variables (one of each per field), so every setting can be given both
+ways and tests can construct them directly. ``None`` means "off" for optional limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings:
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0", metadata={"help": "Redis URL shared by the cluster"}
+    )
+    prefix: str = field(default="sb:", metadata={"help": "prefix of every Redis key and channel"})
+    history_size: int = field(
+        default=1000, metadata={"help": "messages kept per stream for resume (approximate)"}
+    )
+    history_ttl: float = field(
+        default=120.0, metadata={"help": "seconds a stream's replay buffer and sessions live"}
+    )
+    meta_ttl: float = field(
+        default=7 * 24 * 3600.0,
+        metadata={"help": "seconds a stream keeps its epoch and offset after its last message"},
+    )
+    redis_timeout: float = field(
+        default=2.0, metadata={"help": "seconds before a Redis command counts as failed"}
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySettings(RedisSettings):
+    host: str = field(default="0.0.0.0", metadata={"help": "address the gateway listens on"})
+    port: int = field(default=8080, metadata={"help": "port for /ws, /sse, probes and metrics"})
+    gateway_id: str = field(default="", metadata={"help": "unique id; random when empty"})
+    advertise_host: str = field(
+        default="", metadata={"help": "host written to the registry; the listen host when empty"}
+    )
+    reuse_port: bool = field(
+        default=True, metadata={"help": "SO_REUSEPORT, so several gateways share one port"}
+    )
+    jwt_secret: str = field(default="", metadata={"help": "HS256 secret for client tokens"})
+    jwt_public_key: str = field(
+        default="", metadata={"help": "PEM public key (or @path) for RS256/ES256 client tokens"}
+    )
+    jwt_algorithm: str = field(
+        default="", metadata={"help": "pinned JWT algorithm; HS256 or RS256 by key type if empty"}
+    )
+    auth_disabled: bool = field(
+        default=False, metadata={"help": "DEV ONLY: accept ?user= without a token"}
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "browser Origins allowed (exact, or with * wildcards); same-host if empty"},
+    )
+    heartbeat_interval: float = field(
+        default=2.0, metadata={"help": "seconds between registry heartbeats"}
+    )
+    ping_interval: float | None = field(
+        default=20.0, metadata={"help": "seconds between WebSocket pings; off when empty"}
+    )
+    ping_timeout: float | None = field(
+        default=20.0, metadata={"help": "seconds to wait for a pong before closing"}
+    )
+    sse_ping_interval: float = field(
+        default=15.0, metadata={"help": "seconds between ': ping' comments on SSE streams"}
+    )
+    handshake_timeout: float = field(
+        default=10.0, metadata={"help": "seconds a client has to send its HTTP request"}
+    )
+    close_timeout: float = field(
+        default=5.0, metadata={"help": "seconds to wait for the closing handshake"}
+    )
+    max_message_size: int = field(
+        default=64 * 1024, metadata={"help": "largest inbound WebSocket message (1009 beyond)"}
+    )
+    write_buffer_limit: int = field(
+        default=1024 * 1024,
+        metadata={"help": "bytes queued for one connection before it is closed 4108"},
+    )
+    inbound_rate: float = field(
+        default=20.0, metadata={"help": "client messages per second allowed (4129 beyond)"}
+    )
+    inbound_burst: int = field(
+        default=50, metadata={"help": "client messages allowed in a burst"}
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterSettings(RedisSettings):
+    host: str = field(default="0.0.0.0", metadata={"help": "address the router listens on"})
+    router_port: int = field(default=8000, metadata={"help": "port of the router HTTP API"})
+    api_keys: tuple[str, ...] = field(
+        default=(), metadata={"help": "API keys accepted as 'Authorization: Bearer KEY'"}
+    )
+    max_body: int = field(default=1024 * 1024, metadata={"help": "largest request body (413)"})
+    max_batch: int = field(default=1000, metadata={"help": "most messages in one batch"})
+
+
+def fields_of(cls: type) -> list[dataclasses.Field[object]]:
+    return list(dataclasses.fields(cls))

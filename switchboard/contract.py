@@ -1,0 +1,220 @@
+"""The Redis contract shared by gateways and routers (DESIGN section 6).
+
+No other module spells a Redis key or channel: they ask :class:`Keys`. Keys used together by
+one script share a hash tag (``{u:USER}``, ``{b}``, ``{c:NAME}``) so the layout can move to
+Redis Cluster later.
+
+Envelopes travel over pub/sub and sit in the replay log, and are msgpack arrays:
+
+- message: ``[stream_key, epoch, offset, published_ms, data]``
+- control: ``["!", op, *args]``, e.g. ``["!", "disconnect", user, code, reason]``
+
+The publish script builds the message envelope itself because only it knows the offset: it
+packs the first three items with Redis' built-in cmsgpack and appends the caller's pre-packed
+``published_ms`` and ``data``, so the payload is never decoded or re-encoded inside Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from switchboard import streams
+
+CONTROL = "!"
+OP_DISCONNECT = "disconnect"
+
+
+class EnvelopeError(ValueError):
+    """Bytes on a Switchboard channel that are not a valid envelope."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A published message as every gateway sees it."""
+
+    stream_key: str
+    epoch: str
+    offset: int
+    published_ms: int
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    op: str
+    args: tuple[Any, ...]
+
+
+class Keys:
+    """Builds every key and pub/sub channel name under one prefix."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = "sb:") -> None:
+        self.prefix = prefix
+
+    def log(self, stream_key: str) -> str:
+        return f"{self.prefix}{{{stream_key}}}:log"
+
+    def meta(self, stream_key: str) -> str:
+        return f"{self.prefix}{{{stream_key}}}:meta"
+
+    def idempotency(self, stream_key: str, idem: str) -> str:
+        return f"{self.prefix}{{{stream_key}}}:idem:{idem}"
+
+    def conns(self, user: str) -> str:
+        return f"{self.prefix}{{{streams.user_key(user)}}}:conns"
+
+    def gateway(self, gateway_id: str) -> str:
+        """Registry hash of one gateway; also the name of its pub/sub channel."""
+        return f"{self.prefix}gw:{gateway_id}"
+
+    def gateways(self) -> str:
+        return f"{self.prefix}gateways"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}"
+
+    def broadcast_channel(self) -> str:
+        return f"{self.prefix}broadcast"
+
+    def channel_channel(self, name: str) -> str:
+        return f"{self.prefix}ch:{name}"
+
+    def gateway_channel(self, gateway_id: str) -> str:
+        return self.gateway(gateway_id)
+
+
+# KEYS: meta, log, idempotency (same slot; unused unless ARGV[9] == "1"), conns (user only)
+# ARGV: 1 mode u|b|c, 2 stream key, 3 tail (packed published_ms + data), 4 history size,
+#       5 history ttl ms, 6 meta ttl ms, 7 candidate epoch, 8 key prefix,
+#       9 "1" if idempotent, 10 idempotency ttl ms, 11 pub/sub channel (b|c)
+# Returns {epoch, offset, recipients (gateways or subscribers), duplicate 0|1}
+PUBLISH_LUA = r"""
+if ARGV[9] == '1' then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local sep = string.find(seen, ':', 1, true)
+    return {string.sub(seen, 1, sep - 1), tonumber(string.sub(seen, sep + 1)), 0, 1}
+  end
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  -- History is gone with the old epoch: start a clean log so ids restart at 1.
+  epoch = ARGV[7]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local env = '\149' .. cmsgpack.pack(ARGV[2]) .. cmsgpack.pack(epoch) .. cmsgpack.pack(offset)
+  .. ARGV[3]
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], offset .. '-0', 'e', env)
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+if ARGV[9] == '1' then
+  redis.call('SET', KEYS[3], epoch .. ':' .. offset, 'PX', ARGV[10])
+end
+local n = 0
+if ARGV[1] == 'u' then
+  local conns = redis.call('HGETALL', KEYS[4])
+  local alive = {}
+  for i = 1, #conns, 2 do
+    local gw = conns[i + 1]
+    if alive[gw] == nil then
+      local channel = ARGV[8] .. 'gw:' .. gw
+      alive[gw] = redis.call('EXISTS', channel) == 1
+      if alive[gw] then
+        redis.call('PUBLISH', channel, env)
+        n = n + 1
+      end
+    end
+    -- The gateway missed its heartbeats: it is dead, forget its connections.
+    if not alive[gw] then redis.call('HDEL', KEYS[4], conns[i]) end
+  end
+else
+  n = redis.call('PUBLISH', ARGV[11], env)
+end
+return {epoch, offset, n, 0}
+"""
+
+# KEYS: meta, log. ARGV: candidate epoch, meta ttl ms. Returns {epoch, offset}.
+# Gives a connection a real position in a stream that has never been published to.
+ENSURE_META_LUA = r"""
+local cur = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if cur[1] then return {cur[1], tonumber(cur[2])} end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {ARGV[1], 0}
+"""
+
+# KEYS: conns. ARGV: key prefix, envelope. Publishes to each live gateway holding the user.
+ROUTE_TO_USER_LUA = r"""
+local conns = redis.call('HGETALL', KEYS[1])
+local alive = {}
+local n = 0
+for i = 1, #conns, 2 do
+  local gw = conns[i + 1]
+  if alive[gw] == nil then
+    local channel = ARGV[1] .. 'gw:' .. gw
+    alive[gw] = redis.call('EXISTS', channel) == 1
+    if alive[gw] then
+      n = n + redis.call('PUBLISH', channel, ARGV[2])
+    end
+  end
+  if not alive[gw] then redis.call('HDEL', KEYS[1], conns[i]) end
+end
+return n
+"""
+
+
+def ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def pack_tail(data: Any, published_ms: int | None = None) -> bytes:
+    """The caller's part of a message envelope: published time and payload, packed once."""
+    packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(now_ms() if published_ms is None else published_ms) + packer.pack(data)
+
+
+def pack_message(msg: Message) -> bytes:
+    """Python twin of the envelope the publish script builds (used by tests and tools)."""
+    return bytes(
+        msgpack.packb(
+            [msg.stream_key, msg.epoch, msg.offset, msg.published_ms, msg.data],
+            use_bin_type=True,
+        )
+    )
+
+
+def pack_control(op: str, *args: Any) -> bytes:
+    return bytes(msgpack.packb([CONTROL, op, *args], use_bin_type=True))
+
+
+def unpack(raw: bytes) -> Message | Control:
+    """Decode an envelope; raises :class:`EnvelopeError` for anything malformed."""
+    try:
+        items = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise EnvelopeError(f"undecodable envelope: {exc}") from exc
+    if not isinstance(items, list) or not items:
+        raise EnvelopeError("envelope is not a non-empty array")
+    if items[0] == CONTROL:
+        if len(items) < 2 or not isinstance(items[1], str):
+            raise EnvelopeError("control envelope without an op")
+        return Control(items[1], tuple(items[2:]))
+    if len(items) != 5:
+        raise EnvelopeError(f"message envelope has {len(items)} items, expected 5")
+    key, epoch, offset, published, data = items
+    if not (isinstance(key, str) and isinstance(epoch, str) and isinstance(offset, int)):
+        raise EnvelopeError("message envelope has badly typed stream, epoch or offset")
+    return Message(key, epoch, offset, int(published or 0), data)

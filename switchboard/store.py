@@ -1,0 +1,217 @@
+"""Async operations on the Redis contract, shared by gateway and router.
+
+Thin wrappers that run :mod:`switchboard.contract`'s scripts and key layout through redis-py.
+Redis errors propagate as ``redis.exceptions.RedisError``; callers translate them at their
+boundary (the router into HTTP 503, the gateway into readiness).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+
+from switchboard import contract, streams
+from switchboard.config import RedisSettings
+from switchboard.streams import Position
+
+TargetKind = Literal["u", "b", "c"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: TargetKind
+    name: str = ""  # user id or channel name
+
+    @property
+    def stream_key(self) -> str:
+        if self.kind == "u":
+            return streams.user_key(self.name)
+        if self.kind == "c":
+            return streams.channel_key(self.name)
+        return streams.BROADCAST_KEY
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    stream: str  # wire name
+    epoch: str
+    offset: int
+    recipients: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayInfo:
+    gateway_id: str
+    host: str
+    port: int
+    connections: int
+    ws: int
+    sse: int
+    draining: bool
+    started_ms: int
+    heartbeat_ms: int
+
+
+def connect(url: str, timeout: float) -> aioredis.Redis:
+    """A client that fails fast: callers must answer 503 rather than hang on a dead Redis."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=0,
+        retry_on_timeout=False,
+    )
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis, settings: RedisSettings) -> None:
+        self.redis = client
+        self.settings = settings
+        self.keys = contract.Keys(settings.prefix)
+        self._publish = client.register_script(contract.PUBLISH_LUA)
+        self._ensure_meta = client.register_script(contract.ENSURE_META_LUA)
+        self._route_to_user = client.register_script(contract.ROUTE_TO_USER_LUA)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def _publish_args(
+        self, target: Target, data: Any, idempotency_key: str | None, idempotency_ttl: float
+    ) -> tuple[list[str], list[Any]]:
+        key = target.stream_key
+        keys = [
+            self.keys.meta(key),
+            self.keys.log(key),
+            self.keys.idempotency(key, idempotency_key or "_"),
+        ]
+        channel = ""
+        if target.kind == "u":
+            keys.append(self.keys.conns(target.name))
+        elif target.kind == "b":
+            channel = self.keys.broadcast_channel()
+        else:
+            channel = self.keys.channel_channel(target.name)
+        s = self.settings
+        args: list[Any] = [
+            target.kind,
+            key,
+            contract.pack_tail(data),
+            s.history_size,
+            contract.ms(s.history_ttl),
+            contract.ms(s.meta_ttl),
+            streams.random_id(),
+            s.prefix,
+            "1" if idempotency_key else "0",
+            contract.ms(idempotency_ttl),
+            channel,
+        ]
+        return keys, args
+
+    @staticmethod
+    def _result(target: Target, raw: list[Any]) -> Published:
+        epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
+        return Published(
+            stream=streams.wire_name(target.stream_key),
+            epoch=epoch,
+            offset=int(raw[1]),
+            recipients=int(raw[2]),
+            duplicate=bool(int(raw[3])),
+        )
+
+    async def publish(
+        self,
+        target: Target,
+        data: Any,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float = 3600.0,
+    ) -> Published:
+        keys, args = self._publish_args(target, data, idempotency_key, idempotency_ttl)
+        raw = await self._publish(keys=keys, args=args)
+        return self._result(target, raw)
+
+    async def publish_many(
+        self,
+        items: list[tuple[Target, Any, str | None]],
+        idempotency_ttl: float = 3600.0,
+    ) -> list[Published]:
+        """One round trip for many messages; each still runs its own atomic script."""
+        pipe = self.redis.pipeline(transaction=False)
+        for target, data, idem in items:
+            keys, args = self._publish_args(target, data, idem, idempotency_ttl)
+            await self._publish(keys=keys, args=args, client=pipe)
+        raws = await pipe.execute()
+        return [self._result(t, r) for (t, _, _), r in zip(items, raws, strict=True)]
+
+    # -- positions ----------------------------------------------------------------------------
+
+    async def ensure_positions(self, stream_keys: list[str]) -> dict[str, Position]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in stream_keys:
+            await self._ensure_meta(
+                keys=[self.keys.meta(key), self.keys.log(key)],
+                args=[streams.random_id(), contract.ms(self.settings.meta_ttl)],
+                client=pipe,
+            )
+        raws = await pipe.execute()
+        return {
+            key: Position(raw[0].decode(), int(raw[1]))
+            for key, raw in zip(stream_keys, raws, strict=True)
+        }
+
+    # -- connections and sessions -------------------------------------------------------------
+
+    async def connections(self, user: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys.conns(user))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def disconnect(self, user: str, code: int, reason: str) -> int:
+        envelope = contract.pack_control(contract.OP_DISCONNECT, user, code, reason)
+        n = await self._route_to_user(
+            keys=[self.keys.conns(user)], args=[self.settings.prefix, envelope]
+        )
+        return int(n)
+
+    async def session_user(self, session_id: str) -> str | None:
+        raw = await self.redis.get(self.keys.session(session_id))
+        return raw.decode() if raw is not None else None
+
+    # -- gateway registry ---------------------------------------------------------------------
+
+    async def gateways(self) -> list[GatewayInfo]:
+        ids = [g.decode() for g in await self.redis.zrange(self.keys.gateways(), 0, -1)]
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for gid in ids:
+            pipe.hgetall(self.keys.gateway(gid))
+        rows = await pipe.execute()
+        result: list[GatewayInfo] = []
+        stale: list[str] = []
+        for gid, row in zip(ids, rows, strict=True):
+            if not row:
+                stale.append(gid)  # its registry hash expired: the gateway is dead
+                continue
+            f = {k.decode(): v.decode() for k, v in row.items()}
+            result.append(
+                GatewayInfo(
+                    gateway_id=gid,
+                    host=f.get("host", ""),
+                    port=int(f.get("port", 0)),
+                    connections=int(f.get("connections", 0)),
+                    ws=int(f.get("ws", 0)),
+                    sse=int(f.get("sse", 0)),
+                    draining=f.get("draining") == "1",
+                    started_ms=int(f.get("started", 0)),
+                    heartbeat_ms=int(f.get("heartbeat", 0)),
+                )
+            )
+        if stale:
+            await self.redis.zrem(self.keys.gateways(), *stale)
+        return result
+
+
+def heartbeat_age(info: GatewayInfo) -> float:
+    return max(0.0, time.time() - info.heartbeat_ms / 1000)

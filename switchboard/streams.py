@@ -1,0 +1,102 @@
+"""Streams, positions and cursors (DESIGN section 4).
+
+A stream has two spellings: the **wire name** clients see (``user``, ``broadcast``,
+``ch.NAME``) and the **key** used in Redis (``u:USER``, ``b``, ``c:NAME``). A client's position
+in a stream is ``(epoch, offset)``; a cursor is a comma-separated list of ``STREAM:EPOCH:OFFSET``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from dataclasses import dataclass
+
+USER = "user"
+BROADCAST = "broadcast"
+CHANNEL_PREFIX = "ch."
+
+CHANNEL_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+EPOCH_RE = re.compile(r"[A-Za-z0-9]{1,32}")
+# User ids come from JWT `sub` or the router API; printable, no separators we use ourselves.
+USER_RE = re.compile(r"[^\s,:{}\x00-\x1f\x7f]{1,128}")
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def random_id(length: int = 12) -> str:
+    """URL-safe alphanumeric id (epochs, sessions, connections, gateways)."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def valid_user(user: object) -> bool:
+    return isinstance(user, str) and USER_RE.fullmatch(user) is not None
+
+
+def valid_channel(name: object) -> bool:
+    return isinstance(name, str) and CHANNEL_RE.fullmatch(name) is not None
+
+
+def user_key(user: str) -> str:
+    return f"u:{user}"
+
+
+BROADCAST_KEY = "b"
+
+
+def channel_key(name: str) -> str:
+    return f"c:{name}"
+
+
+def wire_name(key: str) -> str:
+    """Redis stream key -> the name a client sees (the user stream is just 'user')."""
+    if key == BROADCAST_KEY:
+        return BROADCAST
+    if key.startswith("c:"):
+        return CHANNEL_PREFIX + key[2:]
+    return USER
+
+
+def key_for(wire: str, user: str) -> str | None:
+    """Client-visible stream name -> Redis key for this connection's user; None if invalid."""
+    if wire == USER:
+        return user_key(user)
+    if wire == BROADCAST:
+        return BROADCAST_KEY
+    if wire.startswith(CHANNEL_PREFIX) and valid_channel(wire[len(CHANNEL_PREFIX) :]):
+        return channel_key(wire[len(CHANNEL_PREFIX) :])
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    epoch: str
+    offset: int
+
+
+class CursorError(ValueError):
+    """A cursor that cannot be parsed; answered with HTTP 400 at the handshake."""
+
+
+def parse_cursor(text: str) -> dict[str, Position]:
+    """Parse ``STREAM:EPOCH:OFFSET,...`` into wire name -> position."""
+    result: dict[str, Position] = {}
+    if not text:
+        return result
+    for entry in text.split(","):
+        parts = entry.strip().split(":")
+        if len(parts) != 3:
+            raise CursorError(f"cursor entry {entry!r} is not STREAM:EPOCH:OFFSET")
+        stream, epoch, offset_text = parts
+        if key_for(stream, "x") is None:
+            raise CursorError(f"cursor names an unknown stream {stream!r}")
+        if not EPOCH_RE.fullmatch(epoch):
+            raise CursorError(f"cursor epoch {epoch!r} is not alphanumeric")
+        if not offset_text.isdigit() or len(offset_text) > 18:
+            raise CursorError(f"cursor offset {offset_text!r} is not a non-negative integer")
+        result[stream] = Position(epoch, int(offset_text))
+    return result
+
+
+def format_cursor(positions: dict[str, Position]) -> str:
+    return ",".join(f"{name}:{p.epoch}:{p.offset}" for name, p in positions.items())

@@ -1,0 +1,200 @@
+"""Test support: real redis-server and real switchboard processes on loopback.
+
+Everything here starts real processes on free 127.0.0.1 ports and stops exactly the processes
+it started, by PID. Waiting is always on a condition with a deadline, never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+JWT_SECRET = "test-secret-0123456789-abcdefghijklmnop"
+API_KEY = "test-api-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition",
+               interval: float = 0.02) -> object:
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the thing may not be up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
+
+
+def http_status(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+@dataclass
+class RedisServer:
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: str
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, check=True, timeout=10
+        )
+        return out.stdout.decode()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def start(self) -> None:
+        """(Re)start on the same port, so clients configured with its URL reconnect."""
+        self.proc = _spawn_redis(self.port, self.workdir)
+
+
+def _spawn_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed (make test installs it)")
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def ready() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    wait_until(ready, 10, f"redis-server on port {port}")
+    return proc
+
+
+def start_redis() -> RedisServer:
+    workdir = tempfile.mkdtemp(prefix="sb-redis-")
+    port = free_port()
+    return RedisServer(port, _spawn_redis(port, workdir), workdir)
+
+
+@dataclass
+class Proc:
+    """A switchboard process (gateway or router) started by a test."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def spawn(name: str, args: list[str], port: int, env: dict[str, str], health_path: str,
+          logdir: Path) -> Proc:
+    logdir.mkdir(parents=True, exist_ok=True)
+    log = logdir / f"{name}-{port}-{time.monotonic_ns()}.log"
+    full_env = {**os.environ, **env}
+    fh = log.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "switchboard.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
+        env=full_env, cwd=ROOT,
+    )
+    fh.close()
+    p = Proc(name, proc, port, log, env)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{p.output()}")
+        return http_status(f"http://127.0.0.1:{port}{health_path}") == 200
+
+    wait_until(healthy, 20, f"{name} on port {port}")
+    return p
+
+
+def gateway_env(redis: RedisServer, **extra: str) -> dict[str, str]:
+    env = {
+        "SWITCHBOARD_REDIS_URL": redis.url,
+        "SWITCHBOARD_JWT_SECRET": JWT_SECRET,
+        "SWITCHBOARD_HOST": "127.0.0.1",
+        "SWITCHBOARD_HEARTBEAT_INTERVAL": "0.5",
+    }
+    env.update(extra)
+    return env
+
+
+def start_gateway(redis: RedisServer, logdir: Path, port: int | None = None,
+                  **extra: str) -> Proc:
+    port = port or free_port()
+    env = gateway_env(redis, SWITCHBOARD_PORT=str(port), **extra)
+    return spawn("gateway", ["gateway"], port, env, "/readyz", logdir)
+
+
+def start_router(redis: RedisServer, logdir: Path, **extra: str) -> Proc:
+    port = free_port()
+    env = {
+        "SWITCHBOARD_REDIS_URL": redis.url,
+        "SWITCHBOARD_API_KEYS": API_KEY,
+        "SWITCHBOARD_HOST": "127.0.0.1",
+        "SWITCHBOARD_ROUTER_PORT": str(port),
+        **extra,
+    }
+    return spawn("router", ["router"], port, env, "/healthz", logdir)
