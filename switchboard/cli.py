@@ -75,7 +75,8 @@ def _router_call(url: str, api_key: str, method: str, body: object | None = None
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        raise SystemExit(f"switchboard: router answered {exc.code}: {exc.read().decode()}") from None
+        detail = exc.read().decode(errors="replace")
+        raise SystemExit(f"switchboard: router answered {exc.code}: {detail}") from None
     except urllib.error.URLError as exc:
         raise SystemExit(f"switchboard: cannot reach the router at {url}: {exc.reason}") from None
 
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from switchboard.supervisor import run as run_up
 
-        return run_up(args)
+        return int(run_up(args))
     if args.command == "token":
         from switchboard.auth import mint
 

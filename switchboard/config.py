@@ -55,7 +55,7 @@ class GatewaySettings(RedisSettings):
     )
     allowed_origins: tuple[str, ...] = field(
         default=(),
-        metadata={"help": "browser Origins allowed (exact, or with * wildcards); same-host if empty"},
+        metadata={"help": "browser Origins allowed (exact or * wildcards); same host if empty"},
     )
     heartbeat_interval: float = field(
         default=2.0, metadata={"help": "seconds between registry heartbeats"}

@@ -183,7 +183,8 @@ def now_ms() -> int:
 def pack_tail(data: Any, published_ms: int | None = None) -> bytes:
     """The caller's part of a message envelope: published time and payload, packed once."""
     packer = msgpack.Packer(use_bin_type=True)
-    return packer.pack(now_ms() if published_ms is None else published_ms) + packer.pack(data)
+    stamp = now_ms() if published_ms is None else published_ms
+    return bytes(packer.pack(stamp)) + bytes(packer.pack(data))
 
 
 def pack_message(msg: Message) -> bytes:

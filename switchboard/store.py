@@ -56,6 +56,11 @@ class GatewayInfo:
     heartbeat_ms: int
 
 
+def text(value: object) -> str:
+    """Redis replies are bytes; keys and ids we store are UTF-8 text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def connect(url: str, timeout: float) -> aioredis.Redis:
     """A client that fails fast: callers must answer 503 rather than hang on a dead Redis."""
     return aioredis.Redis.from_url(
@@ -112,7 +117,7 @@ class Store:
 
     @staticmethod
     def _result(target: Target, raw: list[Any]) -> Published:
-        epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
+        epoch = text(raw[0])
         return Published(
             stream=streams.wire_name(target.stream_key),
             epoch=epoch,
@@ -157,7 +162,7 @@ class Store:
             )
         raws = await pipe.execute()
         return {
-            key: Position(raw[0].decode(), int(raw[1]))
+            key: Position(text(raw[0]), int(raw[1]))
             for key, raw in zip(stream_keys, raws, strict=True)
         }
 
@@ -165,7 +170,7 @@ class Store:
 
     async def connections(self, user: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.conns(user))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     async def disconnect(self, user: str, code: int, reason: str) -> int:
         envelope = contract.pack_control(contract.OP_DISCONNECT, user, code, reason)
@@ -176,12 +181,12 @@ class Store:
 
     async def session_user(self, session_id: str) -> str | None:
         raw = await self.redis.get(self.keys.session(session_id))
-        return raw.decode() if raw is not None else None
+        return text(raw) if raw is not None else None
 
     # -- gateway registry ---------------------------------------------------------------------
 
     async def gateways(self) -> list[GatewayInfo]:
-        ids = [g.decode() for g in await self.redis.zrange(self.keys.gateways(), 0, -1)]
+        ids = [text(g) for g in await self.redis.zrange(self.keys.gateways(), 0, -1)]
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -194,7 +199,7 @@ class Store:
             if not row:
                 stale.append(gid)  # its registry hash expired: the gateway is dead
                 continue
-            f = {k.decode(): v.decode() for k, v in row.items()}
+            f = {text(k): text(v) for k, v in row.items()}
             result.append(
                 GatewayInfo(
                     gateway_id=gid,

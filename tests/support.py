@@ -166,7 +166,12 @@ def spawn(name: str, args: list[str], port: int, env: dict[str, str], health_pat
             raise RuntimeError(f"{name} exited with {proc.returncode}:\n{p.output()}")
         return http_status(f"http://127.0.0.1:{port}{health_path}") == 200
 
-    wait_until(healthy, 20, f"{name} on port {port}")
+    try:
+        wait_until(healthy, 20, f"{name} on port {port}")
+    except BaseException:
+        p.kill()
+        p.proc.wait()
+        raise
     return p
 
 

@@ -1,0 +1,263 @@
+"""Gateway wiring and lifecycle: server socket, hub, backplane, keepalive, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import socket
+import time
+from importlib import resources
+from typing import Any
+
+from websockets.http11 import Request, Response
+
+from gateway import http
+from gateway.backplane import Backplane, Registration
+from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics
+from gateway.server import Connection
+from gateway.transport import FlushScheduler, Writer
+from gateway.wire import Wire
+from switchboard import contract, streams
+from switchboard.auth import Claims, TokenError, Verifier
+from switchboard.closecodes import Close
+from switchboard.config import GatewaySettings
+from switchboard.contract import Control, Message
+
+log = logging.getLogger("switchboard.gateway")
+
+_STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+           "/client.js": ("switchboard.js", "text/javascript; charset=utf-8")}
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.gateway_id = settings.gateway_id or f"gw-{streams.random_id(8)}"
+        self.metrics = GatewayMetrics(self.gateway_id)
+        self.hub = Hub()
+        self.origins = http.OriginPolicy(settings.allowed_origins)
+        self.verifier: Verifier | None = None
+        if not settings.auth_disabled:
+            self.verifier = Verifier(
+                secret=settings.jwt_secret,
+                public_key=_read_key(settings.jwt_public_key),
+                algorithm=settings.jwt_algorithm,
+            )
+        self.flusher = FlushScheduler(loop)
+        self.backplane = Backplane(
+            settings, self.gateway_id, self.metrics, self.on_message, self.on_control, self.load
+        )
+        self.tcp: set[Connection] = set()
+        self._all_closed = asyncio.Event()
+        self.draining = False
+        self._server: asyncio.base_events.Server | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- used by connections ------------------------------------------------------------------
+
+    def new_writer(self, tcp: asyncio.Transport, on_overflow: Any) -> Writer:
+        return Writer(tcp, self.flusher, self.settings.write_buffer_limit, on_overflow)
+
+    def authenticate(self, request: Request, params: dict[str, str]) -> Claims:
+        if self.verifier is None:
+            user = params.get("user") or "anonymous"
+            if not streams.valid_user(user):
+                raise TokenError("invalid user id")
+            return Claims(user=user, expires=float("inf"), channels=("*",), publish=("*",))
+        return self.verifier.verify(http.bearer_token(request, params))
+
+    def admission(self) -> str | None:
+        """Why a new connection must wait (HTTP 503 + Retry-After), or None to admit it."""
+        if self.draining:
+            return "gateway is draining"
+        if not self.backplane.ready:
+            return "gateway cannot reach Redis"
+        return None
+
+    def tcp_opened(self, conn: Connection) -> None:
+        self.tcp.add(conn)
+
+    def tcp_closed(self, conn: Connection) -> None:
+        self.tcp.discard(conn)
+        if not self.tcp:
+            self._all_closed.set()
+
+    def client_joined(self, conn: Connection) -> None:
+        self.metrics.connected(conn.transport.wire)
+
+    def client_gone(self, conn: Connection, code: int | None) -> None:
+        if self.hub.remove(conn):
+            self.backplane.unregister(
+                Registration(conn.session.user, conn.conn_id, conn.session.session_id)
+            )
+        self.metrics.disconnected(conn.transport.wire, code)
+
+    def client_message(self, conn: Connection, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "ping":
+            conn.transport.send_obj({"type": "pong"})
+        elif kind in ("subscribe", "unsubscribe", "publish"):
+            conn.transport.send_obj(
+                {"type": "error", "code": "unsupported", "message": f"{kind} is not enabled"}
+            )
+        else:
+            self.metrics.client_error()
+            conn.transport.send_obj(
+                {"type": "error", "code": "unknown_type", "message": f"unknown type {kind!r}"}
+            )
+
+    def plain_http(self, request: Request, path: str) -> Response:
+        if request.method == "OPTIONS":
+            origin = request.headers.get("Origin")
+            allowed = origin if self.origins.allows(origin, request.headers.get("Host")) else None
+            return http.response(204, headers=http.cors_headers(allowed))
+        if request.method != "GET":
+            return http.error_response(405, "method_not_allowed", "use GET", [("Allow", "GET")])
+        if path == "/healthz":
+            return http.json_response(200, {"status": "ok", "gateway": self.gateway_id})
+        if path == "/readyz":
+            reason = self.admission()
+            status = 200 if reason is None else 503
+            return http.json_response(status, {"ready": reason is None, "reason": reason,
+                                               "gateway": self.gateway_id})
+        if path == "/metrics":
+            self.metrics.ready.set(1 if self.admission() is None else 0)
+            return http.response(200, self.metrics.render(), "text/plain; version=0.0.4")
+        if path in _STATIC:
+            name, content_type = _STATIC[path]
+            try:
+                body = resources.files("gateway").joinpath("static", name).read_bytes()
+            except FileNotFoundError:
+                return http.error_response(404, "not_found", f"{path} is not available")
+            return http.response(200, body, content_type)
+        return http.error_response(404, "not_found", f"no such path {path}")
+
+    # -- from Redis ---------------------------------------------------------------------------
+
+    def load(self) -> dict[str, int]:
+        counts = self.hub.count_by_wire()
+        ws = counts[Wire.JSON] + counts[Wire.MSGPACK]
+        return {"connections": len(self.hub), "ws": ws, "sse": counts[Wire.SSE]}
+
+    def on_message(self, message: Message) -> None:
+        started = time.perf_counter()
+        gaps_before = self.hub.gaps
+        delivered = self.hub.deliver(message)
+        elapsed = time.perf_counter() - started
+        latency = (contract.now_ms() - message.published_ms) / 1000 if message.published_ms else -1
+        self.metrics.delivered(delivered, elapsed, latency)
+        for _ in range(self.hub.gaps - gaps_before):
+            self.metrics.gap()
+
+    def on_control(self, control: Control) -> None:
+        if control.op == contract.OP_DISCONNECT and len(control.args) >= 1:
+            user = str(control.args[0])
+            code = int(control.args[1]) if len(control.args) > 1 else int(Close.DISCONNECTED)
+            reason = str(control.args[2]) if len(control.args) > 2 else "disconnected"
+            for client in self.hub.user_clients(user):
+                client.transport.close(code, reason)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET,
+                             socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if s.reuse_port:
+            # Several gateways on one port: the kernel spreads new connections among them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((s.host, s.port))
+        sock.listen(4096)
+        sock.setblocking(False)
+        self.backplane.start()
+        self._server = await self.loop.create_server(lambda: Connection(self), sock=sock)
+        self._tasks.append(self.loop.create_task(self._keepalive_loop()))
+        log.info("gateway %s listening on %s:%d", self.gateway_id, s.host, s.port)
+        if self.verifier is None:
+            log.warning("AUTH IS DISABLED: any client may connect as any user (dev only)")
+
+    async def _keepalive_loop(self) -> None:
+        s = self.settings
+        periods = [p for p in (s.ping_interval, s.ping_timeout, s.sse_ping_interval) if p]
+        tick = max(0.2, min(periods) / 4) if periods else 1.0
+        while True:
+            await asyncio.sleep(tick)
+            now = self.loop.time()
+            for conn in list(self.tcp):
+                conn.keepalive(now, s.ping_interval, s.ping_timeout)
+
+    def request_stop(self) -> None:
+        if self._stopping.is_set():
+            log.warning("second stop signal: exiting now")
+            for conn in list(self.tcp):
+                conn._abort()
+            raise SystemExit(1)
+        self._stopping.set()
+
+    async def run_until_stopped(self) -> None:
+        await self._stopping.wait()
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Stop accepting, move every client away with a jittered reconnect hint, deregister."""
+        self.draining = True
+        self.backplane.draining = True
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.backplane.heartbeat(), 1.0)
+        window_ms = int(self.settings.close_timeout * 1000)
+        for client in list(self.hub):
+            client.transport.send_obj(
+                {"type": "reconnect", "after_ms": random.randint(0, window_ms),
+                 "reason": "drain"}
+            )
+            client.transport.close(Close.SERVICE_RESTART, "service restart")
+        if self.tcp:
+            self._all_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), self.settings.close_timeout + 1)
+        await self.backplane.stop()
+        for task in self._tasks:
+            task.cancel()
+        log.info("gateway %s stopped", self.gateway_id)
+
+
+def _read_key(value: str) -> str:
+    if value.startswith("@"):
+        with open(value[1:], encoding="utf-8") as fh:
+            return fh.read()
+    return value
+
+
+def run(settings: GatewaySettings) -> int:
+    from switchboard.limits import raise_nofile_limit
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_nofile_limit()
+    # websockets logs every open and close at INFO: far too chatty at 10,000s of connections.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gateway = Gateway(settings, loop)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, gateway.request_stop)
+        await gateway.start()
+        await gateway.run_until_stopped()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main())
+    return 0

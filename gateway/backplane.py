@@ -1,0 +1,270 @@
+"""The gateway's side of Redis: registry heartbeat, connection map, pub/sub listener.
+
+Two Redis connections: a command client with short timeouts, and a dedicated pub/sub
+connection without a read timeout (it is idle most of the time). A pub/sub connection can die
+silently, so every heartbeat also publishes a ping to the gateway's own channel: if pings stop
+arriving, the listener is torn down and rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.metrics import GatewayMetrics
+from switchboard import contract, streams
+from switchboard.config import GatewaySettings
+from switchboard.contract import Control, Message
+from switchboard.store import connect, text
+from switchboard.streams import Position
+
+log = logging.getLogger("switchboard.gateway")
+
+OP_PING = "ping"
+
+
+@dataclass(slots=True)
+class Registration:
+    user: str
+    conn_id: str
+    session_id: str
+
+
+class Backplane:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        gateway_id: str,
+        metrics: GatewayMetrics,
+        on_message: Callable[[Message], None],
+        on_control: Callable[[Control], None],
+        load: Callable[[], dict[str, int]],
+    ) -> None:
+        self.settings = settings
+        self.gateway_id = gateway_id
+        self.keys = contract.Keys(settings.prefix)
+        self.metrics = metrics
+        self._on_message = on_message
+        self._on_control = on_control
+        self._load = load
+        self.redis = connect(settings.redis_url, settings.redis_timeout)
+        self._ensure_meta = self.redis.register_script(contract.ENSURE_META_LUA)
+        self.registered = False  # our registry key exists: publishers route to us
+        self.subscribed = False
+        self.draining = False
+        self.started_ms = contract.now_ms()
+        self._last_ping = time.monotonic()
+        self._gone: list[Registration] = []
+        self._gone_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pubsub_client: aioredis.Redis | None = None
+        self._listener_reset = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self.registered and self.subscribed
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._listen_loop(), name="pubsub"),
+            asyncio.create_task(self._unregister_loop(), name="unregister"),
+        ]
+
+    async def stop(self) -> None:
+        """Deregister (publishers stop routing to us), then stop background work."""
+        await self._flush_gone()
+        with contextlib.suppress(RedisError, OSError):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(self.keys.gateway(self.gateway_id))
+            pipe.zrem(self.keys.gateways(), self.gateway_id)
+            await pipe.execute()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        if self._pubsub_client is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub_client.aclose()
+
+    # -- registry -----------------------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        s = self.settings
+        load = self._load()
+        now = contract.now_ms()
+        key = self.keys.gateway(self.gateway_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(
+            key,
+            mapping={
+                "host": s.advertise_host or s.host,
+                "port": s.port,
+                "connections": load.get("connections", 0),
+                "ws": load.get("ws", 0),
+                "sse": load.get("sse", 0),
+                "draining": "1" if self.draining else "0",
+                "started": self.started_ms,
+                "heartbeat": now,
+            },
+        )
+        # Three missed heartbeats and the key is gone: publishers then treat us as dead.
+        pipe.pexpire(key, contract.ms(s.heartbeat_interval * 3 + 1))
+        pipe.zadd(self.keys.gateways(), {self.gateway_id: now})
+        pipe.publish(self.keys.gateway_channel(self.gateway_id),
+                     contract.pack_control(OP_PING, now))
+        await pipe.execute()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while True:
+            try:
+                await self.heartbeat()
+                self.registered = True
+            except (RedisError, OSError) as exc:
+                self.registered = False
+                self.metrics.redis_error("heartbeat")
+                log.warning("heartbeat failed: %s", exc)
+            if time.monotonic() - self._last_ping > interval * 3 + 1 and self.subscribed:
+                # Our own pings stopped arriving: the pub/sub connection is dead or deaf.
+                log.warning("pub/sub silent for %.1fs, reconnecting",
+                            time.monotonic() - self._last_ping)
+                self._listener_reset.set()
+            await asyncio.sleep(interval)
+
+    # -- connections --------------------------------------------------------------------------
+
+    async def register(self, reg: Registration, stream_keys: list[str]) -> dict[str, Position]:
+        """Map the connection to us, bind its session, and read the top of its streams.
+
+        The map entry is written before the positions are read, in one pipeline, so every
+        message published after the top we report is routed here.
+        """
+        s = self.settings
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.conns(reg.user), reg.conn_id, self.gateway_id)
+        pipe.set(self.keys.session(reg.session_id), reg.user,
+                 px=contract.ms(s.history_ttl + s.heartbeat_interval * 3))
+        for key in stream_keys:
+            await self._ensure_meta(
+                keys=[self.keys.meta(key), self.keys.log(key)],
+                args=[streams.random_id(), contract.ms(s.meta_ttl)],
+                client=pipe,
+            )
+        try:
+            results = await pipe.execute()
+        except (RedisError, OSError):
+            self.metrics.redis_error("register")
+            raise
+        positions: dict[str, Position] = {}
+        for key, raw in zip(stream_keys, results[2:], strict=True):
+            positions[key] = Position(text(raw[0]), int(raw[1]))
+        return positions
+
+    def unregister(self, reg: Registration) -> None:
+        """Queued and flushed in batches: a reconnect storm must not cost a round trip each."""
+        self._gone.append(reg)
+        self._gone_event.set()
+
+    async def _flush_gone(self) -> None:
+        if not self._gone:
+            return
+        batch, self._gone = self._gone, []
+        ttl = contract.ms(self.settings.history_ttl)
+        pipe = self.redis.pipeline(transaction=False)
+        for reg in batch:
+            pipe.hdel(self.keys.conns(reg.user), reg.conn_id)
+            # The session outlives the connection by the replay window, for resume.
+            pipe.pexpire(self.keys.session(reg.session_id), ttl)
+        try:
+            await pipe.execute()
+        except (RedisError, OSError):
+            self.metrics.redis_error("unregister")
+            self._gone = batch + self._gone  # retried; stale entries are harmless meanwhile
+            raise
+
+    async def _unregister_loop(self) -> None:
+        while True:
+            await self._gone_event.wait()
+            self._gone_event.clear()
+            try:
+                await self._flush_gone()
+            except (RedisError, OSError):
+                await asyncio.sleep(1.0)
+                self._gone_event.set()
+
+    # -- pub/sub ------------------------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        attempt = 0
+        first = True
+        while True:
+            client = aioredis.Redis.from_url(
+                self.settings.redis_url,
+                socket_connect_timeout=self.settings.redis_timeout,
+                socket_keepalive=True,
+            )
+            self._pubsub_client = client
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(
+                    self.keys.gateway_channel(self.gateway_id), self.keys.broadcast_channel()
+                )
+                self.subscribed = True
+                self._last_ping = time.monotonic()
+                if not first:
+                    self.metrics.pubsub_reconnected()
+                    log.info("pub/sub resubscribed")
+                first = False
+                attempt = 0
+                self._listener_reset.clear()
+                await self._consume(pubsub)
+            except (RedisError, OSError) as exc:
+                self.metrics.redis_error("pubsub")
+                log.warning("pub/sub connection lost: %s", exc)
+            finally:
+                self.subscribed = False
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            attempt += 1
+            # Full jitter, capped: many gateways must not hammer a recovering Redis together.
+            await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**attempt)))
+
+    async def _consume(self, pubsub: aioredis.client.PubSub) -> None:
+        reset = asyncio.ensure_future(self._listener_reset.wait())
+        try:
+            while not reset.done():
+                msg = await pubsub.get_message(timeout=1.0)
+                if msg is None or msg.get("type") != "message":
+                    continue
+                self._dispatch(msg["data"])
+        finally:
+            reset.cancel()
+
+    def _dispatch(self, raw: bytes) -> None:
+        try:
+            envelope = contract.unpack(raw)
+        except contract.EnvelopeError as exc:
+            log.warning("dropping malformed envelope: %s", exc)
+            return
+        if isinstance(envelope, Message):
+            self._on_message(envelope)
+        elif envelope.op == OP_PING:
+            self._last_ping = time.monotonic()
+        else:
+            self._on_control(envelope)

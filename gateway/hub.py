@@ -1,0 +1,84 @@
+"""The hub owns the local connection set; nobody else mutates it.
+
+It answers "who on this gateway receives this message" and hands each recipient the same
+:class:`~gateway.wire.Outgoing` (encoded at most once per wire format). It never awaits and
+never touches sockets directly: recipients write through their transports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from gateway.session import Session
+from gateway.transport import Transport
+from gateway.wire import Outgoing, Wire
+from switchboard import streams
+from switchboard.contract import Message
+
+
+class Client(Protocol):
+    """What the hub needs of a connection."""
+
+    conn_id: str
+    session: Session
+    transport: Transport
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._clients: dict[str, Client] = {}
+        self._by_user: dict[str, dict[str, Client]] = {}
+        self.gaps = 0  # live offsets that jumped (counted; filled by resume logic later)
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __iter__(self) -> Iterator[Client]:
+        return iter(list(self._clients.values()))
+
+    def add(self, client: Client) -> None:
+        self._clients[client.conn_id] = client
+        self._by_user.setdefault(client.session.user, {})[client.conn_id] = client
+
+    def remove(self, client: Client) -> bool:
+        if self._clients.pop(client.conn_id, None) is None:
+            return False
+        user = client.session.user
+        conns = self._by_user.get(user)
+        if conns is not None:
+            conns.pop(client.conn_id, None)
+            if not conns:
+                del self._by_user[user]
+        return True
+
+    def user_clients(self, user: str) -> list[Client]:
+        return list(self._by_user.get(user, {}).values())
+
+    def count_by_wire(self) -> dict[Wire, int]:
+        counts = dict.fromkeys(Wire, 0)
+        for client in self._clients.values():
+            counts[client.transport.wire] += 1
+        return counts
+
+    def recipients(self, message: Message) -> Iterator[Client]:
+        key = message.stream_key
+        if key == streams.BROADCAST_KEY:
+            return iter(list(self._clients.values()))
+        if key.startswith("u:"):
+            return iter(list(self._by_user.get(key[2:], {}).values()))
+        return iter(())
+
+    def deliver(self, message: Message) -> dict[Wire, int]:
+        """Offer one message to every local recipient; returns deliveries per wire format."""
+        out = Outgoing(message)
+        delivered = dict.fromkeys(Wire, 0)
+        for client in self.recipients(message):
+            offer = client.session.offer(out)
+            if offer.deliver:
+                if offer.gap:
+                    self.gaps += 1
+                transport = client.transport
+                transport.send(out)
+                delivered[transport.wire] += 1
+        return delivered

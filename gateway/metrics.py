@@ -1,0 +1,109 @@
+"""Gateway metrics behind one object with named methods and bounded label values.
+
+Each gateway has its own registry (several gateways may share a process in tests). Hot-path
+counts are added once per message (``inc(n)``), never once per connection.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gateway.wire import Wire
+from switchboard import closecodes
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_FANOUT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+
+class GatewayMetrics:
+    def __init__(self, gateway_id: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Gauge(
+            "switchboard_gateway_connections", "Open client connections", ["transport"],
+            registry=r,
+        )
+        self._connects = Counter(
+            "switchboard_gateway_connects", "Accepted client connections", ["transport"],
+            registry=r,
+        )
+        self._disconnects = Counter(
+            "switchboard_gateway_disconnects", "Closed client connections by close code",
+            ["transport", "code"], registry=r,
+        )
+        self._rejections = Counter(
+            "switchboard_gateway_handshake_rejections", "Refused handshakes by HTTP status",
+            ["status"], registry=r,
+        )
+        self._delivered = Counter(
+            "switchboard_gateway_messages_delivered", "Messages written to clients",
+            ["transport"], registry=r,
+        )
+        self._received = Counter(
+            "switchboard_gateway_envelopes_received", "Envelopes received from Redis pub/sub",
+            registry=r,
+        )
+        self._fanout = Histogram(
+            "switchboard_gateway_fanout_seconds", "Time to hand one message to all local "
+            "recipients", buckets=_FANOUT_BUCKETS, registry=r,
+        )
+        self._latency = Histogram(
+            "switchboard_gateway_publish_to_write_seconds", "From the router's publish to the "
+            "gateway's write", buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self._gaps = Counter(
+            "switchboard_gateway_live_gaps", "Live messages whose offset jumped", registry=r
+        )
+        self._redis_errors = Counter(
+            "switchboard_gateway_redis_errors", "Failed Redis operations", ["op"], registry=r
+        )
+        self._pubsub_reconnects = Counter(
+            "switchboard_gateway_pubsub_reconnects", "Redis pub/sub connections re-established",
+            registry=r,
+        )
+        self._client_errors = Counter(
+            "switchboard_gateway_client_errors", "Malformed or refused client messages",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "switchboard_gateway_ready", "1 when Redis is reachable and not draining", registry=r
+        )
+        info = Gauge("switchboard_gateway_info", "Gateway identity", ["gateway"], registry=r)
+        info.labels(gateway_id).set(1)
+        for w in Wire:
+            self.connections.labels(w.value).set(0)
+
+    def connected(self, wire: Wire) -> None:
+        self._connects.labels(wire.value).inc()
+        self.connections.labels(wire.value).inc()
+
+    def disconnected(self, wire: Wire, code: int | None) -> None:
+        self._disconnects.labels(wire.value, closecodes.label(code)).inc()
+        self.connections.labels(wire.value).dec()
+
+    def rejected(self, status: int) -> None:
+        self._rejections.labels(str(status)).inc()
+
+    def delivered(self, counts: dict[Wire, int], fanout_seconds: float, latency: float) -> None:
+        self._received.inc()
+        for w, n in counts.items():
+            if n:
+                self._delivered.labels(w.value).inc(n)
+        self._fanout.observe(fanout_seconds)
+        if latency >= 0:
+            self._latency.observe(latency)
+
+    def gap(self) -> None:
+        self._gaps.inc()
+
+    def redis_error(self, op: str) -> None:
+        self._redis_errors.labels(op).inc()
+
+    def pubsub_reconnected(self) -> None:
+        self._pubsub_reconnects.inc()
+
+    def client_error(self) -> None:
+        self._client_errors.inc()
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,383 @@
+"""One asyncio protocol per TCP connection, driving websockets' Sans-I/O ``ServerProtocol``.
+
+websockets parses the HTTP request; we route it: ``/ws`` completes the WebSocket handshake,
+``/sse`` answers with an event stream, everything else is a one-shot HTTP response. After the
+handshake, bytes go in through ``receive_data`` and come out of ``data_to_send``; message
+frames we send ourselves are prebuilt (see :mod:`gateway.wire`) and written through the
+connection's :class:`~gateway.transport.Writer`. As the Sans-I/O guide says, the I/O layer owns
+the timers: handshake timeout, close timeout; keepalive pings are swept by the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+from websockets.exceptions import NegotiationError
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from gateway import http
+from gateway.backplane import Registration
+from gateway.ratelimit import TokenBucket
+from gateway.session import Session
+from gateway.transport import SseTransport, Transport, Writer, WsTransport
+from gateway.wire import (
+    SUBPROTOCOL_JSON,
+    SUBPROTOCOL_MSGPACK,
+    ClientMessageError,
+    Wire,
+    decode_client,
+)
+from switchboard import closecodes, streams
+from switchboard.auth import Claims, TokenError
+from switchboard.closecodes import Close
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("switchboard.gateway")
+
+SUBPROTOCOLS = [Subprotocol(SUBPROTOCOL_JSON), Subprotocol(SUBPROTOCOL_MSGPACK)]
+
+
+class Phase(enum.Enum):
+    HANDSHAKE = 0
+    WS = 1
+    SSE = 2
+    CLOSED = 3
+
+
+class Refused(Exception):
+    """A handshake refusal, answered with an HTTP status and a JSON message."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.headers = headers or []
+
+
+def _select_subprotocol(
+    protocol: ServerProtocol, offered: list[Subprotocol] | Any
+) -> Subprotocol | None:
+    # No Sec-WebSocket-Protocol at all means JSON (the default); an offer we do not speak
+    # fails the handshake with 400 rather than silently picking a format the client cannot read.
+    for sub in offered:
+        if sub in SUBPROTOCOLS:
+            return Subprotocol(sub)
+    if offered:
+        raise NegotiationError(
+            f"unsupported subprotocol; use {SUBPROTOCOL_JSON} or {SUBPROTOCOL_MSGPACK}"
+        )
+    return None
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, app: Gateway) -> None:
+        self.app = app
+        self.phase = Phase.HANDSHAKE
+        self.conn_id = streams.random_id(10)
+        self.ws = ServerProtocol(
+            subprotocols=SUBPROTOCOLS,
+            select_subprotocol=_select_subprotocol,
+            max_size=app.settings.max_message_size,
+        )
+        self.transport: Transport = None  # type: ignore[assignment]  # set on handshake
+        self.session: Session = None  # type: ignore[assignment]
+        self.writer: Writer | None = None
+        self._tcp: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._fragments: list[bytes] = []
+        self._fragment_binary = False
+        self._bucket: TokenBucket | None = None
+        self._close_code: int | None = None
+        self._in_hub = False
+        self._welcome_task: asyncio.Task[None] | None = None
+        self.last_seen = 0.0
+        self.ping_sent: float | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._tcp = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        loop = self.app.loop
+        self.last_seen = loop.time()
+        self._timer = loop.call_later(self.app.settings.handshake_timeout, self._abort)
+        self.app.tcp_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase is Phase.SSE or self.phase is Phase.CLOSED:
+            return  # an event stream is one-way; anything the client sends is ignored
+        self.last_seen = self.app.loop.time()
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Request):
+                self._on_request(event)
+            elif isinstance(event, Frame):
+                self._on_frame(event)
+            if self._closed():
+                break
+        self._write_protocol_data()
+
+    def eof_received(self) -> bool | None:
+        if self.phase is not Phase.SSE:
+            self.ws.receive_eof()
+            self._write_protocol_data()
+        return None  # let asyncio close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        previous = self.phase
+        self.phase = Phase.CLOSED
+        if self.writer is not None:
+            self.writer.discard()
+        if self._welcome_task is not None and not self._welcome_task.done():
+            self._welcome_task.cancel()
+        if previous in (Phase.WS, Phase.SSE):
+            code = self._close_code
+            if code is None and previous is Phase.WS:
+                code = self.ws.close_code
+            self.app.client_gone(self, code)
+        self.app.tcp_closed(self)
+
+    def _closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _on_request(self, request: Request) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        path, params = http.split_target(request.path)
+        try:
+            if path == "/ws":
+                self._open_ws(request, params)
+            elif path == "/sse":
+                self._open_sse(request, params)
+            else:
+                self._respond(self.app.plain_http(request, path))
+        except Refused as refusal:
+            self.app.metrics.rejected(refusal.status)
+            origin = request.headers.get("Origin") if path == "/sse" else None
+            headers = refusal.headers + http.cors_headers(
+                origin if origin and self.app.origins.allows(origin, None) else None
+            )
+            self._respond(http.error_response(refusal.status, refusal.code, str(refusal),
+                                              headers))
+
+    def _respond(self, response: Response) -> None:
+        self.ws.send_response(response)
+        self._write_protocol_data()
+
+    def _authorize(self, request: Request, params: dict[str, str]) -> Claims:
+        app = self.app
+        if request.method != "GET":
+            raise Refused(405, "method_not_allowed", "use GET", [("Allow", "GET")])
+        origin = request.headers.get("Origin")
+        if not app.origins.allows(origin, request.headers.get("Host")):
+            raise Refused(403, "origin_forbidden", f"origin {origin!r} is not allowed")
+        try:
+            claims = app.authenticate(request, params)
+        except TokenError as exc:
+            raise Refused(401, "unauthorized", str(exc),
+                          [("WWW-Authenticate", 'Bearer realm="switchboard"')]) from None
+        refusal = app.admission()
+        if refusal is not None:
+            raise Refused(503, "unavailable", refusal, [("Retry-After", "1")])
+        return claims
+
+    def _open_ws(self, request: Request, params: dict[str, str]) -> None:
+        claims = self._authorize(request, params)
+        response = self.ws.accept(request)
+        if response.status_code != 101:
+            self.app.metrics.rejected(response.status_code)
+            self._respond(response)
+            return
+        self._respond(response)
+        assert self._tcp is not None
+        fmt = Wire.MSGPACK if self.ws.subprotocol == SUBPROTOCOL_MSGPACK else Wire.JSON
+        self.writer = self.app.new_writer(self._tcp, self._slow_consumer)
+        self.transport = WsTransport(self.writer, fmt, self.close)
+        self._bucket = TokenBucket(self.app.settings.inbound_rate,
+                                   self.app.settings.inbound_burst, self.app.loop.time())
+        self.phase = Phase.WS
+        self._begin(claims)
+
+    def _open_sse(self, request: Request, params: dict[str, str]) -> None:
+        claims = self._authorize(request, params)
+        assert self._tcp is not None
+        origin = request.headers.get("Origin")
+        self._tcp.write(http.sse_head(origin))
+        self.writer = self.app.new_writer(self._tcp, self._slow_consumer)
+        self.phase = Phase.SSE
+        self.transport = SseTransport(self.writer, lambda: self.session.cursor(), self.close)
+        self._begin(claims)
+
+    # -- session ------------------------------------------------------------------------------
+
+    def _begin(self, claims: Claims) -> None:
+        """Join the hub first (live messages are held), then register and welcome."""
+        self.session = Session(session_id=streams.random_id(16), user=claims.user)
+        self.app.hub.add(self)
+        self._in_hub = True
+        self.app.client_joined(self)
+        self._welcome_task = self.app.loop.create_task(self._welcome())
+
+    async def _welcome(self) -> None:
+        session = self.session
+        reg = Registration(session.user, self.conn_id, session.session_id)
+        keys = [streams.user_key(session.user), streams.BROADCAST_KEY]
+        try:
+            positions = await self.app.backplane.register(reg, keys)
+        except (RedisError, OSError) as exc:
+            log.warning("cannot register connection: %s", exc)
+            self.close(Close.TRY_AGAIN_LATER, "redis unavailable")
+            return
+        if self.phase is Phase.CLOSED:
+            return
+        for key, pos in positions.items():
+            session.follow(key, pos)
+        self.transport.send_obj(
+            {
+                "type": "welcome",
+                "session": session.session_id,
+                "gateway": self.app.gateway_id,
+                "user": session.user,
+                "resumed": False,
+                "recovered": False,
+                "streams": session.stream_positions(),
+            }
+        )
+        for out in session.start():
+            self.transport.send(out)
+
+    # -- WebSocket frames ---------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        op = frame.opcode
+        if op is Opcode.PONG:
+            self.ping_sent = None
+            return
+        if op is Opcode.TEXT or op is Opcode.BINARY:
+            if not frame.fin:
+                self._fragments = [bytes(frame.data)]
+                self._fragment_binary = op is Opcode.BINARY
+                return
+            self._on_message(bytes(frame.data), op is Opcode.BINARY)
+        elif op is Opcode.CONT:
+            self._fragments.append(bytes(frame.data))
+            if frame.fin:
+                data, self._fragments = b"".join(self._fragments), []
+                self._on_message(data, self._fragment_binary)
+        # PING and CLOSE are answered by the protocol itself.
+
+    def _on_message(self, payload: bytes, binary: bool) -> None:
+        if self.phase is not Phase.WS or self.session is None:
+            return
+        assert self._bucket is not None
+        if not self._bucket.take(self.app.loop.time()):
+            self.close(Close.RATE_LIMITED, "inbound rate limit")
+            return
+        try:
+            msg = decode_client(payload, binary)
+        except ClientMessageError as exc:
+            self.app.metrics.client_error()
+            self.transport.send_obj({"type": "error", "code": "bad_request", "message": str(exc)})
+            return
+        self.app.client_message(self, msg)
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def _slow_consumer(self) -> None:
+        self.close(Close.SLOW_CONSUMER, closecodes.reason(Close.SLOW_CONSUMER))
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close with a documented code: a close frame on WS, a final ``error`` event on SSE."""
+        if self._close_code is not None or self.phase is Phase.CLOSED or self._tcp is None:
+            return
+        self._close_code = code
+        reason = reason or closecodes.reason(code)
+        if code == Close.SLOW_CONSUMER and self.writer is not None:
+            self.writer.discard()
+        if self.phase is Phase.SSE:
+            if self.writer is not None and not self.writer.closed:
+                self.transport.send_obj(
+                    {"type": "error", "code": code, "message": reason, "close": True}
+                )
+                self.writer.finish()
+            elif self.writer is not None:
+                # The queue was dropped: the final event goes straight to the socket.
+                from gateway.wire import dumps_json, sse_event
+
+                self._tcp.write(sse_event(self.session.cursor(), "error", dumps_json(
+                    {"type": "error", "code": code, "message": reason, "close": True})))
+            self._tcp.close()
+        elif self.phase is Phase.WS and self.ws.state is State.OPEN:
+            if self.writer is not None:
+                self.writer.finish()
+            self.ws.send_close(code, reason)
+            self._write_protocol_data()
+        else:
+            self._tcp.close()
+        self._arm_close_timer()
+
+    def _arm_close_timer(self) -> None:
+        if self._timer is None and self.phase is not Phase.CLOSED:
+            self._timer = self.app.loop.call_later(self.app.settings.close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        self._timer = None
+        if self._tcp is not None and self.phase is not Phase.CLOSED:
+            self._tcp.abort()
+
+    def _write_protocol_data(self) -> None:
+        tcp = self._tcp
+        if tcp is None:
+            return
+        out = self.ws.data_to_send()
+        if not out:
+            return
+        if self.ws.state is not State.OPEN and self.writer is not None:
+            # A close frame is about to go out: nothing may follow it.
+            self.writer.finish()
+        for chunk in out:
+            if chunk:
+                tcp.write(chunk)
+            else:
+                # SEND_EOF: the server closes the TCP connection (RFC 6455 7.1.1).
+                tcp.close()
+                self._arm_close_timer()
+                return
+        if self.ws.close_expected():
+            self._arm_close_timer()
+
+    # -- keepalive (called by the app's sweeper) ----------------------------------------------
+
+    def keepalive(self, now: float, interval: float | None, timeout: float | None) -> None:
+        if self.phase is Phase.WS and self.ws.state is State.OPEN:
+            if self.ping_sent is not None:
+                if timeout is not None and now - self.ping_sent > timeout:
+                    log.info("ping timeout, closing %s", self.conn_id)
+                    self._close_code = Close.INTERNAL_ERROR  # what websockets uses here too
+                    self._abort()
+            elif interval is not None and now - self.last_seen >= interval:
+                self.ping_sent = now
+                self.ws.send_ping(b"sb")
+                self._write_protocol_data()
+        elif (
+            self.phase is Phase.SSE
+            and isinstance(self.transport, SseTransport)
+            and now - self.last_seen >= self.app.settings.sse_ping_interval
+        ):
+            self.last_seen = now
+            self.transport.comment(b"ping")
