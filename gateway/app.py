@@ -91,12 +91,15 @@ class Gateway:
     def client_joined(self, conn: Connection) -> None:
         self.metrics.connected(conn.transport.wire)
 
-    def client_gone(self, conn: Connection, code: int | None) -> None:
+    def client_closing(self, conn: Connection, code: int | None) -> None:
+        self.metrics.closed(conn.transport.wire, code)
+
+    def client_gone(self, conn: Connection) -> None:
         if self.hub.remove(conn):
             self.backplane.unregister(
                 Registration(conn.session.user, conn.conn_id, conn.session.session_id)
             )
-        self.metrics.disconnected(conn.transport.wire, code)
+        self.metrics.ended(conn.transport.wire)
 
     def client_message(self, conn: Connection, msg: dict[str, Any]) -> None:
         kind = msg["type"]

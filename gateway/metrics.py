@@ -77,8 +77,11 @@ class GatewayMetrics:
         self._connects.labels(wire.value).inc()
         self.connections.labels(wire.value).inc()
 
-    def disconnected(self, wire: Wire, code: int | None) -> None:
+    def closed(self, wire: Wire, code: int | None) -> None:
+        """Counted when the close is decided (a stalled peer may take long to go away)."""
         self._disconnects.labels(wire.value, closecodes.label(code)).inc()
+
+    def ended(self, wire: Wire) -> None:
         self.connections.labels(wire.value).dec()
 
     def rejected(self, status: int) -> None:

@@ -143,10 +143,10 @@ class Connection(asyncio.Protocol):
         if self._welcome_task is not None and not self._welcome_task.done():
             self._welcome_task.cancel()
         if previous in (Phase.WS, Phase.SSE):
-            code = self._close_code
-            if code is None and previous is Phase.WS:
-                code = self.ws.close_code
-            self.app.client_gone(self, code)
+            if self._close_code is None:
+                # Closed by the client (or the network): count it with the code it gave.
+                self.app.client_closing(self, self.ws.close_code if previous is Phase.WS else None)
+            self.app.client_gone(self)
         self.app.tcp_closed(self)
 
     def _closed(self) -> bool:
@@ -306,6 +306,8 @@ class Connection(asyncio.Protocol):
         if self._close_code is not None or self.phase is Phase.CLOSED or self._tcp is None:
             return
         self._close_code = code
+        if self.phase is not Phase.HANDSHAKE:
+            self.app.client_closing(self, code)
         reason = reason or closecodes.reason(code)
         if code == Close.SLOW_CONSUMER and self.writer is not None:
             self.writer.discard()
@@ -369,6 +371,7 @@ class Connection(asyncio.Protocol):
                 if timeout is not None and now - self.ping_sent > timeout:
                     log.info("ping timeout, closing %s", self.conn_id)
                     self._close_code = Close.INTERNAL_ERROR  # what websockets uses here too
+                    self.app.client_closing(self, self._close_code)
                     self._abort()
             elif interval is not None and now - self.last_seen >= interval:
                 self.ping_sent = now
