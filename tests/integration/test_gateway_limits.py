@@ -205,3 +205,28 @@ async def test_slow_consumer_is_closed_4108_while_others_keep_receiving(
         assert delivered_to_stalled < total
         assert json.loads(parsed[0].data)["type"] == "welcome"
         await good.close()
+
+
+async def test_silent_peers_are_dropped_by_handshake_timeout_and_ping_timeout(
+    redis_server: RedisServer, logdir: Path
+) -> None:
+    with cluster(redis_server, logdir, gateways=1, SWITCHBOARD_HANDSHAKE_TIMEOUT="1",
+                 SWITCHBOARD_PING_INTERVAL="0.5", SWITCHBOARD_PING_TIMEOUT="0.5") as c:
+        port = c.gateways[0].port
+        alive = await WsClient(c.ws_url(0, "alive")).start()  # its library answers pings
+        mute = socket.create_connection(("127.0.0.1", port))  # never sends a request
+        deaf = raw_handshake(port, "deaf")  # never answers pings
+        mute.settimeout(10)
+        started = time.monotonic()
+        assert mute.recv(1024) == b""  # the gateway hung up on it
+        assert time.monotonic() - started < 5
+        await until(lambda: c.metric(0, "switchboard_gateway_disconnects_total",
+                                     code="1011") == 1, 10, "deaf client dropped")
+        await until(lambda: c.metric(0, "switchboard_gateway_connections") == 1, 10,
+                    "only the live client left")
+        c.publish(broadcast=True, data="ok")
+        await until(lambda: alive.data("broadcast") == ["ok"], 5, "live client served")
+        assert not alive.closed
+        mute.close()
+        deaf.close()
+        await alive.close()
