@@ -1,0 +1,70 @@
+"""The router's FastAPI application: :func:`create_app` wires routes, auth, errors, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from router import cluster, handlers, models, probes, publish, users
+from router.auth import require_key
+from router.context import Context
+from router.metrics import RouterMetrics
+from router.middleware import RequestMetrics
+from switchboard import __version__
+from switchboard.config import RouterSettings
+from switchboard.store import Store, connect
+
+DESCRIPTION = """\
+Publish to Switchboard's WebSocket and SSE clients, and ask about users and the cluster.
+
+Every `/v1` route needs `Authorization: Bearer API_KEY`. Request bodies are JSON or
+`application/msgpack`; publish results come as msgpack when `Accept` asks for it. A 2xx means
+the message is in its stream's replay buffer; errors are JSON `{"error", "message"}`, and
+503 (with `Retry-After`) means Redis is unavailable and nothing was acknowledged.
+"""
+
+
+class RouterApp(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            schema = super().openapi()
+            # Bodies are decoded by hand (JSON or msgpack), so FastAPI never saw their models.
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(models.component_schemas())
+        return self.openapi_schema or {}
+
+
+def create_app(settings: RouterSettings, store: Store | None = None) -> FastAPI:
+    """The router app. Without ``store`` it opens a fail-fast client and closes it on shutdown."""
+    if not settings.api_keys:
+        raise ValueError("the router needs at least one API key (api_keys)")
+    owned = store is None
+    if store is None:
+        store = Store(connect(settings.redis_url, settings.redis_timeout), settings)
+    ctx = Context(settings, store, RouterMetrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            await ctx.store.redis.aclose()
+
+    app = RouterApp(
+        title="Switchboard router",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    handlers.install(app)
+    app.add_middleware(RequestMetrics, metrics=ctx.metrics)
+    root = APIRouter()
+    probes.add_routes(root, ctx)
+    app.include_router(root)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key(settings.api_keys))])
+    for module in (publish, users, cluster):
+        module.add_routes(v1, ctx)
+    app.include_router(v1)
+    return app

@@ -1,0 +1,147 @@
+"""Pydantic models of request and response bodies, for the OpenAPI document only.
+
+The router parses bodies itself (:mod:`router.validation`) because they may be JSON or
+msgpack; these models describe the same shapes so ``/openapi.json`` documents them. Keep the
+two in step: the unit tests check that the documented fields are the validated ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from router.validation import (
+    JSON_TYPE,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_REASON_CHARS,
+    MSGPACK_TYPE,
+)
+from switchboard.streams import CHANNEL_RE, USER_RE
+
+
+class PublishRequest(BaseModel):
+    """Exactly one of ``user``, ``channel`` or ``broadcast``, and ``data`` (null allowed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str | None = Field(None, pattern=f"^{USER_RE.pattern}$",
+                             description="a user id: every connection of this user gets it")
+    channel: str | None = Field(None, pattern=f"^{CHANNEL_RE.pattern}$",
+                                description="a channel: every subscriber gets it")
+    broadcast: Literal[True] | None = Field(None, description="true: every connection gets it")
+    data: Any = Field(..., description="the payload, any JSON (or msgpack) value")
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY,
+        description="a retried publish with the same key and target is stored once (1 h)",
+    )
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[PublishRequest] = Field(
+        ..., min_length=1,
+        description="validated all first: one invalid message rejects the batch (422), "
+        "more than max_batch is a 413",
+    )
+
+
+class DisconnectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: int = Field(4201, description="close code: 4200..4299 (reconnect) or 4000..4099 "
+                      "(terminal)")
+    reason: str = Field("", max_length=MAX_REASON_CHARS,
+                        description="close reason, at most 123 UTF-8 bytes")
+
+
+class PublishResult(BaseModel):
+    stream: str = Field(..., description="wire name: 'user', 'broadcast' or 'ch.NAME'")
+    epoch: str
+    offset: int = Field(..., description="grows by exactly 1 per message in the stream")
+    recipients: int = Field(..., description="gateways (user) or subscribed gateways reached")
+    duplicate: bool = Field(..., description="true: the idempotency key was seen; the "
+                            "original epoch and offset are returned")
+
+
+class BatchResult(BaseModel):
+    results: list[PublishResult]
+
+
+class Connection(BaseModel):
+    conn: str
+    gateway: str
+
+
+class Connections(BaseModel):
+    user: str
+    connections: list[Connection]
+    count: int
+
+
+class Disconnected(BaseModel):
+    user: str
+    gateways: int = Field(..., description="gateways that were told to close the user's "
+                          "connections")
+
+
+class Gateway(BaseModel):
+    id: str
+    host: str
+    port: int
+    connections: int
+    ws: int
+    sse: int
+    draining: bool
+    heartbeat_age_s: float
+    started_ms: int
+
+
+class Cluster(BaseModel):
+    gateways: list[Gateway]
+    total_connections: int
+    imbalance: float = Field(..., description="max / mean connections over gateways not "
+                             "draining; 1.0 when there are none")
+
+
+class Error(BaseModel):
+    error: str = Field(..., description="machine-readable code")
+    message: str
+    field: str | None = None
+    index: int | None = None
+
+
+class Status(BaseModel):
+    status: str
+
+
+# Bodies the router decodes itself, and the models that document them.
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (PublishRequest, BatchRequest, DisconnectRequest)
+BODY_TYPES = (JSON_TYPE, MSGPACK_TYPE)
+
+
+def request_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads ``model`` as JSON or msgpack."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {
+        "requestBody": {
+            "required": required,
+            "content": {kind: {"schema": schema} for kind in BODY_TYPES},
+        }
+    }
+
+
+def component_schemas() -> dict[str, Any]:
+    """Schemas of :data:`REQUEST_MODELS` (and what they nest) for ``components.schemas``."""
+    out: dict[str, Any] = {}
+    for model in REQUEST_MODELS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries documenting the JSON error body for these statuses."""
+    return {status: {"model": Error} for status in statuses}

@@ -1,0 +1,51 @@
+"""``GET /v1/users/{user}/connections`` and ``POST /v1/users/{user}/disconnect``.
+
+User ids may contain '/', so the path parameter takes the rest of the path up to the final
+segment; it is validated with the same rule as a publish target.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from router import bodies, models, validation
+from router.context import Context
+
+
+def add_routes(api: APIRouter, ctx: Context) -> None:
+    """Register on ``api``, the authenticated ``/v1`` router."""
+
+    @api.get(
+        "/users/{user:path}/connections",
+        tags=["users"],
+        summary="The user's live connections and the gateways holding them",
+        response_model=models.Connections,
+        responses=models.errors(401, 422, 503),
+    )
+    async def connections(user: str) -> JSONResponse:
+        user = validation.parse_user(user)
+        with ctx.redis("connections"):
+            conns = await ctx.store.connections(user)
+        listed = [{"conn": c, "gateway": g} for c, g in sorted(conns.items())]
+        return JSONResponse({"user": user, "connections": listed, "count": len(listed)})
+
+    @api.post(
+        "/users/{user:path}/disconnect",
+        tags=["users"],
+        summary="Close every connection of the user",
+        description="Gateways close them with `code` (default 4201) and `reason`. Codes "
+        "4200..4299 let clients reconnect after jitter; 4000..4099 are terminal.",
+        response_model=models.Disconnected,
+        responses=models.errors(400, 401, 413, 415, 422, 503),
+        openapi_extra=models.request_body(models.DisconnectRequest, required=False),
+    )
+    async def disconnect(user: str, request: Request) -> JSONResponse:
+        user = validation.parse_user(user)
+        req = validation.parse_disconnect(
+            await bodies.read_optional_object(request, ctx.settings.max_body)
+        )
+        with ctx.redis("disconnect"):
+            gateways = await ctx.store.disconnect(user, req.code, req.reason)
+        return JSONResponse({"user": user, "gateways": gateways})
+
