@@ -19,6 +19,7 @@ from gateway.backplane import Backplane, Registration
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.server import Connection
+from gateway.tracker import Fill, Tracker
 from gateway.transport import FlushScheduler, Writer
 from gateway.wire import Wire
 from switchboard import contract, streams
@@ -40,6 +41,7 @@ class Gateway:
         self.gateway_id = settings.gateway_id or f"gw-{streams.random_id(8)}"
         self.metrics = GatewayMetrics(self.gateway_id)
         self.hub = Hub()
+        self.tracker = Tracker()
         self.origins = http.OriginPolicy(settings.allowed_origins)
         self.verifier: Verifier | None = None
         if not settings.auth_disabled:
@@ -52,6 +54,8 @@ class Gateway:
         self.backplane = Backplane(
             settings, self.gateway_id, self.metrics, self.on_message, self.on_control, self.load
         )
+        self.backplane.on_resubscribed = self._start_catch_up
+        self._background: set[asyncio.Task[None]] = set()
         self.tcp: set[Connection] = set()
         self._all_closed = asyncio.Event()
         self.draining = False
@@ -96,9 +100,10 @@ class Gateway:
 
     def client_gone(self, conn: Connection) -> None:
         if self.hub.remove(conn):
-            self.backplane.unregister(
-                Registration(conn.session.user, conn.conn_id, conn.session.session_id)
-            )
+            user = conn.session.user
+            self.backplane.unregister(Registration(user, conn.conn_id, conn.session.session_id))
+            if not self.hub.user_clients(user):
+                self.tracker.forget(streams.user_key(user))
         self.metrics.ended(conn.transport.wire)
 
     def client_message(self, conn: Connection, msg: dict[str, Any]) -> None:
@@ -149,6 +154,49 @@ class Gateway:
         return {"connections": len(self.hub), "ws": ws, "sse": counts[Wire.SSE]}
 
     def on_message(self, message: Message) -> None:
+        ready, fill = self.tracker.live(message)
+        for m in ready:
+            self._deliver(m)
+        if fill is not None:
+            self._spawn(self._fill(fill))
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _fill(self, fill: Fill) -> None:
+        """Read a live gap from the log; deliver it and what queued behind it, in order."""
+        try:
+            logs = await self.backplane.read_logs([(fill.key, fill.first, fill.last)])
+            entries = logs.get(fill.key, [])
+        except Exception as exc:  # deliver what we have rather than stall the stream
+            log.warning("gap fill %s failed: %s", fill, exc)
+            entries = []
+        before = self.tracker.filled
+        for m in self.tracker.complete(fill, entries):
+            self._deliver(m)
+        self.metrics.fill(self.tracker.filled > before)
+
+    def _start_catch_up(self) -> None:
+        self._spawn(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        """After a pub/sub outage, bring every followed stream up to its top from the log."""
+        keys = self.tracker.keys()
+        if not keys:
+            return
+        try:
+            tops = await self.backplane.read_tops(keys)
+        except Exception as exc:
+            log.warning("catch-up failed, clients will resume on their own gaps: %s", exc)
+            return
+        for key, top in tops.items():
+            fill = self.tracker.catch_up(key, top)
+            if fill is not None:
+                self._spawn(self._fill(fill))
+
+    def _deliver(self, message: Message) -> None:
         started = time.perf_counter()
         gaps_before = self.hub.gaps
         delivered = self.hub.deliver(message)

@@ -57,6 +57,8 @@ class Backplane:
         self._load = load
         self.redis = connect(settings.redis_url, settings.redis_timeout)
         self._ensure_meta = self.redis.register_script(contract.ENSURE_META_LUA)
+        self._claim_session = self.redis.register_script(contract.CLAIM_SESSION_LUA)
+        self.on_resubscribed: Callable[[], None] | None = None
         self.registered = False  # our registry key exists: publishers route to us
         self.subscribed = False
         self.draining = False
@@ -147,17 +149,23 @@ class Backplane:
 
     # -- connections --------------------------------------------------------------------------
 
-    async def register(self, reg: Registration, stream_keys: list[str]) -> dict[str, Position]:
-        """Map the connection to us, bind its session, and read the top of its streams.
+    async def register(
+        self, reg: Registration, stream_keys: list[str]
+    ) -> tuple[int, dict[str, Position]]:
+        """Map the connection to us, claim its session, and read the top of its streams.
 
         The map entry is written before the positions are read, in one pipeline, so every
-        message published after the top we report is routed here.
+        message published after the top we report is routed here. Returns the session claim
+        (``contract.SESSION_*``) and the tops.
         """
         s = self.settings
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.keys.conns(reg.user), reg.conn_id, self.gateway_id)
-        pipe.set(self.keys.session(reg.session_id), reg.user,
-                 px=contract.ms(s.history_ttl + s.heartbeat_interval * 3))
+        await self._claim_session(
+            keys=[self.keys.session(reg.session_id)],
+            args=[reg.user, contract.ms(s.history_ttl + s.heartbeat_interval * 3)],
+            client=pipe,
+        )
         for key in stream_keys:
             await self._ensure_meta(
                 keys=[self.keys.meta(key), self.keys.log(key)],
@@ -172,7 +180,44 @@ class Backplane:
         positions: dict[str, Position] = {}
         for key, raw in zip(stream_keys, results[2:], strict=True):
             positions[key] = Position(text(raw[0]), int(raw[1]))
-        return positions
+        return int(results[1]), positions
+
+    async def read_logs(self, ranges: list[tuple[str, int, int]]) -> dict[str, list[Message]]:
+        """Log entries ``first..last`` of each stream, in one round trip."""
+        if not ranges:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for key, first, last in ranges:
+            pipe.xrange(self.keys.log(key), f"{first}-0", f"{last}-0", count=last - first + 1)
+        try:
+            results = await pipe.execute()
+        except (RedisError, OSError):
+            self.metrics.redis_error("read_log")
+            raise
+        logs: dict[str, list[Message]] = {}
+        for (key, _, _), entries in zip(ranges, results, strict=True):
+            found: list[Message] = []
+            for _entry_id, fields in entries:
+                try:
+                    env = contract.unpack(fields[b"e"])
+                except (contract.EnvelopeError, KeyError):
+                    continue
+                if isinstance(env, Message):
+                    found.append(env)
+            logs[key] = found
+        return logs
+
+    async def read_tops(self, stream_keys: list[str]) -> dict[str, Position]:
+        """Current (epoch, offset) of streams that exist."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in stream_keys:
+            pipe.hmget(self.keys.meta(key), "epoch", "offset")
+        results = await pipe.execute()
+        return {
+            key: Position(text(epoch), int(offset))
+            for key, (epoch, offset) in zip(stream_keys, results, strict=True)
+            if epoch is not None and offset is not None
+        }
 
     def unregister(self, reg: Registration) -> None:
         """Queued and flushed in batches: a reconnect storm must not cost a round trip each."""
@@ -187,8 +232,9 @@ class Backplane:
         pipe = self.redis.pipeline(transaction=False)
         for reg in batch:
             pipe.hdel(self.keys.conns(reg.user), reg.conn_id)
-            # The session outlives the connection by the replay window, for resume.
-            pipe.pexpire(self.keys.session(reg.session_id), ttl)
+            # The session outlives the connection by the replay window, for resume. SET, not
+            # PEXPIRE: a connection older than the window has let its session key lapse.
+            pipe.set(self.keys.session(reg.session_id), reg.user, px=ttl)
         try:
             await pipe.execute()
         except (RedisError, OSError):
@@ -216,6 +262,7 @@ class Backplane:
                 self.settings.redis_url,
                 socket_connect_timeout=self.settings.redis_timeout,
                 socket_keepalive=True,
+                client_name=f"{self.settings.prefix}pubsub:{self.gateway_id}",
             )
             self._pubsub_client = client
             pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -228,6 +275,9 @@ class Backplane:
                 if not first:
                     self.metrics.pubsub_reconnected()
                     log.info("pub/sub resubscribed")
+                    if self.on_resubscribed is not None:
+                        # Envelopes published while we were away are in the logs only.
+                        self.on_resubscribed()
                 first = False
                 attempt = 0
                 self._listener_reset.clear()

@@ -65,6 +65,14 @@ class GatewayMetrics:
             "switchboard_gateway_client_errors", "Malformed or refused client messages",
             registry=r,
         )
+        self._resumes = Counter(
+            "switchboard_gateway_resumes", "Connections that sent a cursor, by outcome",
+            ["outcome"], registry=r,
+        )
+        self._fills = Counter(
+            "switchboard_gateway_gap_fills", "Live gaps and pub/sub catch-ups read from the log",
+            ["outcome"], registry=r,
+        )
         self.ready = Gauge(
             "switchboard_gateway_ready", "1 when Redis is reachable and not draining", registry=r
         )
@@ -95,6 +103,12 @@ class GatewayMetrics:
         self._fanout.observe(fanout_seconds)
         if latency >= 0:
             self._latency.observe(latency)
+
+    def resumed(self, recovered: bool) -> None:
+        self._resumes.labels("recovered" if recovered else "not_recovered").inc()
+
+    def fill(self, complete: bool) -> None:
+        self._fills.labels("filled" if complete else "incomplete").inc()
 
     def gap(self) -> None:
         self._gaps.inc()

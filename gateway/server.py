@@ -23,7 +23,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from gateway import http
+from gateway import http, resume
 from gateway.backplane import Registration
 from gateway.ratelimit import TokenBucket
 from gateway.session import Session
@@ -32,12 +32,14 @@ from gateway.wire import (
     SUBPROTOCOL_JSON,
     SUBPROTOCOL_MSGPACK,
     ClientMessageError,
+    Outgoing,
     Wire,
     decode_client,
 )
-from switchboard import closecodes, streams
+from switchboard import closecodes, contract, streams
 from switchboard.auth import Claims, TokenError
 from switchboard.closecodes import Close
+from switchboard.streams import Position
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -103,6 +105,8 @@ class Connection(asyncio.Protocol):
         self._welcome_task: asyncio.Task[None] | None = None
         self.last_seen = 0.0
         self.ping_sent: float | None = None
+        self._resume_session: str | None = None
+        self._cursor: dict[str, Position] = {}
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -194,7 +198,20 @@ class Connection(asyncio.Protocol):
         refusal = app.admission()
         if refusal is not None:
             raise Refused(503, "unavailable", refusal, [("Retry-After", "1")])
+        self._parse_resume(request, params)
         return claims
+
+    def _parse_resume(self, request: Request, params: dict[str, str]) -> None:
+        session = params.get("session") or None
+        if session is not None and not streams.EPOCH_RE.fullmatch(session):
+            raise Refused(400, "bad_session", "session must be 1-32 letters or digits")
+        # EventSource resends the last event id by itself; others pass the cursor explicitly.
+        cursor = params.get("cursor") or request.headers.get("Last-Event-ID") or ""
+        try:
+            self._cursor = streams.parse_cursor(cursor)
+        except streams.CursorError as exc:
+            raise Refused(400, "bad_cursor", str(exc)) from None
+        self._resume_session = session
 
     def _open_ws(self, request: Request, params: dict[str, str]) -> None:
         claims = self._authorize(request, params)
@@ -227,38 +244,52 @@ class Connection(asyncio.Protocol):
 
     def _begin(self, claims: Claims) -> None:
         """Join the hub first (live messages are held), then register and welcome."""
-        self.session = Session(session_id=streams.random_id(16), user=claims.user)
+        session_id = self._resume_session or streams.random_id(16)
+        self.session = Session(session_id=session_id, user=claims.user)
         self.app.hub.add(self)
         self._in_hub = True
         self.app.client_joined(self)
         self._welcome_task = self.app.loop.create_task(self._welcome())
 
     async def _welcome(self) -> None:
+        """Register, replay from the cursor, welcome, then release held live messages."""
+        app = self.app
         session = self.session
         reg = Registration(session.user, self.conn_id, session.session_id)
         keys = [streams.user_key(session.user), streams.BROADCAST_KEY]
         try:
-            positions = await self.app.backplane.register(reg, keys)
+            claim, tops = await app.backplane.register(reg, keys)
+            if claim == contract.SESSION_FOREIGN:
+                self.close(Close.SESSION_UNKNOWN, "session belongs to another user")
+                return
+            for key, top in tops.items():
+                app.tracker.follow(key, top)
+            plans = resume.plan(self._cursor, tops, app.settings.replay_limit)
+            ranges = [(p.key, p.replay_from, p.top.offset) for p in plans if p.needs_log]
+            logs = await app.backplane.read_logs(ranges)
         except (RedisError, OSError) as exc:
             log.warning("cannot register connection: %s", exc)
             self.close(Close.TRY_AGAIN_LATER, "redis unavailable")
             return
-        if self.phase is Phase.CLOSED:
+        if self._closed():
             return
-        for key, pos in positions.items():
+        outcome = resume.settle(plans, logs)
+        if self._cursor:
+            app.metrics.resumed(outcome.recovered)
+        for key, pos in outcome.start.items():
             session.follow(key, pos)
         self.transport.send_obj(
             {
                 "type": "welcome",
                 "session": session.session_id,
-                "gateway": self.app.gateway_id,
+                "gateway": app.gateway_id,
                 "user": session.user,
-                "resumed": False,
-                "recovered": False,
+                "resumed": claim == contract.SESSION_RESUMED,
+                "recovered": outcome.recovered,
                 "streams": session.stream_positions(),
             }
         )
-        for out in session.start():
+        for out in session.start([Outgoing(m) for m in outcome.replay]):
             self.transport.send(out)
 
     # -- WebSocket frames ---------------------------------------------------------------------

@@ -62,11 +62,11 @@ class Session:
             return NEXT
         return Offer(True, gap=m.offset - pos.offset - 1)
 
-    def start(self) -> list[Outgoing]:
-        """Welcome sent: return the held messages that are still news, in arrival order."""
+    def start(self, replay: list[Outgoing] | None = None) -> list[Outgoing]:
+        """Welcome sent: the replay, then the held live messages that are still news."""
         self.ready = True
         held, self.held = self.held, []
-        return [out for out in held if self.offer(out).deliver]
+        return [out for out in [*(replay or []), *held] if self.offer(out).deliver]
 
     def cursor(self) -> str:
         return streams.format_cursor(

@@ -82,6 +82,9 @@ class GatewaySettings(RedisSettings):
         default=1024 * 1024,
         metadata={"help": "bytes queued for one connection before it is closed 4108"},
     )
+    replay_limit: int = field(
+        default=1000, metadata={"help": "most messages replayed per stream on resume"}
+    )
     inbound_rate: float = field(
         default=20.0, metadata={"help": "client messages per second allowed (4129 beyond)"}
     )

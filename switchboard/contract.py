@@ -172,6 +172,24 @@ return n
 """
 
 
+# KEYS: session. ARGV: user, ttl ms. Binds a session to its user; never steals another's.
+# Returns 1 resumed (it was this user's), 2 new (unknown or expired), 0 foreign.
+CLAIM_SESSION_LUA = r"""
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if owner then return 1 end
+return 2
+"""
+SESSION_FOREIGN, SESSION_RESUMED, SESSION_NEW = 0, 1, 2
+
+
+def log_entry_offset(entry_id: bytes | str) -> int:
+    """Log entry ids are ``OFFSET-0``."""
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(raw.split("-", 1)[0])
+
+
 def ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
