@@ -1,0 +1,58 @@
+# Development entry points. `make run` starts a local cluster, `make test` is what CI runs.
+# Both work on a fresh Debian machine that has Python 3.11: missing system packages are
+# installed with apt (slow, so only when a command is missing), Python ones into .venv.
+
+PY ?= python3
+VENV = .venv
+BIN = $(VENV)/bin
+# pip runs again only when pyproject.toml changed since the last install
+STAMP = $(VENV)/.installed
+ARGS ?=
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL = $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y
+
+.PHONY: venv sysdeps browser-deps run test lint clean distclean
+
+venv: $(STAMP)
+
+# Debian's python3 makes venvs only with python3-venv (ensurepip) installed.
+$(BIN)/python:
+	$(PY) -m venv $(VENV) || { rm -rf $(VENV) && $(APT_INSTALL) python3-venv && $(PY) -m venv $(VENV); }
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+sysdeps:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		echo "installing redis-server"; \
+		$(APT_INSTALL) redis-server && \
+		{ $(SUDO) systemctl stop redis-server 2>/dev/null || $(SUDO) service redis-server stop 2>/dev/null || true; }; \
+	fi
+
+# Only tests need a browser (headless Chromium for the browser tests).
+browser-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing chromium"; \
+		$(APT_INSTALL) chromium; \
+	fi
+
+run: venv sysdeps
+	$(BIN)/switchboard up $(ARGS)
+
+test: venv sysdeps browser-deps
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,473 @@
+"""``switchboard up``: a whole cluster on one machine.
+
+Starts a private ``redis-server`` (unless ``--redis`` or ``SWITCHBOARD_REDIS_URL`` names one),
+the router and N gateways sharing one port through SO_REUSEPORT; prints URLs, an API key, a
+demo token and commands to try; then supervises. A child that dies is restarted, at most
+:data:`~switchboard.children.RESTART_LIMIT` times a minute per child, after which the
+supervisor gives up, stops everything and exits 1. SIGINT (Ctrl-C) or SIGTERM drains the
+gateways, stops the router, then Redis, and exits 0.
+
+The shutdown is ordered here, not left to the terminal's process-group Ctrl-C (children run
+in their own session, see :mod:`switchboard.children`): draining gateways still need Redis to
+deregister, so Redis stops last. Only processes started here are ever signalled, by PID.
+
+Decisions (configuration, what to print; the restart budget lives with the children) are pure
+functions tested without processes; :class:`Supervisor` does the I/O. The gateways are a list
+that :meth:`Supervisor.scale_gateways` grows or shrinks, for the autoscaler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from secrets import token_hex, token_urlsafe
+from types import FrameType
+
+import redis
+
+from switchboard import settings_cli
+from switchboard.auth import mint
+from switchboard.children import (
+    Child,
+    describe_exit,
+    free_port,
+    http_ok,
+    port_taken,
+    redis_pings,
+)
+from switchboard.config import GatewaySettings
+from switchboard.contract import Keys
+from switchboard.limits import raise_nofile_limit
+
+log = logging.getLogger("switchboard.supervisor")
+
+DEFAULT_PORT = 8080
+DEFAULT_ROUTER_PORT = 8000
+START_TIMEOUT = 30.0  # seconds a child has to become ready
+REDIS_START_TIMEOUT = 10.0
+DRAIN_GRACE = 30.0  # seconds gateways get to drain before SIGKILL
+REDIS_STOP_GRACE = 10.0
+TICK = 0.2  # how often the supervisor looks at its children
+DEMO_TOKEN_TTL = 24 * 3600.0
+
+
+class StartError(Exception):
+    """A child died or did not become ready while starting; the message says which."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while children were starting."""
+
+
+# -- pure decisions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpConfig:
+    host: str
+    port: int
+    router_port: int
+    gateways: int
+    redis_url: str | None  # None: run a private redis-server
+    jwt_secret: str
+    api_keys: tuple[str, ...]
+
+    @property
+    def api_key(self) -> str:
+        return self.api_keys[0]
+
+
+def _port(flag: int | None, environ: Mapping[str, str], name: str, default: int) -> int:
+    if flag is not None:
+        return flag
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"switchboard: {name} must be a port number, got {raw!r}") from None
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str],
+            new_secret: Callable[[], str] = lambda: token_urlsafe(32)) -> UpConfig:
+    """Flags win over SWITCHBOARD_* variables; secrets nobody gave are generated."""
+    if args.gateways < 1:
+        raise SystemExit("switchboard: --gateways must be at least 1")
+    env_keys = tuple(k.strip() for k in environ.get("SWITCHBOARD_API_KEYS", "").split(",")
+                     if k.strip())
+    if args.api_key:
+        # the given key is the one we print; keys from the environment stay valid too
+        keys = (args.api_key, *(k for k in env_keys if k != args.api_key))
+    else:
+        keys = env_keys or (new_secret(),)
+    return UpConfig(
+        host=args.host,
+        port=_port(args.port, environ, "SWITCHBOARD_PORT", DEFAULT_PORT),
+        router_port=_port(args.router_port, environ, "SWITCHBOARD_ROUTER_PORT",
+                          DEFAULT_ROUTER_PORT),
+        gateways=args.gateways,
+        redis_url=args.redis or environ.get("SWITCHBOARD_REDIS_URL") or None,
+        jwt_secret=args.jwt_secret or environ.get("SWITCHBOARD_JWT_SECRET") or new_secret(),
+        api_keys=keys,
+    )
+
+
+def connect_host(host: str) -> str:
+    """Where to reach a server listening on ``host``: wildcard addresses mean this machine."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def url_host(host: str) -> str:
+    host = connect_host(host)
+    return f"[{host}]" if ":" in host else host
+
+
+def gateway_env(cfg: UpConfig, redis_url: str, gateway_id: str) -> dict[str, str]:
+    return {
+        "SWITCHBOARD_REDIS_URL": redis_url,
+        "SWITCHBOARD_JWT_SECRET": cfg.jwt_secret,
+        "SWITCHBOARD_HOST": cfg.host,
+        "SWITCHBOARD_PORT": str(cfg.port),
+        "SWITCHBOARD_REUSE_PORT": "1",
+        "SWITCHBOARD_GATEWAY_ID": gateway_id,
+    }
+
+
+def router_env(cfg: UpConfig, redis_url: str) -> dict[str, str]:
+    return {
+        "SWITCHBOARD_REDIS_URL": redis_url,
+        "SWITCHBOARD_API_KEYS": ",".join(cfg.api_keys),
+        "SWITCHBOARD_HOST": cfg.host,
+        "SWITCHBOARD_ROUTER_PORT": str(cfg.router_port),
+    }
+
+
+def redis_argv(exe: str, port: int, workdir: str) -> list[str]:
+    return [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", workdir, "--logfile", os.path.join(workdir, "redis.log"),
+            "--daemonize", "no"]
+
+
+def cli_command(argv0: str, python: str) -> str:
+    """How to run the switchboard CLI again, so printed commands work even when the console
+    script is not on PATH (``make run`` starts ``.venv/bin/switchboard``)."""
+    if os.path.basename(argv0) == "switchboard":
+        return shlex.quote(argv0)
+    return f"{shlex.quote(python)} -m switchboard.cli"
+
+
+def banner(cfg: UpConfig, *, redis_url: str, private_redis: bool, token: str,
+           pids: list[tuple[str, int]], cli: str = "switchboard") -> str:
+    """What ``switchboard up`` prints once the cluster is ready."""
+    host = url_host(cfg.host)
+    gw, router = f"{host}:{cfg.port}", f"http://{host}:{cfg.router_port}"
+    q = shlex.quote
+    redis_kind = "private Redis" if private_redis else "Redis"
+    lines = [
+        f"Switchboard is up: {cfg.gateways} gateway(s) on port {cfg.port}, router on port "
+        f"{cfg.router_port}, {redis_kind} at {redis_url}",
+        "",
+        f"  WebSocket   ws://{gw}/ws",
+        f"  SSE         http://{gw}/sse",
+        f"  Demo page   http://{gw}/",
+        f"  Router API  {router}  (Authorization: Bearer API_KEY)",
+        f"  API key     {cfg.api_key}",
+        f"  Demo token  {token}",
+        '              (user "demo", valid 24 h, may subscribe and publish to every channel)',
+        "",
+        "Environment for the switchboard CLI and your backend (paste into a shell):",
+        f"  export SWITCHBOARD_REDIS_URL={q(redis_url)}",
+        f"  export SWITCHBOARD_JWT_SECRET={q(cfg.jwt_secret)}",
+        f"  export SWITCHBOARD_API_KEY={q(cfg.api_key)}",
+        f"  export SWITCHBOARD_ROUTER_URL={q(router)}",
+        f"  export DEMO_TOKEN={q(token)}",
+        "",
+        "Try:",
+        f'  curl -N "http://{gw}/sse?token=$DEMO_TOKEN"',
+        f"  curl -s -w '\\n' -X POST {router}/v1/publish"
+        f" -H {q('Authorization: Bearer ' + cfg.api_key)} -H 'Content-Type: application/json'"
+        " -d '{\"broadcast\": true, \"data\": \"hello\"}'",
+        f"  SWITCHBOARD_JWT_SECRET={q(cfg.jwt_secret)} {cli} token --user alice",
+        f"  {cli} publish --broadcast hello     # after the exports above",
+        f"  {cli} status",
+        "",
+        "Processes: " + ", ".join(f"{name} pid {pid}" for name, pid in pids),
+        "Ctrl-C drains the gateways and stops everything.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# -- the supervisor ---------------------------------------------------------------------------
+
+
+class Supervisor:
+    def __init__(self, cfg: UpConfig, environ: Mapping[str, str]) -> None:
+        self.cfg = cfg
+        self.environ = dict(environ)
+        self.stop = threading.Event()  # set by SIGINT/SIGTERM/SIGHUP
+        self.hurry = threading.Event()  # a second signal: skip the drain
+        self.redis_url = cfg.redis_url or ""
+        self.redis_dir: str | None = None
+        self.redis: Child | None = None
+        self.router: Child | None = None
+        self.gateways: list[Child] = []
+        self.retiring: list[Child] = []
+        self._next_gateway = 1
+        self._registry: redis.Redis | None = None
+        self._keys = Keys(settings_cli.build(GatewaySettings, argparse.Namespace(),
+                                             environ=self.environ).prefix)
+
+    # signals
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            self.hurry.set()
+        self.stop.set()
+
+    @contextmanager
+    def signals_handled(self) -> Iterator[None]:
+        sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {s: signal.signal(s, self._on_signal) for s in sigs}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # starting
+
+    def children(self) -> list[Child]:
+        slots = [self.redis, self.router, *self.gateways]
+        return [c for c in slots if c is not None]
+
+    def start_all(self) -> None:
+        for host, port in ((self.cfg.host, self.cfg.port), (self.cfg.host, self.cfg.router_port)):
+            if port_taken(host, port):
+                raise StartError(f"port {port} on {host} is in use (another `switchboard up`?); "
+                                 "choose another with --port / --router-port")
+        if self.cfg.redis_url is None:
+            self._start_private_redis()
+        else:
+            self._check_external_redis()
+        self._registry = redis.Redis.from_url(self.redis_url, socket_timeout=1.0,
+                                              socket_connect_timeout=1.0)
+        self.router = Child("router", self._router_command,
+                            lambda c: http_ok(f"http://{self._url_host}:{self.cfg.router_port}"
+                                              "/healthz"))
+        self.start([self.router])
+        self.scale_gateways(self.cfg.gateways)
+
+    @property
+    def _url_host(self) -> str:
+        return url_host(self.cfg.host)
+
+    def _start_private_redis(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise StartError("redis-server is not installed: install it (`make sysdeps`) or "
+                             "pass --redis URL")
+        self.redis_dir = tempfile.mkdtemp(prefix="switchboard-redis-")
+        port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        argv = redis_argv(exe, port, self.redis_dir)
+        self.redis = Child("redis-server", lambda c: (argv, {}), lambda c: redis_pings(port))
+        self.start([self.redis], REDIS_START_TIMEOUT)
+
+    def _check_external_redis(self) -> None:
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=2.0,
+                                      socket_connect_timeout=2.0)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise StartError(f"cannot reach Redis at {self.redis_url}: {exc}") from None
+        finally:
+            client.close()
+
+    def _router_command(self, child: Child) -> tuple[list[str], dict[str, str]]:
+        argv = [sys.executable, "-m", "switchboard.cli", "router"]
+        return argv, router_env(self.cfg, self.redis_url)
+
+    def _gateway_command(self, child: Child) -> tuple[list[str], dict[str, str]]:
+        # a fresh id per run, so a restarted gateway is not mistaken for its dead predecessor
+        # (whose registry entry lingers until its TTL) and the readiness probe means something
+        child.ident = f"gw{child.name.rsplit('-', 1)[-1]}-{token_hex(4)}"
+        argv = [sys.executable, "-m", "switchboard.cli", "gateway"]
+        return argv, gateway_env(self.cfg, self.redis_url, child.ident)
+
+    def _gateway_ready(self, child: Child) -> bool:
+        # All gateways share the port, so /healthz may be answered by another one: the
+        # registry entry under this run's id is what proves this gateway is up.
+        assert self._registry is not None
+        try:
+            registered = bool(self._registry.exists(self._keys.gateway(child.ident)))
+        except redis.RedisError:
+            return False
+        return registered and http_ok(f"http://{self._url_host}:{self.cfg.port}/healthz")
+
+    def start(self, children: list[Child], timeout: float = START_TIMEOUT) -> None:
+        """Spawn ``children`` and wait until each is ready; raise StartError or Interrupted."""
+        for child in children:
+            child.spawn(self.environ)
+            log.info("started %s (pid %d)", child.name, child.pid)
+        waiting = list(children)
+        deadline = time.monotonic() + timeout
+        while waiting:
+            for child in list(waiting):
+                if child.proc is not None and child.proc.poll() is not None:
+                    raise StartError(f"{child.name} {describe_exit(child.proc.returncode)} "
+                                     "while starting (its output is above)")
+                if child.ready(child):
+                    waiting.remove(child)
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                for child in waiting:  # a hung child counts as failed; stop it so the
+                    child.signal(signal.SIGKILL)  # next look at it sees it dead
+                    if child.proc is not None:
+                        child.proc.wait()
+                names = ", ".join(c.name for c in waiting)
+                raise StartError(f"{names} did not become ready within {timeout:.0f} s")
+            if self.stop.wait(0.05):
+                raise Interrupted
+
+    def scale_gateways(self, n: int) -> None:
+        """Grow to ``n`` gateways (waiting until the new ones are ready) or shrink by draining
+        the newest ones; the autoscaler calls this."""
+        if n > len(self.gateways):
+            new = []
+            for _ in range(n - len(self.gateways)):
+                new.append(Child(f"gateway-{self._next_gateway}", self._gateway_command,
+                                 self._gateway_ready))
+                self._next_gateway += 1
+            self.gateways.extend(new)
+            self.start(new)
+        while len(self.gateways) > n:
+            child = self.gateways.pop()
+            log.info("draining %s (pid %d)", child.name, child.pid)
+            child.retire_by = time.monotonic() + DRAIN_GRACE
+            child.signal(signal.SIGTERM)
+            self.retiring.append(child)
+
+    # supervising
+
+    def supervise(self) -> int:
+        """Watch children until a signal (return 0) or a child's restart budget runs out (1)."""
+        while not self.stop.wait(TICK):
+            self._reap_retired()
+            for child in self.children():
+                if child.running() or child.proc is None:
+                    continue
+                log.warning("%s (pid %d) %s", child.name, child.pid,
+                            describe_exit(child.proc.returncode))
+                if not child.budget.spend(time.monotonic()):
+                    log.error("%s died again after %d restarts within %.0f s; giving up and "
+                              "shutting down", child.name, child.budget.limit,
+                              child.budget.window)
+                    return 1
+                log.info("restarting %s (restart %d of %d allowed per %.0f s)", child.name,
+                         child.budget.used(time.monotonic()), child.budget.limit,
+                         child.budget.window)
+                try:
+                    self.start([child])
+                    log.info("%s is back (pid %d)", child.name, child.pid)
+                except StartError as exc:
+                    log.warning("%s", exc)  # it is dead now; the next tick counts it again
+                except Interrupted:
+                    return 0
+        return 0
+
+    def _reap_retired(self) -> None:
+        for child in list(self.retiring):
+            if not child.running():
+                self.retiring.remove(child)
+            elif child.retire_by is not None and time.monotonic() > child.retire_by:
+                log.warning("%s still running after %.0f s; killing it", child.name,
+                            DRAIN_GRACE)
+                child.signal(signal.SIGKILL)
+
+    # stopping
+
+    def shutdown(self) -> None:
+        """Drain gateways and stop the router together, then Redis; remove Redis' directory."""
+        first = [c for c in [*self.retiring, *self.gateways, self.router]
+                 if c is not None and c.running()]
+        if first:
+            log.info("stopping %d process(es), gateways drain for up to %.0f s "
+                     "(signal again to stop at once)", len(first), DRAIN_GRACE)
+        self._terminate(first, DRAIN_GRACE)
+        if self._registry is not None:
+            self._registry.close()
+        if self.redis is not None:
+            self._terminate([self.redis], REDIS_STOP_GRACE)
+        if self.redis_dir is not None:
+            shutil.rmtree(self.redis_dir, ignore_errors=True)
+            self.redis_dir = None
+        log.info("stopped")
+
+    def _terminate(self, children: list[Child], grace: float) -> None:
+        for child in children:
+            child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while any(c.running() for c in children):
+            if time.monotonic() > deadline or self.hurry.is_set():
+                break
+            self.hurry.wait(0.05)
+        for child in children:
+            if child.running():
+                log.warning("%s (pid %d) did not stop in time; killing it", child.name,
+                            child.pid)
+                child.signal(signal.SIGKILL)
+            if child.proc is not None:
+                child.proc.wait()
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s supervisor %(levelname)s %(message)s")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``switchboard up``; returns the exit code."""
+    _setup_logging()
+    soft, _hard = raise_nofile_limit()
+    log.info("open file limit %d", soft)
+    cfg = resolve(args, os.environ)
+    if os.environ.get("SWITCHBOARD_JWT_PUBLIC_KEY"):
+        log.warning("SWITCHBOARD_JWT_PUBLIC_KEY is set: gateways will verify tokens with it, "
+                    "so the printed HS256 demo token will be refused")
+    sup = Supervisor(cfg, os.environ)
+    with sup.signals_handled():
+        try:
+            sup.start_all()
+            token = mint(cfg.jwt_secret, "demo", ttl=DEMO_TOKEN_TTL, channels=["*"],
+                         publish=["*"])
+            pids = [(f"{c.name} {c.ident}".strip(), c.pid) for c in sup.children()]
+            sys.stdout.write(banner(cfg, redis_url=sup.redis_url,
+                                    private_redis=cfg.redis_url is None, token=token, pids=pids,
+                                    cli=cli_command(sys.argv[0], sys.executable)))
+            sys.stdout.flush()
+            return sup.supervise()
+        except Interrupted:
+            return 0
+        except StartError as exc:
+            log.error("%s", exc)
+            return 1
+        finally:
+            sup.shutdown()

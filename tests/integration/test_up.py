@@ -1,0 +1,160 @@
+"""``switchboard up`` end to end: the printed token and key work, a crashed gateway comes back,
+and Ctrl-C leaves no process behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.support import ROOT, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process, from /proc/PID/stat."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # the command name is in parentheses and may itself contain spaces or parentheses
+    fields = raw.rpartition(")")[2].split()
+    return int(fields[1]), fields[19]
+
+
+def children_of(parent: int) -> dict[int, str]:
+    """PID -> start time of each live child (start times tell a recycled PID apart)."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None and stat[0] == parent:
+                found[int(entry.name)] = stat[1]
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def gone(pid: int, started: str) -> bool:
+    stat = _stat(pid)
+    return stat is None or stat[1] != started
+
+
+def router_call(url: str, key: str, body: object | None = None) -> object:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    req.add_header("Authorization", f"Bearer {key}")
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+async def welcome_then_broadcast(
+    ws_url: str, publish: Callable[[], object]
+) -> tuple[dict[str, object], dict[str, object]]:
+    async with asyncio.timeout(20), connect(ws_url) as ws:
+        welcome = json.loads(await ws.recv())
+        await asyncio.to_thread(publish)
+        while True:
+            msg = json.loads(await ws.recv())
+            if msg.get("type") == "message":
+                return welcome, msg
+
+
+def test_up_prints_working_credentials_restarts_and_stops_cleanly(tmp_path: Path) -> None:
+    port, router_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    # the test's own environment must not point the cluster at some other Redis or port
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    with log.open("wb") as fh:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "switchboard.cli", "up", "--port", str(port),
+             "--router-port", str(router_port), "--gateways", "2"],
+            stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+        )
+    started: dict[int, str] = {}
+    try:
+
+        def banner() -> str | None:
+            text = log.read_text(errors="replace")
+            if up.poll() is not None:
+                raise AssertionError(f"switchboard up exited with {up.returncode}:\n{text}")
+            return text if "Ctrl-C drains" in text else None
+
+        text = str(wait_until(banner, 90, "switchboard up to print its banner"))
+        assert f"ws://127.0.0.1:{port}/ws" in text
+        assert f"http://127.0.0.1:{port}/sse" in text
+        assert f"http://127.0.0.1:{router_port}" in text
+        token_match = re.search(r"Demo token\s+(\S+)", text)
+        key_match = re.search(r"export SWITCHBOARD_API_KEY=(\S+)", text)
+        assert token_match and key_match, text
+        token, key = token_match[1], key_match[1]
+
+        started = children_of(up.pid)
+        kinds = sorted(
+            "redis" if "redis-server" in cmdline(p) else cmdline(p).split()[-1] for p in started
+        )
+        assert kinds == ["gateway", "gateway", "redis", "router"], kinds
+
+        cluster_url = f"http://127.0.0.1:{router_port}/v1/cluster"
+
+        def gateways_registered() -> bool:
+            cluster = router_call(cluster_url, key)
+            assert isinstance(cluster, dict)
+            return len(cluster["gateways"]) == 2
+
+        wait_until(gateways_registered, 20, "both gateways in /v1/cluster")
+
+        nonce = os.urandom(8).hex()
+        publish_url = f"http://127.0.0.1:{router_port}/v1/publish"
+        welcome, message = asyncio.run(welcome_then_broadcast(
+            f"ws://127.0.0.1:{port}/ws?token={token}",
+            lambda: router_call(publish_url, key, {"broadcast": True, "data": {"n": nonce}}),
+        ))
+        assert welcome["type"] == "welcome"
+        assert welcome["user"] == "demo"
+        assert message["stream"] == "broadcast"
+        assert message["data"] == {"n": nonce}
+
+        # a gateway that crashes is replaced
+        victim = next(p for p in started if cmdline(p).endswith("gateway "))
+        os.kill(victim, signal.SIGKILL)
+
+        def replaced() -> re.Match[str] | None:
+            return re.search(r"gateway-\d+ is back \(pid (\d+)\)", log.read_text(errors="replace"))
+
+        back = wait_until(replaced, 40, "the killed gateway to be restarted")
+        assert isinstance(back, re.Match)
+        now = children_of(up.pid)
+        assert victim not in now
+        assert "gateway" in cmdline(int(back[1]))
+        started[int(back[1])] = now[int(back[1])]
+
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=40) == 0, log.read_text(errors="replace")
+        leftovers = [p for p, t in started.items() if not gone(p, t)]
+        assert leftovers == [], f"still running: {[cmdline(p) for p in leftovers]}"
+    finally:
+        if up.poll() is None:  # the test failed midway: do not leave a cluster running
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
