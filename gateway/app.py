@@ -30,8 +30,11 @@ from switchboard.contract import Control, Message
 
 log = logging.getLogger("switchboard.gateway")
 
-_STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
-           "/client.js": ("switchboard.js", "text/javascript; charset=utf-8")}
+# path -> (package, resource, content type)
+_STATIC = {
+    "/": ("gateway", "static/index.html", "text/html; charset=utf-8"),
+    "/client.js": ("client", "js/switchboard.js", "text/javascript; charset=utf-8"),
+}
 
 
 class Gateway:
@@ -137,11 +140,13 @@ class Gateway:
         if path == "/metrics":
             self.metrics.ready.set(1 if self.admission() is None else 0)
             return http.response(200, self.metrics.render(), "text/plain; version=0.0.4")
+        if path == "/demo/config.json" and self.settings.demo_config:
+            return http.response(200, self.settings.demo_config.encode(), "application/json")
         if path in _STATIC:
-            name, content_type = _STATIC[path]
+            package, name, content_type = _STATIC[path]
             try:
-                body = resources.files("gateway").joinpath("static", name).read_bytes()
-            except FileNotFoundError:
+                body = resources.files(package).joinpath(name).read_bytes()
+            except (FileNotFoundError, ModuleNotFoundError):
                 return http.error_response(404, "not_found", f"{path} is not available")
             return http.response(200, body, content_type)
         return http.error_response(404, "not_found", f"no such path {path}")

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from router import cluster, handlers, models, probes, publish, users
 from router.auth import require_key
@@ -60,6 +61,13 @@ def create_app(settings: RouterSettings, store: Store | None = None) -> FastAPI:
     )
     handlers.install(app)
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     root = APIRouter()
     probes.add_routes(root, ctx)
     app.include_router(root)

@@ -82,6 +82,10 @@ class GatewaySettings(RedisSettings):
         default=1024 * 1024,
         metadata={"help": "bytes queued for one connection before it is closed 4108"},
     )
+    demo_config: str = field(
+        default="",
+        metadata={"help": "DEV ONLY: JSON served at /demo/config.json for the demo page"},
+    )
     replay_limit: int = field(
         default=1000, metadata={"help": "most messages replayed per stream on resume"}
     )
@@ -102,6 +106,9 @@ class RouterSettings(RedisSettings):
     )
     max_body: int = field(default=1024 * 1024, metadata={"help": "largest request body (413)"})
     max_batch: int = field(default=1000, metadata={"help": "most messages in one batch"})
+    cors_origins: tuple[str, ...] = field(
+        default=(), metadata={"help": "browser origins allowed to call the API (CORS)"}
+    )
 
 
 def fields_of(cls: type) -> list[dataclasses.Field[object]]:

@@ -19,6 +19,7 @@ that :meth:`Supervisor.scale_gateways` grows or shrinks, for the autoscaler.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -138,6 +139,16 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def demo_config(cfg: UpConfig) -> str:
+    """What the demo page may know in dev mode: where the router is and its dev API key."""
+    host = url_host(cfg.host)
+    return json.dumps({"router": f"http://{host}:{cfg.router_port}", "api_key": cfg.api_key})
+
+
+def gateway_origin(cfg: UpConfig) -> str:
+    return f"http://{url_host(cfg.host)}:{cfg.port}"
+
+
 def gateway_env(cfg: UpConfig, redis_url: str, gateway_id: str) -> dict[str, str]:
     return {
         "SWITCHBOARD_REDIS_URL": redis_url,
@@ -146,6 +157,8 @@ def gateway_env(cfg: UpConfig, redis_url: str, gateway_id: str) -> dict[str, str
         "SWITCHBOARD_PORT": str(cfg.port),
         "SWITCHBOARD_REUSE_PORT": "1",
         "SWITCHBOARD_GATEWAY_ID": gateway_id,
+        # `up` is a dev cluster: the demo page may publish through the router.
+        "SWITCHBOARD_DEMO_CONFIG": demo_config(cfg),
     }
 
 
@@ -155,6 +168,7 @@ def router_env(cfg: UpConfig, redis_url: str) -> dict[str, str]:
         "SWITCHBOARD_API_KEYS": ",".join(cfg.api_keys),
         "SWITCHBOARD_HOST": cfg.host,
         "SWITCHBOARD_ROUTER_PORT": str(cfg.router_port),
+        "SWITCHBOARD_CORS_ORIGINS": gateway_origin(cfg),
     }
 
 
