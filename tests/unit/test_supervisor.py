@@ -103,8 +103,11 @@ def test_children_get_their_configuration_through_the_environment() -> None:
         "SWITCHBOARD_PORT": "8080",
         "SWITCHBOARD_REUSE_PORT": "1",
         "SWITCHBOARD_GATEWAY_ID": "gw1-abcd",
+        "SWITCHBOARD_DEMO_CONFIG": '{"router": "http://127.0.0.1:8000", "api_key": "key1"}',
     }
     rt = router_env(CFG, "redis://127.0.0.1:7777/0")
+    # The demo page, served by the gateways, may call the router from the browser.
+    assert rt["SWITCHBOARD_CORS_ORIGINS"] == "http://127.0.0.1:8080"
     assert rt["SWITCHBOARD_API_KEYS"] == "key1,key2"
     assert rt["SWITCHBOARD_ROUTER_PORT"] == "8000"
     assert rt["SWITCHBOARD_REDIS_URL"] == "redis://127.0.0.1:7777/0"
