@@ -1,0 +1,290 @@
+"""The application-facing client: start, iterate, close.
+
+A single background task runs the reconnect loop (:mod:`client.connection`) and fills a
+bounded queue; iterating the client reads that queue.
+
+Usage::
+
+    from client import Client, Message, Recovery
+
+    async with Client("ws://127.0.0.1:8080/ws", token=jwt) as c:
+        async for item in c:
+            if isinstance(item, Recovery):
+                refetch_state(item.streams)  # messages of these streams were lost
+            else:
+                print(item.stream, item.offset, item.data)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from collections.abc import Callable, Sequence
+from types import TracebackType
+
+from client.backoff import Backoff
+from client.connection import Connector, Options, State, TokenProvider
+from client.protocol import SUBPROTOCOLS, Format, Item, Position, Stats
+
+log = logging.getLogger("client")
+
+
+class _End:
+    """Queued after the last item: iteration ends (or re-raises the terminal error)."""
+
+
+_END = _End()
+
+
+class Client:
+    """A Switchboard WebSocket client that stays connected and delivers each message once.
+
+    Iterate it to receive :class:`~client.Message` items in offset order per stream, and a
+    :class:`~client.Recovery` item whenever a reconnect could not recover every missed
+    message. Connection loss, drains and overload are handled inside: the client reconnects
+    with jittered backoff and resumes from its cursor. Only terminal failures
+    (:mod:`client.errors`) reach the application, raised from ``async with`` for the first
+    connection and from the ``async for`` loop afterwards.
+
+    Args:
+        url: the gateway's WebSocket URL, e.g. ``ws://127.0.0.1:8080/ws``.
+        token: the JWT to connect with.
+        token_provider: ``async () -> str`` returning a token; called for the first
+            connection when ``token`` is None, and again whenever the gateway refuses the
+            token (HTTP 401, close 4001). Without it a refused token raises AuthError, and so
+            does a second refusal right after a fresh token. Exceptions it raises are terminal.
+        format: ``"json"`` (text frames, default) or ``"msgpack"`` (binary frames).
+        channels: channels to subscribe to at connect (default none).
+        token_in_header: send the token as ``Authorization: Bearer`` instead of in the query
+            string (default False: the query string, as browsers must).
+
+    Timeouts (seconds, None: off):
+        open_timeout: handshake, then again for the welcome (default 10).
+        ping_interval, ping_timeout: WebSocket keepalive, so a dead gateway or a half-open TCP
+            connection is noticed (default 20 and 20).
+        close_timeout: closing handshake (default 10).
+
+    Limits:
+        max_size: largest incoming message in bytes (default None: no limit).
+        max_queue: items waiting for the application (default 10_000). When it is full the
+            client stops reading: the gateway buffers, or closes the connection as a slow
+            consumer and the client resumes later. Nothing is dropped.
+
+    Reconnecting:
+        backoff_base, backoff_cap, backoff_reset: full-jitter backoff (defaults 0.5, 20 and
+            60 s; see :class:`~client.backoff.Backoff`).
+        rng: random source for backoff and jitter (default: a new ``random.Random``).
+        proxy: HTTP or SOCKS proxy URL (default None: connect directly; the environment is
+            not read).
+
+    Callbacks (plain functions; exceptions they raise are logged and ignored):
+        on_error: ``(code, message)`` for each non-fatal ``error`` from the gateway.
+        on_state: ``(state)`` on each change of :attr:`state`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        token_provider: TokenProvider | None = None,
+        format: Format = "json",
+        channels: Sequence[str] = (),
+        token_in_header: bool = False,
+        open_timeout: float | None = 10.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        close_timeout: float | None = 10.0,
+        max_size: int | None = None,
+        max_queue: int = 10_000,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 20.0,
+        backoff_reset: float = 60.0,
+        rng: random.Random | None = None,
+        proxy: str | None = None,
+        on_error: Callable[[str, str], object] | None = None,
+        on_state: Callable[[State], object] | None = None,
+    ) -> None:
+        if format not in SUBPROTOCOLS:
+            raise ValueError(f"format must be one of {sorted(SUBPROTOCOLS)}, not {format!r}")
+        if isinstance(channels, str):
+            raise TypeError("channels must be a sequence of names, not a string")
+        if max_queue < 1:
+            raise ValueError("max_queue must be >= 1")
+        options = Options(
+            url=url, format=format, channels=tuple(channels), token_in_header=token_in_header,
+            open_timeout=open_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
+            close_timeout=close_timeout, max_size=max_size, proxy=proxy,
+        )
+        rng = rng if rng is not None else random.Random()
+        self._on_error = on_error
+        self._on_state = on_state
+        self._state: State = "connecting"
+        self._stats = Stats()
+        self._queue: asyncio.Queue[Item | _End] = asyncio.Queue(max_queue)
+        self._conn = Connector(
+            options,
+            token=token,
+            token_provider=token_provider,
+            backoff=Backoff(base=backoff_base, cap=backoff_cap, reset_after=backoff_reset,
+                            rng=rng),
+            rng=rng,
+            deliver=self._queue.put,
+            set_state=self._set_state,
+            on_error=self._report_error,
+            stats=self._stats,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self._closing = False
+
+    # -- what the application can look at -----------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self._conn.options.url
+
+    @property
+    def state(self) -> State:
+        """``"connecting"`` (until the first welcome), ``"open"``, ``"reconnecting"``,
+        ``"closed"``."""
+        return self._state
+
+    @property
+    def session(self) -> str | None:
+        """Session id from the last welcome (sent back to resume)."""
+        return self._conn.session
+
+    @property
+    def gateway(self) -> str | None:
+        """Id of the gateway of the current (or last) connection."""
+        return self._conn.gateway
+
+    @property
+    def user(self) -> str | None:
+        return self._conn.user
+
+    @property
+    def positions(self) -> dict[str, Position]:
+        """Stream -> (epoch, offset) of the last message delivered (or the welcome's top)."""
+        return dict(self._conn.tracker.positions)
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of the counters: connects, reconnects, duplicates_dropped,
+        gaps_detected, recoveries_failed."""
+        return dataclasses.replace(self._stats)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> Client:
+        """Start the background task and wait for the first welcome.
+
+        Raises the terminal error if the first connection fails for good (e.g. AuthError on a
+        refused token without a provider). Transient failures are retried with backoff for as
+        long as it takes: bound the wait with ``asyncio.timeout`` if you need to.
+        """
+        if self._task is not None or self._closing:
+            raise RuntimeError("a Client can be started only once")
+        self._task = asyncio.create_task(self._main(), name=f"switchboard-client {self.url}")
+        welcomed = asyncio.create_task(self._conn.welcomed.wait())
+        try:
+            await asyncio.wait([welcomed, self._task], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            await self.close()
+            raise
+        finally:
+            welcomed.cancel()
+        if not self._conn.welcomed.is_set():
+            error = self._error or RuntimeError("the client stopped before connecting")
+            await self.close()
+            raise error
+        return self
+
+    async def close(self) -> None:
+        """Close the connection (code 1000) and stop; iteration ends. Idempotent."""
+        self._closing = True
+        ws, task = self._conn.ws, self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        if ws is not None:
+            try:
+                await ws.close(1000, "client closed")
+            except Exception as exc:  # closing a broken connection: nothing left to do
+                log.debug("error while closing: %s", exc)
+        self._conn.fail_pings("client closed")
+        self._set_state("closed")
+        # Wakes an iterator waiting on an empty queue; a full queue has no waiting iterator,
+        # and the next __anext__ sees _closing.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_END)
+
+    async def __aenter__(self) -> Client:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Client:
+        return self
+
+    async def __anext__(self) -> Item:
+        if self._closing:
+            raise StopAsyncIteration
+        if self._task is None:
+            raise RuntimeError("start the client first: `async with Client(...) as c`")
+        item = await self._queue.get()
+        if isinstance(item, _End):
+            self._queue.put_nowait(item)  # there is room: we just took it; later calls end too
+            if self._error is not None and not self._closing:
+                raise self._error
+            raise StopAsyncIteration
+        return item
+
+    async def ping(self) -> float:
+        """Round-trip time in seconds of an application-level ping to the gateway.
+
+        Raises ConnectionError when not connected (or if the connection drops meanwhile).
+        Bound the wait with ``asyncio.timeout``.
+        """
+        if self._state != "open":
+            raise ConnectionError("not connected")
+        return await self._conn.ping()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _main(self) -> None:
+        try:
+            await self._conn.run()
+        except Exception as exc:
+            log.warning("switchboard client stopped: %s", exc)
+            self._error = exc
+            self._set_state("closed")
+            await self._queue.put(_END)  # after every item already queued
+
+    def _set_state(self, state: State) -> None:
+        if state == self._state or self._state == "closed":
+            return
+        self._state = state
+        if self._on_state is not None:
+            self._callback(self._on_state, state)
+
+    def _report_error(self, code: str, message: str) -> None:
+        if self._on_error is not None:
+            self._callback(self._on_error, code, message)
+
+    @staticmethod
+    def _callback(fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("a client callback raised")

@@ -1,0 +1,325 @@
+"""The reconnect loop: connect, read, resume, reconnect, until something terminal happens.
+
+One :class:`Connector` per :class:`~client.Client`, run by its single background task. The
+decisions (positions, duplicates, gaps, close codes, delays) are made by
+:mod:`client.protocol` and :mod:`client.backoff`; this module does the I/O around them and
+puts what the application should see on the client's queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
+from websockets.typing import Subprotocol
+
+from client.backoff import Backoff
+from client.errors import AuthError, Forbidden, SessionError, TerminalClose
+from client.protocol import (
+    JITTER_MAX,
+    SUBPROTOCOLS,
+    Format,
+    Gap,
+    Item,
+    Next,
+    Position,
+    ProtocolViolation,
+    Stats,
+    Tracker,
+    Welcome,
+    after_close,
+    after_refusal,
+    connect_url,
+    decode,
+    encode,
+    parse_message,
+    parse_welcome,
+    retry_after,
+)
+
+State = Literal["connecting", "open", "reconnecting", "closed"]
+TokenProvider = Callable[[], Awaitable[str]]
+
+log = logging.getLogger("client")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How to connect (see :class:`~client.Client` for the meaning and defaults)."""
+
+    url: str
+    format: Format
+    channels: tuple[str, ...]
+    token_in_header: bool
+    open_timeout: float | None
+    ping_interval: float | None
+    ping_timeout: float | None
+    close_timeout: float | None
+    max_size: int | None
+    proxy: str | None
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "subprotocols": [Subprotocol(SUBPROTOCOLS[self.format])],
+            "open_timeout": self.open_timeout,
+            "ping_interval": self.ping_interval,
+            "ping_timeout": self.ping_timeout,
+            "close_timeout": self.close_timeout,
+            "max_size": self.max_size,
+            "proxy": self.proxy,
+        }
+
+
+class Connector:
+    """Holds one connection at a time and decides, when it ends, when to open the next."""
+
+    def __init__(
+        self,
+        options: Options,
+        *,
+        token: str | None,
+        token_provider: TokenProvider | None,
+        backoff: Backoff,
+        rng: random.Random,
+        deliver: Callable[[Item], Awaitable[None]],
+        set_state: Callable[[State], None],
+        on_error: Callable[[str, str], None],
+        stats: Stats,
+    ) -> None:
+        self.options = options
+        self.tracker = Tracker(stats)
+        self.stats = stats
+        self.session: str | None = None
+        self.gateway: str | None = None
+        self.user: str | None = None
+        self.ws: ClientConnection | None = None  # while open
+        self.welcomed = asyncio.Event()  # set at the first welcome
+        self._token = token
+        self._provider = token_provider
+        self._backoff = backoff
+        self._rng = rng
+        self._deliver = deliver
+        self._set_state = set_state
+        self._on_error = on_error
+        self._hint: float | None = None  # after_ms of a reconnect message, seconds
+        self._fresh_token = False  # the token was fetched because the last one was refused
+        self._progress = True  # a message was delivered since the last gap
+        self._pings: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Waits between attempts; tests swap it to record delays instead of sleeping.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def run(self) -> None:
+        """Connect and reconnect forever; returns only by raising a terminal error."""
+        delay = 0.0
+        while True:
+            if delay > 0:
+                log.info("reconnecting in %.2fs", delay)
+                await self.sleep(delay)
+            delay = await self._connection()
+
+    async def ping(self) -> float:
+        ws = self.ws
+        if ws is None:
+            raise ConnectionError("not connected")
+        loop = asyncio.get_running_loop()
+        pong: asyncio.Future[None] = loop.create_future()
+        self._pings.append(pong)
+        started = loop.time()
+        try:
+            await ws.send(encode({"type": "ping"}, self.options.format))
+            await pong
+        except ConnectionClosed as exc:
+            raise ConnectionError("connection closed") from exc
+        finally:
+            pong.cancel()  # no-op once answered; else nobody will wait for it any more
+        return loop.time() - started
+
+    def fail_pings(self, why: str) -> None:
+        while self._pings:
+            pong = self._pings.popleft()
+            if not pong.done():
+                pong.set_exception(ConnectionError(why))
+
+    # -- one connection -----------------------------------------------------------------------
+
+    async def _connection(self) -> float:
+        """One connection, handshake to close; returns the delay before the next one."""
+        if self._token is None and self._provider is not None:
+            self._token = await self._provider()
+        opts = self.options
+        sent = dict(self.tracker.positions)
+        headers: dict[str, str] = {}
+        if self._token and opts.token_in_header:
+            headers["Authorization"] = f"Bearer {self._token}"
+        url = connect_url(
+            opts.url,
+            token=None if opts.token_in_header else self._token,
+            session=self.session,
+            cursor=self.tracker.cursor(),
+            channels=opts.channels,
+        )
+        try:
+            ws = await connect(url, additional_headers=headers, **opts.connect_kwargs())
+        except InvalidStatus as exc:
+            return await self._refused(exc.response.status_code, exc.response.headers)
+        except InvalidURI:
+            raise
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            log.info("cannot connect to %s: %s", opts.url, exc)
+            return self._backoff.next_delay()
+        self.ws = ws
+        try:
+            return await self._serve(ws, sent)
+        except asyncio.CancelledError:
+            raise  # Client.close() closes the connection with 1000
+        except BaseException:
+            await ws.close(1000)
+            raise
+        finally:
+            self.ws = None
+            self.fail_pings("connection closed")
+
+    async def _refused(self, status: int, headers: Headers) -> float:
+        action = after_refusal(status)
+        log.info("handshake refused with HTTP %d", status)
+        if action is Next.NEW_TOKEN:
+            return await self._new_token(status)
+        if action is Next.FORBIDDEN:
+            raise Forbidden(f"the gateway refused the connection (HTTP {status})", code=status)
+        return self._backoff.next_delay(retry_after(headers.get("Retry-After")))
+
+    async def _new_token(self, code: int) -> float:
+        if self._provider is None:
+            raise AuthError(f"the gateway refused the token ({code})", code=code)
+        if self._fresh_token:
+            raise AuthError(f"the gateway refused a fresh token too ({code})", code=code)
+        self._token = await self._provider()
+        self._fresh_token = True
+        return 0.0
+
+    async def _serve(self, ws: ClientConnection, sent: Mapping[str, Position]) -> float:
+        try:
+            async with asyncio.timeout(self.options.open_timeout):
+                welcome = parse_welcome(decode(await ws.recv()))
+        except ConnectionClosed:
+            return await self._closed(ws)
+        except (TimeoutError, ProtocolViolation) as exc:
+            log.warning("no valid welcome from %s: %s", self.options.url, exc)
+            await ws.close(1002, "expected a welcome")
+            return self._backoff.next_delay()
+        await self._welcome(welcome, sent)
+        try:
+            async for frame in ws:
+                try:
+                    delay = await self._handle(decode(frame))
+                except ProtocolViolation as exc:
+                    log.warning("ignoring a malformed message: %s", exc)
+                    continue
+                if delay is not None:
+                    await ws.close(1000, "gap")
+                    return delay
+        except ConnectionClosed:
+            pass
+        return await self._closed(ws)
+
+    async def _welcome(self, welcome: Welcome, sent: Mapping[str, Position]) -> None:
+        recovery = self.tracker.on_welcome(welcome, sent=sent)
+        self.session, self.gateway, self.user = welcome.session, welcome.gateway, welcome.user
+        self._fresh_token = False
+        self._hint = None
+        self.stats.connects += 1
+        if self.stats.connects > 1:
+            self.stats.reconnects += 1
+        self._backoff.connected()
+        log.info("connected to gateway %s (session %s, resumed=%s, recovered=%s)",
+                 welcome.gateway, welcome.session, welcome.resumed, welcome.recovered)
+        self._set_state("open")
+        self.welcomed.set()
+        if recovery is not None:
+            log.warning("could not recover %s", ", ".join(recovery.streams))
+            await self._deliver(recovery)  # before any later message
+
+    async def _handle(self, msg: dict[str, Any]) -> float | None:
+        """Act on one server message; a float means: close, reconnect after that delay."""
+        kind = msg["type"]
+        if kind == "message":
+            out = self.tracker.on_message(parse_message(msg), gateway=self.gateway or "")
+            if isinstance(out, Gap):
+                return self._gap(out)
+            for item in out:
+                await self._deliver(item)
+            self._progress = True
+        elif kind == "reconnect":
+            after_ms = msg.get("after_ms")
+            if isinstance(after_ms, int | float) and not isinstance(after_ms, bool):
+                self._hint = max(0.0, after_ms / 1000)
+            log.info("gateway asks to reconnect (%s) after %s ms", msg.get("reason"), after_ms)
+        elif kind == "error":
+            code, message = str(msg.get("code", "")), str(msg.get("message", ""))
+            log.warning("gateway error %s: %s", code, message)
+            self._on_error(code, message)
+        elif kind == "pong":
+            if self._pings:
+                pong = self._pings.popleft()
+                if not pong.done():  # else it timed out: this is its late answer
+                    pong.set_result(None)
+        elif kind == "subscribed":
+            await self._subscribed(msg)
+        elif kind == "unsubscribed":
+            self.tracker.on_unsubscribed(f"ch.{msg.get('channel')}")
+        else:
+            log.debug("ignoring a %r message", kind)
+        return None
+
+    async def _subscribed(self, msg: Mapping[str, Any]) -> None:
+        epoch, offset = msg.get("epoch"), msg.get("offset")
+        if not isinstance(epoch, str) or not isinstance(offset, int):
+            raise ProtocolViolation("subscribed: epoch must be a string and offset an integer")
+        recovery = self.tracker.on_subscribed(
+            f"ch.{msg.get('channel')}", Position(epoch, offset),
+            recovered=bool(msg.get("recovered")), gateway=self.gateway or "",
+        )
+        if recovery is not None:
+            await self._deliver(recovery)
+
+    def _gap(self, gap: Gap) -> float:
+        log.info("gap in %s: expected offset %d, got %d; resuming", gap.stream, gap.expected,
+                 gap.received)
+        self._set_state("reconnecting")
+        # Resume at once, unless the last resume did not get us past a gap either: then
+        # something is wrong on the server side and hammering it would not help.
+        delay = 0.0 if self._progress else self._backoff.next_delay()
+        self._progress = False
+        return delay
+
+    async def _closed(self, ws: ClientConnection) -> float:
+        """The gateway (or the network) ended the connection: decide what comes next."""
+        code, reason = ws.close_code, ws.close_reason or ""
+        hint, self._hint = self._hint, None
+        log.info("connection closed: %s %s", code, reason)
+        self._backoff.disconnected()
+        if self.stats.connects:
+            self._set_state("reconnecting")
+        action = after_close(code)
+        if action is Next.BACKOFF:
+            return self._backoff.next_delay(hint)
+        if action is Next.JITTER:
+            jitter = hint if hint is not None else self._rng.uniform(0.0, JITTER_MAX)
+            return self._backoff.next_delay(jitter)
+        assert code is not None  # every action below comes from a received close code
+        if action is Next.NEW_TOKEN:
+            return await self._new_token(code)
+        if action is Next.FORBIDDEN:
+            raise Forbidden(f"closed by the gateway: {reason or 'forbidden'}", code=code)
+        if action is Next.SESSION_UNKNOWN:
+            raise SessionError(f"session {self.session} is unknown to this user ({code})")
+        raise TerminalClose(code, reason)
+
