@@ -14,8 +14,8 @@ from typing import Any
 
 from websockets.http11 import Request, Response
 
-from gateway import http
-from gateway.backplane import Backplane, Registration
+from gateway import commands, http
+from gateway.backplane import Backplane
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.server import Connection
@@ -27,6 +27,7 @@ from switchboard.auth import Claims, TokenError, Verifier
 from switchboard.closecodes import Close
 from switchboard.config import GatewaySettings
 from switchboard.contract import Control, Message
+from switchboard.store import Store
 
 log = logging.getLogger("switchboard.gateway")
 
@@ -58,6 +59,7 @@ class Gateway:
             settings, self.gateway_id, self.metrics, self.on_message, self.on_control, self.load
         )
         self.backplane.on_resubscribed = self._start_catch_up
+        self.store = Store(self.backplane.redis, settings)
         self._background: set[asyncio.Task[None]] = set()
         self.tcp: set[Connection] = set()
         self._all_closed = asyncio.Event()
@@ -102,26 +104,26 @@ class Gateway:
         self.metrics.closed(conn.transport.wire, code)
 
     def client_gone(self, conn: Connection) -> None:
-        if self.hub.remove(conn):
-            user = conn.session.user
-            self.backplane.unregister(Registration(user, conn.conn_id, conn.session.session_id))
-            if not self.hub.user_clients(user):
-                self.tracker.forget(streams.user_key(user))
+        if conn in self.hub:
+            reg = commands.registration(conn)
+            for key in self.hub.remove(conn):
+                self._release_channel(key)
+            self.backplane.unregister(reg)
+            if not self.hub.user_clients(reg.user):
+                self.tracker.forget(streams.user_key(reg.user))
         self.metrics.ended(conn.transport.wire)
 
     def client_message(self, conn: Connection, msg: dict[str, Any]) -> None:
-        kind = msg["type"]
-        if kind == "ping":
-            conn.transport.send_obj({"type": "pong"})
-        elif kind in ("subscribe", "unsubscribe", "publish"):
-            conn.transport.send_obj(
-                {"type": "error", "code": "unsupported", "message": f"{kind} is not enabled"}
-            )
-        else:
-            self.metrics.client_error()
-            conn.transport.send_obj(
-                {"type": "error", "code": "unknown_type", "message": f"unknown type {kind!r}"}
-            )
+        commands.handle(self, conn, msg)
+
+    def channel_left(self, conn: Connection, key: str) -> None:
+        if self.hub.unsubscribe(conn, key):
+            self._release_channel(key)
+
+    def _release_channel(self, key: str) -> None:
+        """No local subscriber left: stop receiving the channel (DESIGN 6)."""
+        self.tracker.forget(key)
+        self.spawn(self.backplane.unsubscribe_channel(key[2:]))
 
     def plain_http(self, request: Request, path: str) -> Response:
         if request.method == "OPTIONS":
@@ -163,9 +165,9 @@ class Gateway:
         for m in ready:
             self._deliver(m)
         if fill is not None:
-            self._spawn(self._fill(fill))
+            self.spawn(self._fill(fill))
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -184,7 +186,7 @@ class Gateway:
         self.metrics.fill(self.tracker.filled > before)
 
     def _start_catch_up(self) -> None:
-        self._spawn(self._catch_up())
+        self.spawn(self._catch_up())
 
     async def _catch_up(self) -> None:
         """After a pub/sub outage, bring every followed stream up to its top from the log."""
@@ -199,7 +201,7 @@ class Gateway:
         for key, top in tops.items():
             fill = self.tracker.catch_up(key, top)
             if fill is not None:
-                self._spawn(self._fill(fill))
+                self.spawn(self._fill(fill))
 
     def _deliver(self, message: Message) -> None:
         started = time.perf_counter()

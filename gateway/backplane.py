@@ -36,6 +36,11 @@ class Registration:
     user: str
     conn_id: str
     session_id: str
+    channels: tuple[str, ...] = ()  # channel names, for presence clean-up
+
+
+class ChannelUnavailable(Exception):
+    """The pub/sub subscription for a channel could not be confirmed in time."""
 
 
 class Backplane:
@@ -68,7 +73,10 @@ class Backplane:
         self._gone_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub_client: aioredis.Redis | None = None
+        self._pubsub: aioredis.client.PubSub | None = None
         self._listener_reset = asyncio.Event()
+        # Channel name -> confirmation of our SUBSCRIBE to sb:ch:NAME (shared by joiners).
+        self._channels: dict[str, asyncio.Future[None]] = {}
 
     @property
     def ready(self) -> bool:
@@ -152,6 +160,36 @@ class Backplane:
     async def register(
         self, reg: Registration, stream_keys: list[str]
     ) -> tuple[int, dict[str, Position]]:
+        """See :meth:`_register`; channel streams also get a presence entry."""
+        return await self._register(reg, stream_keys)
+
+    async def join(self, reg: Registration, channel: str) -> Position:
+        """Presence entry for one channel and the top of its stream, in one round trip."""
+        key = streams.channel_key(channel)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.presence(channel), reg.conn_id, f"{self.gateway_id} {reg.user}")
+        await self._ensure_meta(
+            keys=[self.keys.meta(key), self.keys.log(key)],
+            args=[streams.random_id(), contract.ms(self.settings.meta_ttl)],
+            client=pipe,
+        )
+        try:
+            results = await pipe.execute()
+        except (RedisError, OSError):
+            self.metrics.redis_error("join")
+            raise
+        raw = results[1]
+        return Position(text(raw[0]), int(raw[1]))
+
+    async def leave(self, reg: Registration, channel: str) -> None:
+        try:
+            await self.redis.hdel(self.keys.presence(channel), reg.conn_id)
+        except (RedisError, OSError):
+            self.metrics.redis_error("leave")  # the entry dies with our heartbeat anyway
+
+    async def _register(
+        self, reg: Registration, stream_keys: list[str]
+    ) -> tuple[int, dict[str, Position]]:
         """Map the connection to us, claim its session, and read the top of its streams.
 
         The map entry is written before the positions are read, in one pipeline, so every
@@ -172,13 +210,15 @@ class Backplane:
                 args=[streams.random_id(), contract.ms(s.meta_ttl)],
                 client=pipe,
             )
+        for channel in reg.channels:
+            pipe.hset(self.keys.presence(channel), reg.conn_id, f"{self.gateway_id} {reg.user}")
         try:
             results = await pipe.execute()
         except (RedisError, OSError):
             self.metrics.redis_error("register")
             raise
         positions: dict[str, Position] = {}
-        for key, raw in zip(stream_keys, results[2:], strict=True):
+        for key, raw in zip(stream_keys, results[2 : 2 + len(stream_keys)], strict=True):
             positions[key] = Position(text(raw[0]), int(raw[1]))
         return int(results[1]), positions
 
@@ -235,6 +275,8 @@ class Backplane:
             # The session outlives the connection by the replay window, for resume. SET, not
             # PEXPIRE: a connection older than the window has let its session key lapse.
             pipe.set(self.keys.session(reg.session_id), reg.user, px=ttl)
+            for channel in reg.channels:
+                pipe.hdel(self.keys.presence(channel), reg.conn_id)
         try:
             await pipe.execute()
         except (RedisError, OSError):
@@ -252,6 +294,42 @@ class Backplane:
                 await asyncio.sleep(1.0)
                 self._gone_event.set()
 
+    # -- channel subscriptions ----------------------------------------------------------------
+
+    async def subscribe_channel(self, channel: str) -> None:
+        """Make sure we receive ``sb:ch:NAME``; returns once Redis confirmed the SUBSCRIBE.
+
+        Only then may a joiner read the channel's top: anything published afterwards reaches us.
+        """
+        fut = self._channels.get(channel)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._channels[channel] = fut
+            if self._pubsub is not None and self.subscribed:
+                # On failure the listener reconnects and subscribes to every wanted channel.
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.subscribe(self.keys.channel_channel(channel))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.settings.redis_timeout * 2)
+        except TimeoutError:
+            raise ChannelUnavailable(channel) from None
+
+    async def unsubscribe_channel(self, channel: str) -> None:
+        fut = self._channels.pop(channel, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+        if self._pubsub is not None and self.subscribed:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(self.keys.channel_channel(channel))
+
+    def _confirmed(self, channel_name: bytes) -> None:
+        name = channel_name.decode()
+        prefix = self.keys.channel_channel("")
+        if name.startswith(prefix):
+            fut = self._channels.get(name[len(prefix) :])
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
     # -- pub/sub ------------------------------------------------------------------------------
 
     async def _listen_loop(self) -> None:
@@ -265,11 +343,17 @@ class Backplane:
                 client_name=f"{self.settings.prefix}pubsub:{self.gateway_id}",
             )
             self._pubsub_client = client
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = client.pubsub()
             try:
+                # Wanted channels get fresh confirmations from this connection.
+                for name, fut in list(self._channels.items()):
+                    if fut.done():
+                        self._channels[name] = asyncio.get_running_loop().create_future()
                 await pubsub.subscribe(
-                    self.keys.gateway_channel(self.gateway_id), self.keys.broadcast_channel()
+                    self.keys.gateway_channel(self.gateway_id), self.keys.broadcast_channel(),
+                    *(self.keys.channel_channel(name) for name in self._channels),
                 )
+                self._pubsub = pubsub
                 self.subscribed = True
                 self._last_ping = time.monotonic()
                 if not first:
@@ -287,6 +371,7 @@ class Backplane:
                 log.warning("pub/sub connection lost: %s", exc)
             finally:
                 self.subscribed = False
+                self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 with contextlib.suppress(Exception):
@@ -300,9 +385,13 @@ class Backplane:
         try:
             while not reset.done():
                 msg = await pubsub.get_message(timeout=1.0)
-                if msg is None or msg.get("type") != "message":
+                if msg is None:
                     continue
-                self._dispatch(msg["data"])
+                kind = msg.get("type")
+                if kind == "message":
+                    self._dispatch(msg["data"])
+                elif kind == "subscribe":
+                    self._confirmed(msg["channel"])
         finally:
             reset.cancel()
 

@@ -29,6 +29,7 @@ class Hub:
     def __init__(self) -> None:
         self._clients: dict[str, Client] = {}
         self._by_user: dict[str, dict[str, Client]] = {}
+        self._channels: dict[str, dict[str, Client]] = {}  # channel key -> subscribers
         self.gaps = 0  # live offsets that jumped (counted; filled by resume logic later)
 
     def __len__(self) -> int:
@@ -41,16 +42,43 @@ class Hub:
         self._clients[client.conn_id] = client
         self._by_user.setdefault(client.session.user, {})[client.conn_id] = client
 
-    def remove(self, client: Client) -> bool:
+    def remove(self, client: Client) -> list[str]:
+        """Forget a client; returns the channel keys that no local client follows any more.
+
+        Raises KeyError if the client was not in the hub.
+        """
         if self._clients.pop(client.conn_id, None) is None:
-            return False
+            raise KeyError(client.conn_id)
         user = client.session.user
         conns = self._by_user.get(user)
         if conns is not None:
             conns.pop(client.conn_id, None)
             if not conns:
                 del self._by_user[user]
+        return [key for key in client.session.channels if self.unsubscribe(client, key)]
+
+    def __contains__(self, client: Client) -> bool:
+        return client.conn_id in self._clients
+
+    def subscribe(self, client: Client, channel_key: str) -> bool:
+        """Returns True for the first local subscriber of the channel."""
+        subs = self._channels.setdefault(channel_key, {})
+        first = not subs
+        subs[client.conn_id] = client
+        return first
+
+    def unsubscribe(self, client: Client, channel_key: str) -> bool:
+        """Returns True when the last local subscriber left."""
+        subs = self._channels.get(channel_key)
+        if subs is None or subs.pop(client.conn_id, None) is None:
+            return False
+        if subs:
+            return False
+        del self._channels[channel_key]
         return True
+
+    def channel_keys(self) -> list[str]:
+        return list(self._channels)
 
     def user_clients(self, user: str) -> list[Client]:
         return list(self._by_user.get(user, {}).values())
@@ -67,7 +95,7 @@ class Hub:
             return iter(list(self._clients.values()))
         if key.startswith("u:"):
             return iter(list(self._by_user.get(key[2:], {}).values()))
-        return iter(())
+        return iter(list(self._channels.get(key, {}).values()))
 
     def deliver(self, message: Message) -> dict[Wire, int]:
         """Offer one message to every local recipient; returns deliveries per wire format."""

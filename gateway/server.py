@@ -24,7 +24,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from gateway import http, resume
-from gateway.backplane import Registration
+from gateway.backplane import ChannelUnavailable, Registration
 from gateway.ratelimit import TokenBucket
 from gateway.session import Session
 from gateway.transport import SseTransport, Transport, Writer, WsTransport
@@ -101,12 +101,14 @@ class Connection(asyncio.Protocol):
         self._fragment_binary = False
         self._bucket: TokenBucket | None = None
         self._close_code: int | None = None
-        self._in_hub = False
         self._welcome_task: asyncio.Task[None] | None = None
         self.last_seen = 0.0
         self.ping_sent: float | None = None
         self._resume_session: str | None = None
         self._cursor: dict[str, Position] = {}
+        self._channels: list[str] = []  # asked for at connect
+        self._pending_commands: list[dict[str, Any]] = []
+        self.claims: Claims = None  # type: ignore[assignment]  # set on handshake
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -212,6 +214,14 @@ class Connection(asyncio.Protocol):
         except streams.CursorError as exc:
             raise Refused(400, "bad_cursor", str(exc)) from None
         self._resume_session = session
+        names = [n for n in params.get("channels", "").split(",") if n]
+        bad = [n for n in names if not streams.valid_channel(n)]
+        if bad:
+            raise Refused(400, "bad_channel", f"invalid channel name {bad[0]!r}")
+        if len(set(names)) > self.app.settings.max_channels:
+            raise Refused(400, "too_many_channels",
+                          f"at most {self.app.settings.max_channels} channels per connection")
+        self._channels = list(dict.fromkeys(names))
 
     def _open_ws(self, request: Request, params: dict[str, str]) -> None:
         claims = self._authorize(request, params)
@@ -244,10 +254,14 @@ class Connection(asyncio.Protocol):
 
     def _begin(self, claims: Claims) -> None:
         """Join the hub first (live messages are held), then register and welcome."""
+        self.claims = claims
         session_id = self._resume_session or streams.random_id(16)
         self.session = Session(session_id=session_id, user=claims.user)
         self.app.hub.add(self)
-        self._in_hub = True
+        for name in self._channels:
+            if claims.may_subscribe(name):
+                self.session.begin_join(streams.channel_key(name))
+                self.app.hub.subscribe(self, streams.channel_key(name))
         self.app.client_joined(self)
         self._welcome_task = self.app.loop.create_task(self._welcome())
 
@@ -255,9 +269,13 @@ class Connection(asyncio.Protocol):
         """Register, replay from the cursor, welcome, then release held live messages."""
         app = self.app
         session = self.session
-        reg = Registration(session.user, self.conn_id, session.session_id)
+        channels = [k[2:] for k in session.channels]
+        reg = Registration(session.user, self.conn_id, session.session_id, tuple(channels))
         keys = [streams.user_key(session.user), streams.BROADCAST_KEY]
+        keys += [streams.channel_key(c) for c in channels]
         try:
+            # Our Redis subscription to each channel must be live before we read its top.
+            await asyncio.gather(*(app.backplane.subscribe_channel(c) for c in channels))
             claim, tops = await app.backplane.register(reg, keys)
             if claim == contract.SESSION_FOREIGN:
                 self.close(Close.SESSION_UNKNOWN, "session belongs to another user")
@@ -267,7 +285,7 @@ class Connection(asyncio.Protocol):
             plans = resume.plan(self._cursor, tops, app.settings.replay_limit)
             ranges = [(p.key, p.replay_from, p.top.offset) for p in plans if p.needs_log]
             logs = await app.backplane.read_logs(ranges)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, ChannelUnavailable) as exc:
             log.warning("cannot register connection: %s", exc)
             self.close(Close.TRY_AGAIN_LATER, "redis unavailable")
             return
@@ -278,6 +296,7 @@ class Connection(asyncio.Protocol):
             app.metrics.resumed(outcome.recovered)
         for key, pos in outcome.start.items():
             session.follow(key, pos)
+        session.joining.clear()
         self.transport.send_obj(
             {
                 "type": "welcome",
@@ -289,8 +308,26 @@ class Connection(asyncio.Protocol):
                 "streams": session.stream_positions(),
             }
         )
+        self._announce_channels(outcome)
         for out in session.start([Outgoing(m) for m in outcome.replay]):
             self.transport.send(out)
+        pending, self._pending_commands = self._pending_commands, []
+        for msg in pending:
+            app.client_message(self, msg)
+
+    def _announce_channels(self, outcome: resume.Outcome) -> None:
+        for name in self._channels:
+            key = streams.channel_key(name)
+            start = outcome.start.get(key)
+            if start is None:
+                self.transport.send_obj({
+                    "type": "error", "code": "forbidden", "channel": name,
+                    "message": f"your token does not allow you to subscribe to {name!r}"})
+                continue
+            wire = streams.wire_name(key)
+            recovered = wire in self._cursor and wire not in outcome.unrecovered
+            self.transport.send_obj({"type": "subscribed", "channel": name, "epoch": start.epoch,
+                                     "offset": start.offset, "recovered": recovered})
 
     # -- WebSocket frames ---------------------------------------------------------------------
 
@@ -324,6 +361,9 @@ class Connection(asyncio.Protocol):
         except ClientMessageError as exc:
             self.app.metrics.client_error()
             self.transport.send_obj({"type": "error", "code": "bad_request", "message": str(exc)})
+            return
+        if not self.session.ready:
+            self._pending_commands.append(msg)  # answered after the welcome, in order
             return
         self.app.client_message(self, msg)
 

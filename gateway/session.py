@@ -37,7 +37,33 @@ class Session:
     positions: dict[str, Position] = field(default_factory=dict)
     ready: bool = False
     held: list[Outgoing] = field(default_factory=list)
+    # Channel keys being subscribed: their live messages wait here until the position is known.
+    joining: dict[str, list[Outgoing]] = field(default_factory=dict)
     on_gap: Callable[[str, int], None] | None = None
+
+    @property
+    def channels(self) -> list[str]:
+        """Channel keys followed or being joined."""
+        keys = [k for k in self.positions if k.startswith("c:")]
+        return keys + [k for k in self.joining if k not in self.positions]
+
+    def begin_join(self, stream_key: str) -> None:
+        self.joining.setdefault(stream_key, [])
+
+    def finish_join(
+        self, stream_key: str, start: Position, replay: list[Outgoing]
+    ) -> list[Outgoing]:
+        """Position known: the replay, then what arrived meanwhile, without duplicates."""
+        waiting = self.joining.pop(stream_key, [])
+        self.positions[stream_key] = start
+        if not self.ready:
+            self.held.extend(replay)  # the welcome has not gone out yet
+            return []
+        return [out for out in [*replay, *waiting] if self.offer(out).deliver]
+
+    def leave(self, stream_key: str) -> None:
+        self.joining.pop(stream_key, None)
+        self.positions.pop(stream_key, None)
 
     def follow(self, stream_key: str, position: Position) -> None:
         self.positions[stream_key] = position
@@ -50,6 +76,10 @@ class Session:
         m = out.message
         pos = self.positions.get(m.stream_key)
         if pos is None:
+            waiting = self.joining.get(m.stream_key)
+            if waiting is not None:
+                waiting.append(out)
+                return HELD
             return NOT_FOLLOWED
         if m.epoch != pos.epoch:
             # The stream's history was lost and restarted: the new epoch's offsets start at 1.

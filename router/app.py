@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from router import cluster, handlers, models, probes, publish, users
+from router import channels, cluster, handlers, models, probes, publish, users
 from router.auth import require_key
 from router.context import Context
 from router.metrics import RouterMetrics
@@ -72,7 +72,7 @@ def create_app(settings: RouterSettings, store: Store | None = None) -> FastAPI:
     probes.add_routes(root, ctx)
     app.include_router(root)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key(settings.api_keys))])
-    for module in (publish, users, cluster):
+    for module in (publish, users, channels, cluster):
         module.add_routes(v1, ctx)
     app.include_router(v1)
     return app

@@ -16,7 +16,9 @@ from switchboard.store import TargetKind
 
 Outcome = Literal["ok", "duplicate", "failed"]
 Mode = Literal["single", "batch"]
-Operation = Literal["publish", "batch", "connections", "disconnect", "cluster", "ready"]
+Operation = Literal[
+    "publish", "batch", "connections", "disconnect", "presence", "cluster", "ready"
+]
 
 TARGET_LABELS: dict[TargetKind, str] = {"u": "user", "c": "channel", "b": "broadcast"}
 OUTCOMES: tuple[Outcome, ...] = ("ok", "duplicate", "failed")

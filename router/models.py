@@ -80,6 +80,18 @@ class Connections(BaseModel):
     count: int
 
 
+class PresentUser(BaseModel):
+    user: str
+    connections: int
+
+
+class Presence(BaseModel):
+    channel: str
+    users: list[PresentUser]
+    count: int = Field(..., description="distinct users subscribed")
+    connections: int = Field(..., description="subscribed connections, all users")
+
+
 class Disconnected(BaseModel):
     user: str
     gateways: int = Field(..., description="gateways that were told to close the user's "

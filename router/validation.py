@@ -277,6 +277,12 @@ def parse_user(value: str) -> str:
     return value
 
 
+def parse_channel(value: str) -> str:
+    if not streams.valid_channel(value):
+        raise InvalidField("'channel' must match [A-Za-z0-9_-]{1,64}", field="channel")
+    return value
+
+
 def parse_disconnect(doc: dict[str, Any] | None) -> DisconnectRequest:
     """An optional body ``{"code": 4201, "reason": "..."}``; absent means 4201 and no reason."""
     if doc is None:

@@ -18,12 +18,26 @@ class TokenError(Exception):
     """Missing, malformed, forged, expired or otherwise unacceptable token (HTTP 401)."""
 
 
+def matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """Exact channel names, or ``prefix*`` patterns (``*`` alone allows every channel)."""
+    for pattern in patterns:
+        if pattern == name or (pattern.endswith("*") and name.startswith(pattern[:-1])):
+            return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Claims:
     user: str
     expires: float
     channels: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
+
+    def may_subscribe(self, channel: str) -> bool:
+        return matches(channel, self.channels)
+
+    def may_publish(self, channel: str) -> bool:
+        return matches(channel, self.publish)
 
 
 def _str_list(value: object, name: str) -> tuple[str, ...]:

@@ -86,6 +86,9 @@ class GatewaySettings(RedisSettings):
         default="",
         metadata={"help": "DEV ONLY: JSON served at /demo/config.json for the demo page"},
     )
+    max_channels: int = field(
+        default=100, metadata={"help": "channels one connection may subscribe to"}
+    )
     replay_limit: int = field(
         default=1000, metadata={"help": "most messages replayed per stream on resume"}
     )

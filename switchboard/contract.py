@@ -66,6 +66,10 @@ class Keys:
     def idempotency(self, stream_key: str, idem: str) -> str:
         return f"{self.prefix}{{{stream_key}}}:idem:{idem}"
 
+    def presence(self, channel: str) -> str:
+        """Hash conn_id -> "GATEWAY USER" of a channel's subscribers, cluster-wide."""
+        return f"{self.prefix}{{{streams.channel_key(channel)}}}:presence"
+
     def conns(self, user: str) -> str:
         return f"{self.prefix}{{{streams.user_key(user)}}}:conns"
 
@@ -171,6 +175,28 @@ end
 return n
 """
 
+
+# KEYS: presence. ARGV: key prefix. Returns the users (one entry per connection) subscribed
+# through live gateways; entries of dead gateways are deleted, so presence follows heartbeats.
+PRESENCE_LUA = r"""
+local entries = redis.call('HGETALL', KEYS[1])
+local alive = {}
+local users = {}
+for i = 1, #entries, 2 do
+  local value = entries[i + 1]
+  local sep = string.find(value, ' ', 1, true)
+  local gw = string.sub(value, 1, sep - 1)
+  if alive[gw] == nil then
+    alive[gw] = redis.call('EXISTS', ARGV[1] .. 'gw:' .. gw) == 1
+  end
+  if alive[gw] then
+    users[#users + 1] = string.sub(value, sep + 1)
+  else
+    redis.call('HDEL', KEYS[1], entries[i])
+  end
+end
+return users
+"""
 
 # KEYS: session. ARGV: user, ttl ms. Binds a session to its user; never steals another's.
 # Returns 1 resumed (it was this user's), 2 new (unknown or expired), 0 foreign.

@@ -80,6 +80,7 @@ class Store:
         self._publish = client.register_script(contract.PUBLISH_LUA)
         self._ensure_meta = client.register_script(contract.ENSURE_META_LUA)
         self._route_to_user = client.register_script(contract.ROUTE_TO_USER_LUA)
+        self._presence = client.register_script(contract.PRESENCE_LUA)
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -178,6 +179,16 @@ class Store:
             keys=[self.keys.conns(user)], args=[self.settings.prefix, envelope]
         )
         return int(n)
+
+    async def presence(self, channel: str) -> dict[str, int]:
+        """Users subscribed to ``channel`` through live gateways -> their connection count."""
+        users = await self._presence(keys=[self.keys.presence(channel)],
+                                     args=[self.settings.prefix])
+        counts: dict[str, int] = {}
+        for raw in users:
+            user = text(raw)
+            counts[user] = counts.get(user, 0) + 1
+        return counts
 
     async def session_user(self, session_id: str) -> str | None:
         raw = await self.redis.get(self.keys.session(session_id))

@@ -57,8 +57,24 @@ def test_broadcast_reaches_everyone_and_removed_clients_get_nothing() -> None:
     a, b = client("1", "alice"), client("2", "bob")
     hub.add(a)
     hub.add(b)
-    assert hub.remove(b)
-    assert not hub.remove(b)
+    assert hub.remove(b) == []
+    assert b not in hub
     hub.deliver(Message("b", "B", 1, 0, "all"))
     assert len(a.transport.sent) == 1 and not b.transport.sent
     assert hub.user_clients("bob") == []
+
+
+def test_channel_messages_reach_subscribers_only_and_the_last_leaver_is_reported() -> None:
+    hub = Hub()
+    a, b, c = client("1", "alice"), client("2", "bob"), client("3", "carol")
+    for x in (a, b, c):
+        hub.add(x)
+    for x in (a, b):
+        x.session.follow("c:room", Position("C", 0))
+    assert hub.subscribe(a, "c:room") is True  # first local subscriber
+    assert hub.subscribe(b, "c:room") is False
+    hub.deliver(Message("c:room", "C", 1, 0, "hi"))
+    assert [len(x.transport.sent) for x in (a, b, c)] == [1, 1, 0]
+    assert hub.unsubscribe(a, "c:room") is False
+    assert hub.remove(b) == ["c:room"]  # b was the last one: the gateway may unsubscribe
+    assert hub.channel_keys() == []

@@ -55,3 +55,15 @@ def test_cursor_lists_every_stream_by_wire_name() -> None:
     s.follow("u:alice", Position("A", 3))
     s.follow("b", Position("B", 9))
     assert s.cursor() == "user:A:3,broadcast:B:9"
+
+
+def test_joining_a_channel_holds_its_messages_until_the_position_is_known() -> None:
+    s = ready_session()
+    s.begin_join("c:room")
+    assert not s.offer(out(5, "C", "c:room")).deliver  # waits for the subscribe to finish
+    replay = [out(o, "C", "c:room") for o in (3, 4, 5)]
+    got = s.finish_join("c:room", Position("C", 2), replay)
+    assert [o.message.offset for o in got] == [3, 4, 5]  # 5 once, though it came twice
+    assert s.channels == ["c:room"]
+    s.leave("c:room")
+    assert not s.offer(out(6, "C", "c:room")).deliver and s.channels == []

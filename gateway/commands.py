@@ -1,0 +1,174 @@
+"""What a client may ask over its WebSocket: ping, subscribe, unsubscribe, publish.
+
+Subscribing to a channel is a small resume: the connection joins the hub (live messages for
+the channel wait in the session), the gateway makes sure its own Redis subscription to the
+channel is confirmed, then reads the channel's top and, with a cursor, the log from there.
+Denied or malformed requests get an ``error`` message; the connection stays.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from gateway import resume
+from gateway.backplane import ChannelUnavailable, Registration
+from gateway.wire import Outgoing
+from switchboard import streams
+from switchboard.store import Target
+from switchboard.streams import Position
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+    from gateway.server import Connection
+
+log = logging.getLogger("switchboard.gateway")
+
+
+def error(conn: Connection, code: str, message: str, **extra: Any) -> None:
+    conn.transport.send_obj({"type": "error", "code": code, "message": message, **extra})
+
+
+def registration(conn: Connection) -> Registration:
+    s = conn.session
+    names = tuple(k[2:] for k in s.channels)
+    return Registration(s.user, conn.conn_id, s.session_id, names)
+
+
+def parse_channel_cursor(value: object) -> Position | None:
+    """A subscribe cursor: ``{"epoch": E, "offset": N}`` or ``"E:N"``; raises ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        epoch, offset = value.get("epoch"), value.get("offset")
+    elif isinstance(value, str) and value.count(":") == 1:
+        epoch, _, offset_text = value.partition(":")
+        offset = int(offset_text) if offset_text.isdigit() else None
+    else:
+        raise ValueError("cursor must be {epoch, offset} or 'EPOCH:OFFSET'")
+    if not (isinstance(epoch, str) and streams.EPOCH_RE.fullmatch(epoch)):
+        raise ValueError("cursor epoch must be letters and digits")
+    if not (isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0):
+        raise ValueError("cursor offset must be a non-negative integer")
+    return Position(epoch, offset)
+
+
+def check_channel(conn: Connection, msg: dict[str, Any], publish: bool = False) -> str | None:
+    channel = msg.get("channel")
+    if not streams.valid_channel(channel):
+        error(conn, "bad_request", "channel must match [A-Za-z0-9_-]{1,64}", channel=channel)
+        return None
+    assert isinstance(channel, str)
+    allowed = conn.claims.may_publish(channel) if publish else conn.claims.may_subscribe(
+        channel)
+    if not allowed:
+        what = "publish to" if publish else "subscribe to"
+        error(conn, "forbidden", f"your token does not allow you to {what} {channel!r}",
+              channel=channel)
+        return None
+    return channel
+
+
+def handle(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
+    kind = msg["type"]
+    if kind == "ping":
+        conn.transport.send_obj({"type": "pong"})
+    elif kind == "subscribe":
+        subscribe(app, conn, msg)
+    elif kind == "unsubscribe":
+        unsubscribe(app, conn, msg)
+    elif kind == "publish":
+        channel = check_channel(conn, msg, publish=True)
+        if channel is not None:
+            if "data" not in msg:
+                error(conn, "bad_request", "publish needs 'data'", channel=channel)
+                return
+            app.spawn(publish(app, conn, channel, msg["data"], msg.get("id")))
+    else:
+        app.metrics.client_error()
+        error(conn, "unknown_type", f"unknown type {kind!r}")
+
+
+def subscribe(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
+    channel = check_channel(conn, msg)
+    if channel is None:
+        return
+    try:
+        cursor = parse_channel_cursor(msg.get("cursor"))
+    except ValueError as exc:
+        error(conn, "bad_request", str(exc), channel=channel)
+        return
+    key = streams.channel_key(channel)
+    session = conn.session
+    if key in session.positions or key in session.joining:
+        error(conn, "already_subscribed", f"already subscribed to {channel!r}", channel=channel)
+        return
+    if len(session.channels) >= app.settings.max_channels:
+        error(conn, "too_many_channels",
+              f"at most {app.settings.max_channels} channels per connection", channel=channel)
+        return
+    session.begin_join(key)
+    app.hub.subscribe(conn, key)
+    app.spawn(join(app, conn, channel, cursor))
+
+
+async def join(app: Gateway, conn: Connection, channel: str, cursor: Position | None) -> None:
+    key = streams.channel_key(channel)
+    session = conn.session
+    reg = registration(conn)
+    try:
+        await app.backplane.subscribe_channel(channel)
+        top = await app.backplane.join(reg, channel)
+        app.tracker.follow(key, top)
+        requested = {streams.wire_name(key): cursor} if cursor else {}
+        plans = resume.plan(requested, {key: top}, app.settings.replay_limit)
+        ranges = [(p.key, p.replay_from, p.top.offset) for p in plans if p.needs_log]
+        logs = await app.backplane.read_logs(ranges)
+    except (RedisError, OSError, ChannelUnavailable) as exc:
+        log.warning("subscribe to %s failed: %s", channel, exc)
+        if key in session.joining:
+            session.leave(key)
+            app.channel_left(conn, key)
+            error(conn, "unavailable", f"cannot subscribe to {channel!r} right now",
+                  channel=channel)
+        return
+    if key not in session.joining or conn not in app.hub:
+        await app.backplane.leave(reg, channel)  # unsubscribed or gone meanwhile
+        return
+    outcome = resume.settle(plans, logs)
+    start = outcome.start[key]
+    if cursor is not None:
+        app.metrics.resumed(outcome.recovered)
+    conn.transport.send_obj({"type": "subscribed", "channel": channel, "epoch": start.epoch,
+                             "offset": start.offset, "recovered": outcome.recovered})
+    for out in session.finish_join(key, start, [Outgoing(m) for m in outcome.replay]):
+        conn.transport.send(out)
+
+
+def unsubscribe(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
+    channel = msg.get("channel")
+    session = conn.session
+    key = streams.channel_key(channel) if isinstance(channel, str) else ""
+    if not key or (key not in session.positions and key not in session.joining):
+        error(conn, "not_subscribed", f"not subscribed to {channel!r}", channel=channel)
+        return
+    assert isinstance(channel, str)
+    reg = registration(conn)
+    session.leave(key)
+    app.channel_left(conn, key)
+    app.spawn(app.backplane.leave(reg, channel))
+    conn.transport.send_obj({"type": "unsubscribed", "channel": channel})
+
+
+async def publish(app: Gateway, conn: Connection, channel: str, data: Any, msg_id: Any) -> None:
+    try:
+        result = await app.store.publish(Target("c", channel), data)
+    except (RedisError, OSError) as exc:
+        log.warning("client publish to %s failed: %s", channel, exc)
+        error(conn, "unavailable", "message not stored, try again", channel=channel, id=msg_id)
+        return
+    if msg_id is not None:
+        conn.transport.send_obj({"type": "published", "id": msg_id, "channel": channel,
+                                 "epoch": result.epoch, "offset": result.offset})
