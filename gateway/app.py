@@ -14,7 +14,8 @@ from typing import Any
 
 from websockets.http11 import Request, Response
 
-from gateway import commands, http
+from gateway import commands, http, mover
+from gateway.admission import Admission, Refusal
 from gateway.backplane import Backplane
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
@@ -62,6 +63,10 @@ class Gateway:
         self.store = Store(self.backplane.redis, settings)
         self._background: set[asyncio.Task[None]] = set()
         self.tcp: set[Connection] = set()
+        self._admission = Admission(
+            max_connections=settings.max_connections, accept_rate=settings.accept_rate,
+            accept_burst=settings.accept_burst, now=loop.time(),
+        )
         self._all_closed = asyncio.Event()
         self.draining = False
         self._server: asyncio.base_events.Server | None = None
@@ -82,12 +87,19 @@ class Gateway:
         return self.verifier.verify(http.bearer_token(request, params))
 
     def admission(self) -> str | None:
-        """Why a new connection must wait (HTTP 503 + Retry-After), or None to admit it."""
+        """Why this gateway is not ready (readyz 503), or None."""
         if self.draining:
             return "gateway is draining"
         if not self.backplane.ready:
             return "gateway cannot reach Redis"
         return None
+
+    def admit(self) -> Refusal | None:
+        """May a new client connect now? 503 not ready or full, 429 over the accept rate."""
+        reason = self.admission()
+        if reason is not None:
+            return Refusal(503, "unavailable", reason, 1 + random.randint(0, 2))
+        return self._admission.check(len(self.hub), self.loop.time())
 
     def tcp_opened(self, conn: Connection) -> None:
         self.tcp.add(conn)
@@ -237,6 +249,8 @@ class Gateway:
         self.backplane.start()
         self._server = await self.loop.create_server(lambda: Connection(self), sock=sock)
         self._tasks.append(self.loop.create_task(self._keepalive_loop()))
+        if s.rebalance:
+            self._tasks.append(self.loop.create_task(mover.rebalance_loop(self)))
         log.info("gateway %s listening on %s:%d", self.gateway_id, s.host, s.port)
         if self.verifier is None:
             log.warning("AUTH IS DISABLED: any client may connect as any user (dev only)")
@@ -271,13 +285,7 @@ class Gateway:
             self._server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.backplane.heartbeat(), 1.0)
-        window_ms = int(self.settings.close_timeout * 1000)
-        for client in list(self.hub):
-            client.transport.send_obj(
-                {"type": "reconnect", "after_ms": random.randint(0, window_ms),
-                 "reason": "drain"}
-            )
-            client.transport.close(Close.SERVICE_RESTART, "service restart")
+        await mover.drain(self)
         if self.tcp:
             self._all_closed.clear()
             with contextlib.suppress(TimeoutError):

@@ -73,6 +73,10 @@ class GatewayMetrics:
             "switchboard_gateway_gap_fills", "Live gaps and pub/sub catch-ups read from the log",
             ["outcome"], registry=r,
         )
+        self._moved = Counter(
+            "switchboard_gateway_rebalanced", "Clients asked to move by the rebalancer",
+            registry=r,
+        )
         self.ready = Gauge(
             "switchboard_gateway_ready", "1 when Redis is reachable and not draining", registry=r
         )
@@ -109,6 +113,9 @@ class GatewayMetrics:
 
     def fill(self, complete: bool) -> None:
         self._fills.labels("filled" if complete else "incomplete").inc()
+
+    def rebalanced(self, n: int) -> None:
+        self._moved.inc(n)
 
     def gap(self) -> None:
         self._gaps.inc()

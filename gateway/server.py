@@ -192,14 +192,16 @@ class Connection(asyncio.Protocol):
         origin = request.headers.get("Origin")
         if not app.origins.allows(origin, request.headers.get("Host")):
             raise Refused(403, "origin_forbidden", f"origin {origin!r} is not allowed")
+        # Before the token: refusing a flood must not cost a signature check per attempt.
+        refusal = app.admit()
+        if refusal is not None:
+            raise Refused(refusal.status, refusal.code, refusal.message,
+                          [("Retry-After", str(refusal.retry_after))])
         try:
             claims = app.authenticate(request, params)
         except TokenError as exc:
             raise Refused(401, "unauthorized", str(exc),
                           [("WWW-Authenticate", 'Bearer realm="switchboard"')]) from None
-        refusal = app.admission()
-        if refusal is not None:
-            raise Refused(503, "unavailable", refusal, [("Retry-After", "1")])
         self._parse_resume(request, params)
         return claims
 

@@ -86,6 +86,30 @@ class GatewaySettings(RedisSettings):
         default="",
         metadata={"help": "DEV ONLY: JSON served at /demo/config.json for the demo page"},
     )
+    drain_window: float = field(
+        default=10.0, metadata={"help": "seconds over which a draining gateway moves its clients"}
+    )
+    rebalance: bool = field(
+        default=True, metadata={"help": "move clients off a gateway well above the mean"}
+    )
+    rebalance_interval: float = field(
+        default=5.0, metadata={"help": "seconds between rebalance checks"}
+    )
+    rebalance_margin: float = field(
+        default=0.2, metadata={"help": "fraction above the cluster mean that triggers moves"}
+    )
+    rebalance_rate: float = field(
+        default=20.0, metadata={"help": "most clients moved per second when rebalancing"}
+    )
+    max_connections: int | None = field(
+        default=None, metadata={"help": "connections per gateway; 503 beyond (off if empty)"}
+    )
+    accept_rate: float | None = field(
+        default=None, metadata={"help": "new connections per second; 429 beyond (off if empty)"}
+    )
+    accept_burst: int = field(
+        default=200, metadata={"help": "new connections allowed in a burst"}
+    )
     max_channels: int = field(
         default=100, metadata={"help": "channels one connection may subscribe to"}
     )

@@ -1,0 +1,56 @@
+"""Admission control at the handshake, free of I/O.
+
+A reconnect storm (a gateway died, thousands of clients come back at once) must degrade into
+waiting, not failure: past the accept rate a client gets 429 and past capacity 503, both with
+``Retry-After``, and the clients' backoff honours it. Checked before the token is verified, so
+a flood costs no signature checks.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    code: str
+    message: str
+    retry_after: int  # seconds, for the Retry-After header
+
+
+class Admission:
+    def __init__(
+        self,
+        *,
+        max_connections: int | None,
+        accept_rate: float | None,
+        accept_burst: int,
+        now: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.max_connections = max_connections
+        self.rate = accept_rate
+        self.burst = float(max(1, accept_burst))
+        self.tokens = self.burst
+        self.last = now
+        self.rng = rng or random.Random()
+
+    def check(self, connections: int, now: float) -> Refusal | None:
+        if self.max_connections is not None and connections >= self.max_connections:
+            # Spread the retries: a fixed Retry-After would bring the whole crowd back at once.
+            return Refusal(503, "at_capacity", "gateway is at capacity", self.rng.randint(1, 5))
+        if self.rate is None:
+            return None
+        elapsed = now - self.last
+        if elapsed > 0:
+            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+            self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return None
+        wait = (1.0 - self.tokens) / self.rate
+        return Refusal(429, "rate_limited", "connect rate exceeded",
+                       max(1, math.ceil(wait + self.rng.random())))
