@@ -3,27 +3,41 @@
 The supervisor decides *when* to start, restart or stop a child; this module only knows *how*:
 spawn in a new session (so a terminal's Ctrl-C reaches the supervisor alone, which orders the
 shutdown), ask Linux to SIGTERM the child should the supervisor die, and signal it only through
-its ``Popen``, so a PID that was reaped and recycled is never hit. Also the small probes used to
-decide that a child is ready.
+its ``Popen``, so a PID that was reaped and recycled is never hit; start a group and wait until
+it is ready, stop a group within a grace period. Also the small probes used to decide that a
+child is ready.
 """
 
 from __future__ import annotations
 
 import collections
 import ctypes
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+log = logging.getLogger("switchboard.supervisor")
+
 RESTART_LIMIT = 5
 RESTART_WINDOW = 60.0
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+class StartError(Exception):
+    """A child died or did not become ready while starting; the message says which."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while children were starting."""
 
 
 class RestartBudget:
@@ -146,3 +160,52 @@ class Child:
         # Popen.send_signal polls first and does nothing once the child was reaped
         if self.proc is not None:
             self.proc.send_signal(sig)
+
+
+# -- starting and stopping a group ------------------------------------------------------------
+
+
+def start_children(children: list[Child], environ: Mapping[str, str], timeout: float,
+                   stop: threading.Event) -> None:
+    """Spawn ``children`` and wait until each is ready; raise StartError or, once ``stop`` is
+    set, Interrupted."""
+    for child in children:
+        child.spawn(environ)
+        log.info("started %s (pid %d)", child.name, child.pid)
+    waiting = list(children)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        for child in list(waiting):
+            if child.proc is not None and child.proc.poll() is not None:
+                raise StartError(f"{child.name} {describe_exit(child.proc.returncode)} "
+                                 "while starting (its output is above)")
+            if child.ready(child):
+                waiting.remove(child)
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            for child in waiting:  # a hung child counts as failed; stop it so the
+                child.signal(signal.SIGKILL)  # next look at it sees it dead
+                if child.proc is not None:
+                    child.proc.wait()
+            names = ", ".join(c.name for c in waiting)
+            raise StartError(f"{names} did not become ready within {timeout:.0f} s")
+        if stop.wait(0.05):
+            raise Interrupted
+
+
+def terminate(children: list[Child], grace: float, hurry: threading.Event) -> None:
+    """SIGTERM all, wait up to ``grace`` (less once ``hurry`` is set), SIGKILL the rest."""
+    for child in children:
+        child.signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(c.running() for c in children):
+        if time.monotonic() > deadline or hurry.is_set():
+            break
+        hurry.wait(0.05)
+    for child in children:
+        if child.running():
+            log.warning("%s (pid %d) did not stop in time; killing it", child.name, child.pid)
+            child.signal(signal.SIGKILL)
+        if child.proc is not None:
+            child.proc.wait()

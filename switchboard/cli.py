@@ -30,7 +30,18 @@ def _parser() -> argparse.ArgumentParser:
                     "default 8080)")
     up.add_argument("--router-port", type=int, default=None,
                     help="router port (env SWITCHBOARD_ROUTER_PORT; default 8000)")
-    up.add_argument("--gateways", type=int, default=2, help="gateways sharing the port")
+    up.add_argument("--gateways", type=int, default=2, help="gateways sharing the port at start "
+                    "(clamped to [--min, --max] unless --no-autoscale)")
+    up.add_argument("--min", dest="min_gateways", type=int, default=1,
+                    help="fewest gateways the autoscaler keeps")
+    up.add_argument("--max", dest="max_gateways", type=int, default=4,
+                    help="most gateways the autoscaler starts")
+    up.add_argument("--target-connections", type=int, default=1000,
+                    help="connections per gateway the autoscaler aims for")
+    up.add_argument("--scale-window", type=float, default=60.0,
+                    help="seconds the load must stay low before a gateway is drained")
+    up.add_argument("--no-autoscale", action="store_true",
+                    help="keep --gateways gateways whatever the load")
     up.add_argument("--jwt-secret", default=None, help="HS256 secret (random if unset; env "
                     "SWITCHBOARD_JWT_SECRET)")
     up.add_argument("--api-key", default=None, help="router API key (random if unset; env "

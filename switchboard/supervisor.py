@@ -13,7 +13,10 @@ deregister, so Redis stops last. Only processes started here are ever signalled,
 
 Decisions (configuration, what to print; the restart budget lives with the children) are pure
 functions tested without processes; :class:`Supervisor` does the I/O. The gateways are a list
-that :meth:`Supervisor.scale_gateways` grows or shrinks, for the autoscaler.
+that :meth:`Supervisor.scale_gateways` grows or shrinks; unless ``--no-autoscale``, the
+autoscaler (:mod:`switchboard.autoscale_loop`) looks at their load every two seconds and
+starts gateways, or drains the one it chose with SIGTERM (it moves its clients, who resume
+on the others).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from secrets import token_hex, token_urlsafe
@@ -39,13 +42,19 @@ import redis
 
 from switchboard import settings_cli
 from switchboard.auth import mint
+from switchboard.autoscale import Decision, Policy
+from switchboard.autoscale_loop import AutoscaleLoop, describe_policy, policy_from_args
 from switchboard.children import (
     Child,
+    Interrupted,
+    StartError,
     describe_exit,
     free_port,
     http_ok,
     port_taken,
     redis_pings,
+    start_children,
+    terminate,
 )
 from switchboard.config import GatewaySettings
 from switchboard.contract import Keys
@@ -63,14 +72,6 @@ TICK = 0.2  # how often the supervisor looks at its children
 DEMO_TOKEN_TTL = 24 * 3600.0
 
 
-class StartError(Exception):
-    """A child died or did not become ready while starting; the message says which."""
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived while children were starting."""
-
-
 # -- pure decisions -------------------------------------------------------------------------
 
 
@@ -83,6 +84,7 @@ class UpConfig:
     redis_url: str | None  # None: run a private redis-server
     jwt_secret: str
     api_keys: tuple[str, ...]
+    autoscale: Policy | None = None  # None: a fixed number of gateways
 
     @property
     def api_key(self) -> str:
@@ -106,6 +108,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str],
     """Flags win over SWITCHBOARD_* variables; secrets nobody gave are generated."""
     if args.gateways < 1:
         raise SystemExit("switchboard: --gateways must be at least 1")
+    policy = policy_from_args(args)
+    gateways = args.gateways if policy is None else policy.clamp(args.gateways)
     env_keys = tuple(k.strip() for k in environ.get("SWITCHBOARD_API_KEYS", "").split(",")
                      if k.strip())
     if args.api_key:
@@ -118,10 +122,11 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str],
         port=_port(args.port, environ, "SWITCHBOARD_PORT", DEFAULT_PORT),
         router_port=_port(args.router_port, environ, "SWITCHBOARD_ROUTER_PORT",
                           DEFAULT_ROUTER_PORT),
-        gateways=args.gateways,
+        gateways=gateways,
         redis_url=args.redis or environ.get("SWITCHBOARD_REDIS_URL") or None,
         jwt_secret=args.jwt_secret or environ.get("SWITCHBOARD_JWT_SECRET") or new_secret(),
         api_keys=keys,
+        autoscale=policy,
     )
 
 
@@ -202,6 +207,7 @@ def banner(cfg: UpConfig, *, redis_url: str, private_redis: bool, token: str,
         f"  Demo page   http://{gw}/",
         f"  Router API  {router}  (Authorization: Bearer API_KEY)",
         f"  API key     {cfg.api_key}",
+        f"  Autoscaler  {describe_policy(cfg.autoscale)}",
         f"  Demo token  {token}",
         '              (user "demo", valid 24 h, may subscribe and publish to every channel)',
         "",
@@ -244,6 +250,7 @@ class Supervisor:
         self.retiring: list[Child] = []
         self._next_gateway = 1
         self._registry: redis.Redis | None = None
+        self._autoscaler: AutoscaleLoop | None = None
         self._keys = Keys(settings_cli.build(GatewaySettings, argparse.Namespace(),
                                              environ=self.environ).prefix)
 
@@ -286,6 +293,8 @@ class Supervisor:
                                               "/healthz"))
         self.start([self.router])
         self.scale_gateways(self.cfg.gateways)
+        if self.cfg.autoscale is not None:
+            self._autoscaler = AutoscaleLoop(self.cfg.autoscale, self._registry, self._keys)
 
     @property
     def _url_host(self) -> str:
@@ -336,33 +345,11 @@ class Supervisor:
 
     def start(self, children: list[Child], timeout: float = START_TIMEOUT) -> None:
         """Spawn ``children`` and wait until each is ready; raise StartError or Interrupted."""
-        for child in children:
-            child.spawn(self.environ)
-            log.info("started %s (pid %d)", child.name, child.pid)
-        waiting = list(children)
-        deadline = time.monotonic() + timeout
-        while waiting:
-            for child in list(waiting):
-                if child.proc is not None and child.proc.poll() is not None:
-                    raise StartError(f"{child.name} {describe_exit(child.proc.returncode)} "
-                                     "while starting (its output is above)")
-                if child.ready(child):
-                    waiting.remove(child)
-            if not waiting:
-                break
-            if time.monotonic() > deadline:
-                for child in waiting:  # a hung child counts as failed; stop it so the
-                    child.signal(signal.SIGKILL)  # next look at it sees it dead
-                    if child.proc is not None:
-                        child.proc.wait()
-                names = ", ".join(c.name for c in waiting)
-                raise StartError(f"{names} did not become ready within {timeout:.0f} s")
-            if self.stop.wait(0.05):
-                raise Interrupted
+        start_children(children, self.environ, timeout, self.stop)
 
-    def scale_gateways(self, n: int) -> None:
-        """Grow to ``n`` gateways (waiting until the new ones are ready) or shrink by draining
-        the newest ones; the autoscaler calls this."""
+    def scale_gateways(self, n: int, drain: Sequence[str] = ()) -> None:
+        """Grow to ``n`` gateways (waiting until the new ones are ready) or shrink to ``n`` by
+        draining the gateways whose ids are in ``drain`` first, then the newest."""
         if n > len(self.gateways):
             new = []
             for _ in range(n - len(self.gateways)):
@@ -371,12 +358,30 @@ class Supervisor:
                 self._next_gateway += 1
             self.gateways.extend(new)
             self.start(new)
+        chosen = [g for g in self.gateways if g.ident in drain]
         while len(self.gateways) > n:
-            child = self.gateways.pop()
-            log.info("draining %s (pid %d)", child.name, child.pid)
+            child = chosen.pop(0) if chosen else self.gateways[-1]
+            self.gateways.remove(child)
+            log.info("draining %s %s (pid %d)", child.name, child.ident, child.pid)
             child.retire_by = time.monotonic() + DRAIN_GRACE
-            child.signal(signal.SIGTERM)
+            child.signal(signal.SIGTERM)  # by PID, through its Popen
             self.retiring.append(child)
+
+    def autoscale(self, now: float) -> Decision | None:
+        """One look by the autoscaler, if one is due, carried out; returns its decision."""
+        if self._autoscaler is None or not self._autoscaler.due(now):
+            return None
+        # start order, so the autoscaler's tie-break drains the newest
+        ours = [(g.ident, False) for g in self.gateways] + [(g.ident, True)
+                                                            for g in self.retiring]
+        decision = self._autoscaler.step(ours, now)
+        if decision is None or decision.action == "hold":
+            return decision
+        if decision.action == "scale_out":
+            self.scale_gateways(len(self.gateways) + decision.target - decision.current)
+        else:
+            self.scale_gateways(len(self.gateways) - len(decision.drain), decision.drain)
+        return decision
 
     # supervising
 
@@ -384,6 +389,12 @@ class Supervisor:
         """Watch children until a signal (return 0) or a child's restart budget runs out (1)."""
         while not self.stop.wait(TICK):
             self._reap_retired()
+            try:
+                self.autoscale(time.monotonic())
+            except StartError as exc:
+                log.warning("%s", exc)  # the new gateway is dead; restarted below
+            except Interrupted:
+                return 0
             for child in self.children():
                 if child.running() or child.proc is None:
                     continue
@@ -435,21 +446,7 @@ class Supervisor:
         log.info("stopped")
 
     def _terminate(self, children: list[Child], grace: float) -> None:
-        for child in children:
-            child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while any(c.running() for c in children):
-            if time.monotonic() > deadline or self.hurry.is_set():
-                break
-            self.hurry.wait(0.05)
-        for child in children:
-            if child.running():
-                log.warning("%s (pid %d) did not stop in time; killing it", child.name,
-                            child.pid)
-                child.signal(signal.SIGKILL)
-            if child.proc is not None:
-                child.proc.wait()
-
+        terminate(children, grace, self.hurry)
 
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:

@@ -16,8 +16,15 @@ from websockets.exceptions import InvalidStatus
 from switchboard.auth import mint
 from tests.clients import WsClient, until
 from tests.integration.sdk import Consumer, start_consumers, stop_consumers
-from tests.support import API_KEY, JWT_SECRET, Proc, RedisServer, free_port, start_gateway
-from tests.support import start_router
+from tests.support import (
+    API_KEY,
+    JWT_SECRET,
+    Proc,
+    RedisServer,
+    free_port,
+    start_gateway,
+    start_router,
+)
 
 pytestmark = pytest.mark.integration
 
