@@ -60,6 +60,7 @@ class Gateway:
             settings, self.gateway_id, self.metrics, self.on_message, self.on_control, self.load
         )
         self.backplane.on_resubscribed = self._start_catch_up
+        self.backplane.on_redis_back = self._reregister
         self.store = Store(self.backplane.redis, settings)
         self._background: set[asyncio.Task[None]] = set()
         self.tcp: set[Connection] = set()
@@ -197,6 +198,11 @@ class Gateway:
             self._deliver(m)
         self.metrics.fill(self.tracker.filled > before)
 
+    async def _reregister(self) -> None:
+        await self.backplane.reregister(
+            [commands.registration(c) for c in self.hub if c.session.ready]  # type: ignore[arg-type]
+        )
+
     def _start_catch_up(self) -> None:
         self.spawn(self._catch_up())
 
@@ -205,10 +211,15 @@ class Gateway:
         keys = self.tracker.keys()
         if not keys:
             return
-        try:
-            tops = await self.backplane.read_tops(keys)
-        except Exception as exc:
-            log.warning("catch-up failed, clients will resume on their own gaps: %s", exc)
+        for attempt in range(6):
+            try:
+                tops = await self.backplane.read_tops(keys)
+                break
+            except Exception as exc:
+                log.warning("catch-up attempt %d failed: %s", attempt + 1, exc)
+                await asyncio.sleep(0.2 * 2**attempt)
+        else:
+            log.error("catch-up gave up: clients will resume when they notice their gaps")
             return
         for key, top in tops.items():
             fill = self.tracker.catch_up(key, top)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -60,10 +60,12 @@ class Backplane:
         self._on_message = on_message
         self._on_control = on_control
         self._load = load
-        self.redis = connect(settings.redis_url, settings.redis_timeout)
+        # Idempotent writes and reads only (map, sessions, positions, logs): safe to retry.
+        self.redis = connect(settings.redis_url, settings.redis_timeout, reconnect_retry=True)
         self._ensure_meta = self.redis.register_script(contract.ENSURE_META_LUA)
         self._claim_session = self.redis.register_script(contract.CLAIM_SESSION_LUA)
         self.on_resubscribed: Callable[[], None] | None = None
+        self.on_redis_back: Callable[[], Awaitable[None]] | None = None
         self.registered = False  # our registry key exists: publishers route to us
         self.subscribed = False
         self.draining = False
@@ -112,7 +114,9 @@ class Backplane:
 
     # -- registry -----------------------------------------------------------------------------
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self) -> bool:
+        """Write our registry entry; True if it had vanished (Redis restarted or flushed, or
+        we were silent so long that it expired) and our connections must be re-registered."""
         s = self.settings
         load = self._load()
         now = contract.now_ms()
@@ -136,13 +140,22 @@ class Backplane:
         pipe.zadd(self.keys.gateways(), {self.gateway_id: now})
         pipe.publish(self.keys.gateway_channel(self.gateway_id),
                      contract.pack_control(OP_PING, now))
-        await pipe.execute()
+        results = await pipe.execute()
+        return int(results[0]) > 0  # HSET counts the fields it created
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
+        first = True
         while True:
             try:
-                await self.heartbeat()
+                vanished = await self.heartbeat()
+                if vanished and not first and self.on_redis_back is not None:
+                    # Publishers no longer find our connections (Redis restarted empty, or
+                    # they dropped our map entries while we were silent): put them back
+                    # before we say we are ready again.
+                    log.warning("registry entry was gone: re-registering connections")
+                    await self.on_redis_back()
+                first = False
                 self.registered = True
             except (RedisError, OSError) as exc:
                 self.registered = False
@@ -258,6 +271,19 @@ class Backplane:
             for key, (epoch, offset) in zip(stream_keys, results, strict=True)
             if epoch is not None and offset is not None
         }
+
+    async def reregister(self, regs: list[Registration], chunk: int = 1000) -> None:
+        """Write the map, session and presence entries of live connections again."""
+        ttl = contract.ms(self.settings.history_ttl + self.settings.heartbeat_interval * 3)
+        for start in range(0, len(regs), chunk):
+            pipe = self.redis.pipeline(transaction=False)
+            for reg in regs[start : start + chunk]:
+                pipe.hset(self.keys.conns(reg.user), reg.conn_id, self.gateway_id)
+                pipe.set(self.keys.session(reg.session_id), reg.user, px=ttl)
+                for channel in reg.channels:
+                    pipe.hset(self.keys.presence(channel), reg.conn_id,
+                              f"{self.gateway_id} {reg.user}")
+            await pipe.execute()
 
     def unregister(self, reg: Registration) -> None:
         """Queued and flushed in batches: a reconnect storm must not cost a round trip each."""
@@ -377,8 +403,9 @@ class Backplane:
                 with contextlib.suppress(Exception):
                     await client.aclose()
             attempt += 1
-            # Full jitter, capped: many gateways must not hammer a recovering Redis together.
-            await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**attempt)))
+            # Full jitter, capped low: delivery must resume within seconds of Redis returning,
+            # and a connect attempt per gateway per second is nothing for Redis.
+            await asyncio.sleep(random.uniform(0, min(1.0, 0.1 * 2**attempt)))
 
     async def _consume(self, pubsub: aioredis.client.PubSub) -> None:
         reset = asyncio.ensure_future(self._listener_reset.wait())

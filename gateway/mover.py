@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from gateway import balance
 from switchboard.closecodes import Close
+from switchboard.store import heartbeat_age
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -66,9 +67,14 @@ async def rebalance_loop(app: Gateway) -> None:
         except (RedisError, OSError):
             continue
         mine = len(app.hub)
-        # Our registry entry may lag by a heartbeat: use our live count for ourselves.
+        # A crashed gateway's entry outlives it by a few heartbeats: count only fresh ones,
+        # or we would move clients "towards" a gateway that is gone. Our own entry may lag by
+        # a heartbeat: use our live count for ourselves.
+        fresh = 2 * s.heartbeat_interval + 0.5
         loads = [mine if g.gateway_id == app.gateway_id else g.connections
-                 for g in gateways if not g.draining]
+                 for g in gateways
+                 if not g.draining and (g.gateway_id == app.gateway_id or
+                                        heartbeat_age(g) <= fresh)]
         n = balance.moves(mine, loads, margin=s.rebalance_margin,
                           max_moves=int(s.rebalance_rate * s.rebalance_interval))
         if n <= 0:

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from switchboard import contract, streams
 from switchboard.config import RedisSettings
@@ -61,15 +64,31 @@ def text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def connect(url: str, timeout: float) -> aioredis.Redis:
-    """A client that fails fast: callers must answer 503 rather than hang on a dead Redis."""
-    return aioredis.Redis.from_url(
+def connect(url: str, timeout: float, reconnect_retry: bool = False,
+            max_connections: int = 64) -> aioredis.Redis:
+    """A client that fails fast: callers must answer 503 rather than hang on a dead Redis.
+
+    ``reconnect_retry``: retry a command once on a fresh connection when its pooled one turns
+    out dead (after a Redis restart every pooled connection is). Only for idempotent callers:
+    a connection that dies after the server ran the command would run it twice.
+    """
+    kwargs: dict[str, Any] = {}
+    if reconnect_retry:
+        kwargs["retry"] = Retry(NoBackoff(), 1)
+        kwargs["retry_on_error"] = [RedisConnectionError]
+    # A burst of callers (a reconnect storm) waits for a pooled connection instead of failing
+    # with "Too many connections", which the default pool does past its size.
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=0,
         retry_on_timeout=False,
+        **kwargs,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class Store:
