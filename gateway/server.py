@@ -82,7 +82,20 @@ def _select_subprotocol(
     return None
 
 
+_NO_CURSOR: dict[str, Position] = {}  # shared, never mutated
+_WS_LOG = logging.getLogger("websockets.server")
+
+
 class Connection(asyncio.Protocol):
+    # Tens of thousands of these live at once: slots and lazily created containers keep each
+    # connection small (see BENCHMARKS.md, idle memory).
+    __slots__ = (
+        "_bucket", "_channels", "_close_code", "_cursor", "_fragment_binary", "_fragments",
+        "_pending_commands", "_resume_session", "_tcp", "_timer", "_welcome_task", "app",
+        "claims", "conn_id", "last_seen", "phase", "ping_sent", "session", "transport",
+        "writer", "ws",
+    )
+
     def __init__(self, app: Gateway) -> None:
         self.app = app
         self.phase = Phase.HANDSHAKE
@@ -91,13 +104,14 @@ class Connection(asyncio.Protocol):
             subprotocols=SUBPROTOCOLS,
             select_subprotocol=_select_subprotocol,
             max_size=app.settings.max_message_size,
+            logger=_WS_LOG,
         )
         self.transport: Transport = None  # type: ignore[assignment]  # set on handshake
         self.session: Session = None  # type: ignore[assignment]
         self.writer: Writer | None = None
         self._tcp: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._fragments: list[bytes] = []
+        self._fragments: list[bytes] | None = None
         self._fragment_binary = False
         self._bucket: TokenBucket | None = None
         self._close_code: int | None = None
@@ -105,9 +119,9 @@ class Connection(asyncio.Protocol):
         self.last_seen = 0.0
         self.ping_sent: float | None = None
         self._resume_session: str | None = None
-        self._cursor: dict[str, Position] = {}
+        self._cursor = _NO_CURSOR
         self._channels: list[str] = []  # asked for at connect
-        self._pending_commands: list[dict[str, Any]] = []
+        self._pending_commands: list[dict[str, Any]] | None = None
         self.claims: Claims = None  # type: ignore[assignment]  # set on handshake
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -235,12 +249,29 @@ class Connection(asyncio.Protocol):
         self._respond(response)
         assert self._tcp is not None
         fmt = Wire.MSGPACK if self.ws.subprotocol == SUBPROTOCOL_MSGPACK else Wire.JSON
+        self._swap_to_open_protocol()
         self.writer = self.app.new_writer(self._tcp, self._slow_consumer)
         self.transport = WsTransport(self.writer, fmt, self.close)
         self._bucket = TokenBucket(self.app.settings.inbound_rate,
                                    self.app.settings.inbound_burst, self.app.loop.time())
         self.phase = Phase.WS
         self._begin(claims)
+
+    def _swap_to_open_protocol(self) -> None:
+        """Continue with a fresh protocol object in the OPEN state.
+
+        The handshake protocol's parser generator keeps the parsed request (headers, token)
+        alive for the life of the connection; a protocol created OPEN has none of that and
+        is about a fifth of the size. Bytes already buffered after the request move along.
+        """
+        handshake = self.ws
+        leftover = bytes(handshake.reader.buffer)
+        opened = ServerProtocol(state=State.OPEN, max_size=self.app.settings.max_message_size,
+                                logger=_WS_LOG)
+        opened.subprotocol = handshake.subprotocol
+        self.ws = opened
+        if leftover:
+            opened.receive_data(leftover)
 
     def _open_sse(self, request: Request, params: dict[str, str]) -> None:
         claims = self._authorize(request, params)
@@ -265,7 +296,17 @@ class Connection(asyncio.Protocol):
                 self.session.begin_join(streams.channel_key(name))
                 self.app.hub.subscribe(self, streams.channel_key(name))
         self.app.client_joined(self)
-        self._welcome_task = self.app.loop.create_task(self._welcome())
+        task = self.app.loop.create_task(self._welcome())
+        self._welcome_task = task
+        # A finished task is ~1 KiB we would otherwise keep for the connection's lifetime.
+        task.add_done_callback(self._welcomed)
+
+    def _welcomed(self, task: asyncio.Task[None]) -> None:
+        if self._welcome_task is task:
+            self._welcome_task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("welcome failed", exc_info=task.exception())
+            self.close(Close.INTERNAL_ERROR, "internal error")
 
     async def _welcome(self) -> None:
         """Register, replay from the cursor, welcome, then release held live messages."""
@@ -313,7 +354,7 @@ class Connection(asyncio.Protocol):
         self._announce_channels(outcome)
         for out in session.start([Outgoing(m) for m in outcome.replay]):
             self.transport.send(out)
-        pending, self._pending_commands = self._pending_commands, []
+        pending, self._pending_commands = self._pending_commands or [], None
         for msg in pending:
             app.client_message(self, msg)
 
@@ -344,10 +385,10 @@ class Connection(asyncio.Protocol):
                 self._fragment_binary = op is Opcode.BINARY
                 return
             self._on_message(bytes(frame.data), op is Opcode.BINARY)
-        elif op is Opcode.CONT:
+        elif op is Opcode.CONT and self._fragments is not None:
             self._fragments.append(bytes(frame.data))
             if frame.fin:
-                data, self._fragments = b"".join(self._fragments), []
+                data, self._fragments = b"".join(self._fragments), None
                 self._on_message(data, self._fragment_binary)
         # PING and CLOSE are answered by the protocol itself.
 
@@ -365,7 +406,10 @@ class Connection(asyncio.Protocol):
             self.transport.send_obj({"type": "error", "code": "bad_request", "message": str(exc)})
             return
         if not self.session.ready:
-            self._pending_commands.append(msg)  # answered after the welcome, in order
+            # Answered after the welcome, in order (the rate limit bounds this list).
+            if self._pending_commands is None:
+                self._pending_commands = []
+            self._pending_commands.append(msg)
             return
         self.app.client_message(self, msg)
 
