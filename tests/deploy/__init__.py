@@ -1,0 +1,1 @@
+"""Offline checks of deploy/ (manifests, compose, Prometheus, Grafana, Dockerfile) and docs."""
