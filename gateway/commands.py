@@ -102,7 +102,7 @@ def subscribe(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
         return
     key = streams.channel_key(channel)
     session = conn.session
-    if key in session.positions or key in session.joining:
+    if session.follows(key) or key in session.joining:
         error(conn, "already_subscribed", f"already subscribed to {channel!r}", channel=channel)
         return
     if len(session.channels) >= app.settings.max_channels:
@@ -151,7 +151,7 @@ def unsubscribe(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
     channel = msg.get("channel")
     session = conn.session
     key = streams.channel_key(channel) if isinstance(channel, str) else ""
-    if not key or (key not in session.positions and key not in session.joining):
+    if not key or (not session.follows(key) and key not in session.joining):
         error(conn, "not_subscribed", f"not subscribed to {channel!r}", channel=channel)
         return
     assert isinstance(channel, str)

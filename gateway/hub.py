@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from gateway.session import Session
+from gateway.session import NEXT, Session
 from gateway.transport import Transport
 from gateway.wire import Outgoing, Wire
 from switchboard import streams
@@ -98,15 +98,20 @@ class Hub:
         return iter(list(self._channels.get(key, {}).values()))
 
     def deliver(self, message: Message) -> dict[Wire, int]:
-        """Offer one message to every local recipient; returns deliveries per wire format."""
+        """Offer one message to every local recipient; returns deliveries per wire format.
+
+        The hot loop of the gateway: one offer and one write per recipient, nothing else.
+        """
         out = Outgoing(message)
         delivered = dict.fromkeys(Wire, 0)
+        gaps = 0
         for client in self.recipients(message):
-            offer = client.session.offer(out)
-            if offer.deliver:
-                if offer.gap:
-                    self.gaps += 1
+            verdict = client.session.offer(out)
+            if verdict > 0:
+                if verdict > NEXT:
+                    gaps += 1
                 transport = client.transport
                 transport.send(out)
                 delivered[transport.wire] += 1
+        self.gaps += gaps
         return delivered

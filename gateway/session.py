@@ -3,49 +3,53 @@
 A session knows the streams its connection follows and its position in each. It holds live
 messages back until the welcome is sent (so a message that races the welcome is neither lost
 nor sent twice), drops offsets it has already delivered and notices gaps.
+
+:meth:`Session.offer` runs once per recipient per message, so positions are kept as two plain
+dicts (epoch and offset per stream key) updated in place, and the answer is a small int.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from gateway.wire import Outgoing
 from switchboard import streams
 from switchboard.streams import Position
 
-
-@dataclass(slots=True)
-class Offer:
-    """What :meth:`Session.offer` decided for one message."""
-
-    deliver: bool
-    gap: int = 0  # messages missing before this one (0: contiguous)
+# offer() results. Positive values mean "deliver": NEXT, or a gap of (value - NEXT) messages.
+DUPLICATE = -2
+HELD = -1
+NOT_FOLLOWED = 0
+NEXT = 1
 
 
-DUPLICATE = Offer(False)
-NOT_FOLLOWED = Offer(False)
-HELD = Offer(False)
-NEXT = Offer(True)
-
-
-@dataclass(slots=True)
 class Session:
-    session_id: str
-    user: str
-    # Redis stream key -> last position delivered (or the top at welcome).
-    positions: dict[str, Position] = field(default_factory=dict)
-    ready: bool = False
-    held: list[Outgoing] = field(default_factory=list)
-    # Channel keys being subscribed: their live messages wait here until the position is known.
-    joining: dict[str, list[Outgoing]] = field(default_factory=dict)
-    on_gap: Callable[[str, int], None] | None = None
+    __slots__ = ("_epochs", "_offsets", "held", "joining", "ready", "session_id", "user")
+
+    def __init__(self, session_id: str, user: str) -> None:
+        self.session_id = session_id
+        self.user = user
+        self._epochs: dict[str, str] = {}  # Redis stream key -> epoch
+        self._offsets: dict[str, int] = {}  # Redis stream key -> last offset delivered
+        self.ready = False
+        self.held: list[Outgoing] = []
+        # Channel keys being subscribed: their live messages wait until the position is known.
+        self.joining: dict[str, list[Outgoing]] = {}
+
+    @property
+    def positions(self) -> dict[str, Position]:
+        return {k: Position(self._epochs[k], o) for k, o in self._offsets.items()}
+
+    def follows(self, stream_key: str) -> bool:
+        return stream_key in self._offsets
 
     @property
     def channels(self) -> list[str]:
         """Channel keys followed or being joined."""
-        keys = [k for k in self.positions if k.startswith("c:")]
-        return keys + [k for k in self.joining if k not in self.positions]
+        keys = [k for k in self._offsets if k.startswith("c:")]
+        return keys + [k for k in self.joining if k not in self._offsets]
+
+    def follow(self, stream_key: str, position: Position) -> None:
+        self._epochs[stream_key] = position.epoch
+        self._offsets[stream_key] = position.offset
 
     def begin_join(self, stream_key: str) -> None:
         self.joining.setdefault(stream_key, [])
@@ -55,56 +59,60 @@ class Session:
     ) -> list[Outgoing]:
         """Position known: the replay, then what arrived meanwhile, without duplicates."""
         waiting = self.joining.pop(stream_key, [])
-        self.positions[stream_key] = start
+        self.follow(stream_key, start)
         if not self.ready:
             self.held.extend(replay)  # the welcome has not gone out yet
             return []
-        return [out for out in [*replay, *waiting] if self.offer(out).deliver]
+        return [out for out in [*replay, *waiting] if self.offer(out) > 0]
 
     def leave(self, stream_key: str) -> None:
         self.joining.pop(stream_key, None)
-        self.positions.pop(stream_key, None)
+        self._offsets.pop(stream_key, None)
+        self._epochs.pop(stream_key, None)
 
-    def follow(self, stream_key: str, position: Position) -> None:
-        self.positions[stream_key] = position
+    def offer(self, out: Outgoing) -> int:
+        """Should a live message go to this connection? Advances the position if so.
 
-    def offer(self, out: Outgoing) -> Offer:
-        """Decide whether a live message goes to this connection, and advance the position."""
+        Returns :data:`NEXT` (contiguous), ``NEXT + n`` (deliver; ``n`` messages are missing
+        before it), or a non-positive "don't": :data:`DUPLICATE`, :data:`HELD`,
+        :data:`NOT_FOLLOWED`.
+        """
         if not self.ready:
             self.held.append(out)
             return HELD
         m = out.message
-        pos = self.positions.get(m.stream_key)
-        if pos is None:
-            waiting = self.joining.get(m.stream_key)
+        key = m.stream_key
+        last = self._offsets.get(key)
+        if last is None:
+            waiting = self.joining.get(key)
             if waiting is not None:
                 waiting.append(out)
                 return HELD
             return NOT_FOLLOWED
-        if m.epoch != pos.epoch:
+        offset = m.offset
+        if m.epoch != self._epochs[key]:
             # The stream's history was lost and restarted: the new epoch's offsets start at 1.
-            self.positions[m.stream_key] = Position(m.epoch, m.offset)
-            return Offer(True, gap=m.offset - 1)
-        if m.offset <= pos.offset:
+            self._epochs[key] = m.epoch
+            self._offsets[key] = offset
+            return NEXT + offset - 1
+        if offset <= last:
             return DUPLICATE
-        self.positions[m.stream_key] = Position(pos.epoch, m.offset)
-        if m.offset == pos.offset + 1:
-            return NEXT
-        return Offer(True, gap=m.offset - pos.offset - 1)
+        self._offsets[key] = offset
+        return NEXT + offset - last - 1
 
     def start(self, replay: list[Outgoing] | None = None) -> list[Outgoing]:
         """Welcome sent: the replay, then the held live messages that are still news."""
         self.ready = True
         held, self.held = self.held, []
-        return [out for out in [*(replay or []), *held] if self.offer(out).deliver]
+        return [out for out in [*(replay or []), *held] if self.offer(out) > 0]
 
     def cursor(self) -> str:
-        return streams.format_cursor(
-            {streams.wire_name(k): p for k, p in self.positions.items()}
+        return ",".join(
+            f"{streams.wire_name(k)}:{self._epochs[k]}:{o}" for k, o in self._offsets.items()
         )
 
     def stream_positions(self) -> dict[str, dict[str, object]]:
         return {
-            streams.wire_name(k): {"epoch": p.epoch, "offset": p.offset}
-            for k, p in self.positions.items()
+            streams.wire_name(k): {"epoch": self._epochs[k], "offset": o}
+            for k, o in self._offsets.items()
         }
