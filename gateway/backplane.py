@@ -15,11 +15,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.metrics import GatewayMetrics
+from gateway.pubsub import PubSubConnection, PubSubError
 from switchboard import contract, streams
 from switchboard.config import GatewaySettings
 from switchboard.contract import Control, Message
@@ -74,8 +75,7 @@ class Backplane:
         self._gone: list[Registration] = []
         self._gone_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._pubsub_client: aioredis.Redis | None = None
-        self._pubsub: aioredis.client.PubSub | None = None
+        self._pubsub: PubSubConnection | None = None
         self._listener_reset = asyncio.Event()
         # Channel name -> confirmation of our SUBSCRIBE to sb:ch:NAME (shared by joiners).
         self._channels: dict[str, asyncio.Future[None]] = {}
@@ -108,9 +108,8 @@ class Backplane:
                 await task
         with contextlib.suppress(Exception):
             await self.redis.aclose()
-        if self._pubsub_client is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub_client.aclose()
+        if self._pubsub is not None:
+            self._pubsub.close()
 
     # -- registry -----------------------------------------------------------------------------
 
@@ -333,8 +332,8 @@ class Backplane:
             self._channels[channel] = fut
             if self._pubsub is not None and self.subscribed:
                 # On failure the listener reconnects and subscribes to every wanted channel.
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.subscribe(self.keys.channel_channel(channel))
+                with contextlib.suppress(PubSubError, OSError):
+                    self._pubsub.subscribe(self.keys.channel_channel(channel))
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.settings.redis_timeout * 2)
         except TimeoutError:
@@ -345,8 +344,8 @@ class Backplane:
         if fut is not None and not fut.done():
             fut.cancel()
         if self._pubsub is not None and self.subscribed:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(self.keys.channel_channel(channel))
+            with contextlib.suppress(PubSubError, OSError):
+                self._pubsub.unsubscribe(self.keys.channel_channel(channel))
 
     def _confirmed(self, channel_name: bytes) -> None:
         name = channel_name.decode()
@@ -361,25 +360,37 @@ class Backplane:
     async def _listen_loop(self) -> None:
         attempt = 0
         first = True
+        core = {self.keys.gateway_channel(self.gateway_id).encode(),
+                self.keys.broadcast_channel().encode()}
         while True:
-            client = aioredis.Redis.from_url(
-                self.settings.redis_url,
-                socket_connect_timeout=self.settings.redis_timeout,
-                socket_keepalive=True,
-                client_name=f"{self.settings.prefix}pubsub:{self.gateway_id}",
-            )
-            self._pubsub_client = client
-            pubsub = client.pubsub()
+            loop = asyncio.get_running_loop()
+            confirmed: set[bytes] = set()
+            ready: asyncio.Future[None] = loop.create_future()
+
+            def on_subscribed(name: bytes, confirmed: set[bytes] = confirmed,
+                              ready: asyncio.Future[None] = ready) -> None:
+                confirmed.add(name)
+                if core <= confirmed and not ready.done():
+                    ready.set_result(None)
+                self._confirmed(name)
+
+            conn: PubSubConnection | None = None
             try:
+                conn = await PubSubConnection.open(
+                    self.settings.redis_url, connect_timeout=self.settings.redis_timeout,
+                    client_name=f"{self.settings.prefix}pubsub:{self.gateway_id}",
+                    on_message=self._dispatch, on_subscribed=on_subscribed,
+                )
                 # Wanted channels get fresh confirmations from this connection.
                 for name, fut in list(self._channels.items()):
                     if fut.done():
-                        self._channels[name] = asyncio.get_running_loop().create_future()
-                await pubsub.subscribe(
-                    self.keys.gateway_channel(self.gateway_id), self.keys.broadcast_channel(),
-                    *(self.keys.channel_channel(name) for name in self._channels),
-                )
-                self._pubsub = pubsub
+                        self._channels[name] = loop.create_future()
+                conn.subscribe(*(c.decode() for c in core),
+                               *(self.keys.channel_channel(name) for name in self._channels))
+                # Only once Redis confirmed may we read tops to catch up: anything published
+                # after that point reaches us live.
+                await asyncio.wait_for(asyncio.shield(ready), self.settings.redis_timeout)
+                self._pubsub = conn
                 self.subscribed = True
                 self._last_ping = time.monotonic()
                 if not first:
@@ -391,36 +402,24 @@ class Backplane:
                 first = False
                 attempt = 0
                 self._listener_reset.clear()
-                await self._consume(pubsub)
-            except (RedisError, OSError) as exc:
+                reset: asyncio.Future[Any] = asyncio.ensure_future(self._listener_reset.wait())
+                try:
+                    await asyncio.wait([reset, conn.lost], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    reset.cancel()
+                log.warning("pub/sub connection lost or silent, reconnecting")
+            except (PubSubError, OSError, TimeoutError) as exc:
                 self.metrics.redis_error("pubsub")
-                log.warning("pub/sub connection lost: %s", exc)
+                log.warning("pub/sub connection failed: %s", exc)
             finally:
                 self.subscribed = False
                 self._pubsub = None
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+                if conn is not None:
+                    conn.close()
             attempt += 1
             # Full jitter, capped low: delivery must resume within seconds of Redis returning,
             # and a connect attempt per gateway per second is nothing for Redis.
             await asyncio.sleep(random.uniform(0, min(1.0, 0.1 * 2**attempt)))
-
-    async def _consume(self, pubsub: aioredis.client.PubSub) -> None:
-        reset = asyncio.ensure_future(self._listener_reset.wait())
-        try:
-            while not reset.done():
-                msg = await pubsub.get_message(timeout=1.0)
-                if msg is None:
-                    continue
-                kind = msg.get("type")
-                if kind == "message":
-                    self._dispatch(msg["data"])
-                elif kind == "subscribe":
-                    self._confirmed(msg["channel"])
-        finally:
-            reset.cancel()
 
     def _dispatch(self, raw: bytes) -> None:
         try:
