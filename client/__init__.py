@@ -6,7 +6,9 @@ Depends only on ``websockets`` and ``msgpack`` (it never imports the server pack
     from client import Client, Message, Recovery
 
     async def main() -> None:
-        async with Client("ws://127.0.0.1:8080/ws", token="JWT") as c:
+        async with Client("ws://127.0.0.1:8080/ws", token="JWT", channels=["news"]) as c:
+            await c.subscribe("lobby")
+            await c.publish("lobby", {"hello": "all"})
             async for item in c:
                 if isinstance(item, Message):
                     print(item.stream, item.offset, item.data)
@@ -16,15 +18,25 @@ Depends only on ``websockets`` and ``msgpack`` (it never imports the server pack
     asyncio.run(main())
 
 Modules: :mod:`client.client` (the asyncio loop), :mod:`client.protocol` (positions,
-duplicates, gaps, cursors, close-code policy; no I/O), :mod:`client.backoff` (full-jitter
-delays; no I/O), :mod:`client.errors` (what the application must handle).
+duplicates, gaps, cursors, close-code policy, channel requests and their replies; no I/O),
+:mod:`client.backoff` (full-jitter delays; no I/O), :mod:`client.errors` (what the application
+must handle).
 """
 
 from client.backoff import Backoff
 from client.client import Client
 from client.connection import State, TokenProvider
-from client.errors import AuthError, Forbidden, SessionError, SwitchboardError, TerminalClose
-from client.protocol import Message, Position, Recovery, Stats
+from client.errors import (
+    AuthError,
+    Forbidden,
+    PublishError,
+    RequestError,
+    SessionError,
+    SubscribeError,
+    SwitchboardError,
+    TerminalClose,
+)
+from client.protocol import Message, Position, Published, Recovery, Stats, Subscribed
 
 __all__ = [
     "AuthError",
@@ -33,10 +45,15 @@ __all__ = [
     "Forbidden",
     "Message",
     "Position",
+    "PublishError",
+    "Published",
     "Recovery",
+    "RequestError",
     "SessionError",
     "State",
     "Stats",
+    "SubscribeError",
+    "Subscribed",
     "SwitchboardError",
     "TerminalClose",
     "TokenProvider",

@@ -8,6 +8,8 @@ Usage::
     from client import Client, Message, Recovery
 
     async with Client("ws://127.0.0.1:8080/ws", token=jwt) as c:
+        await c.subscribe("lobby")              # messages arrive as stream "ch.lobby"
+        await c.publish("lobby", {"hi": 1})     # stored once the call returns
         async for item in c:
             if isinstance(item, Recovery):
                 refetch_state(item.streams)  # messages of these streams were lost
@@ -24,10 +26,20 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from types import TracebackType
+from typing import Any
 
 from client.backoff import Backoff
 from client.connection import Connector, Options, State, TokenProvider
-from client.protocol import SUBPROTOCOLS, Format, Item, Position, Stats
+from client.protocol import (
+    SUBPROTOCOLS,
+    Format,
+    Item,
+    Position,
+    Published,
+    Stats,
+    Subscribed,
+    check_channel,
+)
 
 log = logging.getLogger("client")
 
@@ -57,7 +69,9 @@ class Client:
             token (HTTP 401, close 4001). Without it a refused token raises AuthError, and so
             does a second refusal right after a fresh token. Exceptions it raises are terminal.
         format: ``"json"`` (text frames, default) or ``"msgpack"`` (binary frames).
-        channels: channels to subscribe to at connect (default none).
+        channels: channels to subscribe to at connect (default none); like channels added by
+            :meth:`subscribe`, they are resubscribed and resumed on every reconnect. One the
+            token does not allow is dropped and reported through ``on_error``.
         token_in_header: send the token as ``Authorization: Bearer`` instead of in the query
             string (default False: the query string, as browsers must).
 
@@ -66,6 +80,9 @@ class Client:
         ping_interval, ping_timeout: WebSocket keepalive, so a dead gateway or a half-open TCP
             connection is noticed (default 20 and 20).
         close_timeout: closing handshake (default 10).
+        request_timeout: how long :meth:`subscribe`, :meth:`unsubscribe` and :meth:`publish`
+            wait for the gateway's answer, a reconnect included (default 10); then they raise
+            TimeoutError.
 
     Limits:
         max_size: largest incoming message in bytes (default None: no limit).
@@ -81,7 +98,9 @@ class Client:
             not read).
 
     Callbacks (plain functions; exceptions they raise are logged and ignored):
-        on_error: ``(code, message)`` for each non-fatal ``error`` from the gateway.
+        on_error: ``(code, message)`` for each non-fatal ``error`` from the gateway that no
+            call is waiting for (a refused request raises from its call instead), e.g. a
+            channel refused at reconnect.
         on_state: ``(state)`` on each change of :attr:`state`.
     """
 
@@ -98,6 +117,7 @@ class Client:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         close_timeout: float | None = 10.0,
+        request_timeout: float | None = 10.0,
         max_size: int | None = None,
         max_queue: int = 10_000,
         backoff_base: float = 0.5,
@@ -112,12 +132,14 @@ class Client:
             raise ValueError(f"format must be one of {sorted(SUBPROTOCOLS)}, not {format!r}")
         if isinstance(channels, str):
             raise TypeError("channels must be a sequence of names, not a string")
+        channels = tuple(dict.fromkeys(check_channel(name) for name in channels))
         if max_queue < 1:
             raise ValueError("max_queue must be >= 1")
         options = Options(
             url=url, format=format, channels=tuple(channels), token_in_header=token_in_header,
             open_timeout=open_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
             close_timeout=close_timeout, max_size=max_size, proxy=proxy,
+            request_timeout=request_timeout,
         )
         rng = rng if rng is not None else random.Random()
         self._on_error = on_error
@@ -173,6 +195,11 @@ class Client:
         return dict(self._conn.tracker.positions)
 
     @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels this client is subscribed to, or subscribing to (call order)."""
+        return tuple(self._conn.channels.wanted)
+
+    @property
     def stats(self) -> Stats:
         """A snapshot of the counters: connects, reconnects, duplicates_dropped,
         gaps_detected, recoveries_failed."""
@@ -207,6 +234,7 @@ class Client:
     async def close(self) -> None:
         """Close the connection (code 1000) and stop; iteration ends. Idempotent."""
         self._closing = True
+        self._conn.stop_requests("client closed")
         ws, task = self._conn.ws, self._task
         if task is not None and not task.done():
             task.cancel()
@@ -260,13 +288,81 @@ class Client:
             raise ConnectionError("not connected")
         return await self._conn.ping()
 
+    # -- channels -----------------------------------------------------------------------------
+
+    async def subscribe(self, channel: str, *, cursor: tuple[str, int] | None = None
+                        ) -> Subscribed:
+        """Subscribe to ``channel``; its messages arrive as ``Message(stream="ch.CHANNEL")``.
+
+        Returns once the gateway confirmed: messages after ``(epoch, offset)`` of the result
+        follow through the iteration. With ``cursor`` (an ``(epoch, offset)``, e.g. a
+        :class:`~client.Position` the application kept), the messages after it are replayed
+        first, if the gateway still has them all: then the result says ``recovered=True``.
+
+        The client keeps the subscription across reconnects (resubscribed at connect, resumed
+        from its position, so no message is lost or repeated). While reconnecting, the call
+        waits for the next connection. A subscribe of a channel already being subscribed
+        waits for that one (whose cursor counts).
+
+        Raises:
+            SubscribeError: refused (``code`` ``forbidden``, ``too_many_channels``,
+                ``unavailable``, ...), or ``already_subscribed``. The client goes on.
+            TimeoutError: no answer within ``request_timeout``. The subscription stays
+                requested (it completes in the background; a later refusal is reported
+                through ``on_error``); call :meth:`unsubscribe` to give it up.
+            ValueError: an invalid channel name or cursor.
+            ConnectionError: the client is closed (or stopped on a terminal error).
+        """
+        self._check_running()
+        return await self._conn.subscribe(channel, cursor)
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop receiving ``channel``; returns once the gateway confirmed.
+
+        Messages of the channel still queued are delivered; none is delivered after the call.
+        While reconnecting, the next connection simply does not ask for the channel.
+
+        Raises:
+            SubscribeError: ``not_subscribed``.
+            TimeoutError: no answer within ``request_timeout`` (the channel is unsubscribed
+                all the same: it is not delivered, nor asked for again).
+            ValueError, ConnectionError: as for :meth:`subscribe`.
+        """
+        self._check_running()
+        await self._conn.unsubscribe(channel)
+
+    async def publish(self, channel: str, data: Any) -> Published:
+        """Publish ``data`` to ``channel``; returns once the gateway stored it.
+
+        The token's ``publish`` claim must allow the channel (the client need not be
+        subscribed). Subscribers receive it, this client too if it is subscribed. While
+        reconnecting, the call waits for the next connection, then sends.
+
+        Raises:
+            PublishError: refused (``forbidden``, or ``unavailable``: not stored, try again),
+                or ``disconnected``: the connection ended after the message was sent and
+                before the gateway confirmed it, so it may or may not have been stored (it is
+                never sent twice).
+            TimeoutError: no answer within ``request_timeout``: if the message had been sent,
+                it may or may not have been stored.
+            TypeError: ``data`` cannot be encoded in the client's format.
+            ValueError, ConnectionError: as for :meth:`subscribe`.
+        """
+        self._check_running()
+        return await self._conn.publish(channel, data)
+
     # -- internals ----------------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._task is None and not self._closing:
+            raise RuntimeError("start the client first: `async with Client(...) as c`")
 
     async def _main(self) -> None:
         try:
             await self._conn.run()
         except Exception as exc:
             log.warning("switchboard client stopped: %s", exc)
+            self._conn.stop_requests(f"client stopped: {exc}")
             self._error = exc
             self._set_state("closed")
             await self._queue.put(_END)  # after every item already queued

@@ -4,6 +4,10 @@ One :class:`Connector` per :class:`~client.Client`, run by its single background
 decisions (positions, duplicates, gaps, close codes, delays) are made by
 :mod:`client.protocol` and :mod:`client.backoff`; this module does the I/O around them and
 puts what the application should see on the client's queue.
+
+Channel requests (subscribe, unsubscribe, publish) are decided by :class:`client.protocol.Channels`
+too; here they get a future per caller, their frames are sent, and the replies read by the
+connection's loop settle the futures.
 """
 
 from __future__ import annotations
@@ -22,24 +26,32 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 from websockets.typing import Subprotocol
 
 from client.backoff import Backoff
-from client.errors import AuthError, Forbidden, SessionError, TerminalClose
+from client.errors import AuthError, Forbidden, SessionError, SubscribeError, TerminalClose
 from client.protocol import (
     JITTER_MAX,
     SUBPROTOCOLS,
+    Channels,
+    Effects,
     Format,
     Gap,
     Item,
     Next,
     Position,
     ProtocolViolation,
+    Published,
+    Request,
     Stats,
+    Subscribed,
     Tracker,
     Welcome,
     after_close,
     after_refusal,
+    check_channel,
+    check_cursor,
     connect_url,
     decode,
     encode,
+    format_cursor,
     parse_message,
     parse_welcome,
     retry_after,
@@ -65,6 +77,7 @@ class Options:
     close_timeout: float | None
     max_size: int | None
     proxy: str | None
+    request_timeout: float | None = 10.0
 
     def connect_kwargs(self) -> dict[str, Any]:
         return {
@@ -96,11 +109,13 @@ class Connector:
     ) -> None:
         self.options = options
         self.tracker = Tracker(stats)
+        self.channels = Channels(self.tracker, options.channels)
         self.stats = stats
         self.session: str | None = None
         self.gateway: str | None = None
         self.user: str | None = None
         self.ws: ClientConnection | None = None  # while open
+        self.live: ClientConnection | None = None  # from the welcome to the close
         self.welcomed = asyncio.Event()  # set at the first welcome
         self._token = token
         self._provider = token_provider
@@ -113,6 +128,8 @@ class Connector:
         self._fresh_token = False  # the token was fetched because the last one was refused
         self._progress = True  # a message was delivered since the last gap
         self._pings: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: dict[int, list[asyncio.Future[Any]]] = {}  # request id -> callers
+        self._stopped: str | None = None  # why requests are refused from now on
         # Waits between attempts; tests swap it to record delays instead of sleeping.
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -148,6 +165,91 @@ class Connector:
             if not pong.done():
                 pong.set_exception(ConnectionError(why))
 
+    # -- channel requests ---------------------------------------------------------------------
+
+    async def subscribe(self, channel: str, cursor: tuple[str, int] | None) -> Subscribed:
+        start = None if cursor is None else check_cursor(cursor)
+        result = await self._request(lambda: self.channels.subscribe(channel, start))
+        assert isinstance(result, Subscribed)
+        return result
+
+    async def unsubscribe(self, channel: str) -> None:
+        await self._request(lambda: self.channels.unsubscribe(channel))
+
+    async def publish(self, channel: str, data: Any) -> Published:
+        check_channel(channel)
+        encode({"data": data}, self.options.format)  # unencodable data: TypeError, now
+        result = await self._request(lambda: self.channels.publish(channel, data))
+        assert isinstance(result, Published)
+        return result
+
+    def stop_requests(self, why: str) -> None:
+        """Fail every waiting request with ConnectionError(why), and refuse new ones."""
+        self._stopped = why
+        waiters, self._waiters = self._waiters, {}
+        for futures in waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(ConnectionError(why))
+
+    async def _request(
+        self, make: Callable[[], tuple[Request, Effects]]
+    ) -> Subscribed | Published | None:
+        """Register a request, send it when it may go, wait for its answer (or time out)."""
+        if self._stopped is not None:
+            raise ConnectionError(self._stopped)
+        loop = asyncio.get_running_loop()
+        timeout = self.options.request_timeout
+        deadline = None if timeout is None else loop.time() + timeout
+        request, fx = make()  # ValueError, SubscribeError: nothing was asked
+        future: asyncio.Future[Any] = loop.create_future()
+        self._waiters.setdefault(request.id, []).append(future)
+        try:
+            await self._carry_out(fx)  # sends the frame if it may go now
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            done, _ = await asyncio.wait([future], timeout=left)
+        finally:
+            futures = self._waiters.get(request.id, [])
+            if future in futures:
+                futures.remove(future)
+                if not futures:
+                    del self._waiters[request.id]
+        if not done:
+            future.cancel()
+            await self._carry_out(self.channels.abandon(request))
+            raise TimeoutError(f"no answer to {request.kind} {request.channel!r} "
+                               f"within {timeout}s")
+        result: Subscribed | Published | None = future.result()
+        return result
+
+    async def _carry_out(self, fx: Effects) -> None:
+        """Answer the callers, deliver items, send frames: what a Channels decision says."""
+        ws = self.live  # the frames are for the connection the decision was made on
+        for r in fx.resolved:
+            futures = [f for f in self._waiters.pop(r.request.id, []) if not f.done()]
+            for future in futures:
+                if r.error is not None:
+                    future.set_exception(r.error)
+                else:
+                    future.set_result(r.result)
+            if not futures and r.error is not None:
+                # Nobody waits any more (timed out): a dropped channel must still be known.
+                log.warning("%s %s failed: %s", r.request.kind, r.request.channel, r.error)
+                if isinstance(r.error, SubscribeError):
+                    self._on_error(r.error.code, r.error.message)
+        for code, message in fx.unmatched:
+            log.warning("gateway error %s: %s", code, message)
+            self._on_error(code, message)
+        for item in fx.items:
+            await self._deliver(item)
+        if ws is None:
+            return
+        for frame in fx.frames:
+            try:
+                await ws.send(encode(frame, self.options.format))
+            except ConnectionClosed:
+                return  # settled when the connection's loop sees the close
+
     # -- one connection -----------------------------------------------------------------------
 
     async def _connection(self) -> float:
@@ -155,7 +257,7 @@ class Connector:
         if self._token is None and self._provider is not None:
             self._token = await self._provider()
         opts = self.options
-        sent = dict(self.tracker.positions)
+        ask = self.channels.connect_request()
         headers: dict[str, str] = {}
         if self._token and opts.token_in_header:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -163,8 +265,8 @@ class Connector:
             opts.url,
             token=None if opts.token_in_header else self._token,
             session=self.session,
-            cursor=self.tracker.cursor(),
-            channels=opts.channels,
+            cursor=format_cursor(ask.cursor),
+            channels=ask.channels,
         )
         try:
             ws = await connect(url, additional_headers=headers, **opts.connect_kwargs())
@@ -177,15 +279,16 @@ class Connector:
             return self._backoff.next_delay()
         self.ws = ws
         try:
-            return await self._serve(ws, sent)
+            return await self._serve(ws, ask.resumed)
         except asyncio.CancelledError:
             raise  # Client.close() closes the connection with 1000
         except BaseException:
             await ws.close(1000)
             raise
         finally:
-            self.ws = None
+            self.ws = self.live = None
             self.fail_pings("connection closed")
+            await self._carry_out(self.channels.closed())
 
     async def _refused(self, status: int, headers: Headers) -> float:
         action = after_refusal(status)
@@ -215,7 +318,7 @@ class Connector:
             log.warning("no valid welcome from %s: %s", self.options.url, exc)
             await ws.close(1002, "expected a welcome")
             return self._backoff.next_delay()
-        await self._welcome(welcome, sent)
+        await self._welcome(ws, welcome, sent)
         try:
             async for frame in ws:
                 try:
@@ -230,7 +333,8 @@ class Connector:
             pass
         return await self._closed(ws)
 
-    async def _welcome(self, welcome: Welcome, sent: Mapping[str, Position]) -> None:
+    async def _welcome(self, ws: ClientConnection, welcome: Welcome,
+                       sent: Mapping[str, Position]) -> None:
         recovery = self.tracker.on_welcome(welcome, sent=sent)
         self.session, self.gateway, self.user = welcome.session, welcome.gateway, welcome.user
         self._fresh_token = False
@@ -246,12 +350,17 @@ class Connector:
         if recovery is not None:
             log.warning("could not recover %s", ", ".join(recovery.streams))
             await self._deliver(recovery)  # before any later message
+        self.live = ws
+        await self._carry_out(self.channels.opened(welcome))  # what waited for a connection
 
     async def _handle(self, msg: dict[str, Any]) -> float | None:
         """Act on one server message; a float means: close, reconnect after that delay."""
         kind = msg["type"]
         if kind == "message":
-            out = self.tracker.on_message(parse_message(msg), gateway=self.gateway or "")
+            incoming = parse_message(msg)
+            if not self.channels.accepts(incoming.stream):
+                return None  # a channel unsubscribed meanwhile
+            out = self.tracker.on_message(incoming, gateway=self.gateway or "")
             if isinstance(out, Gap):
                 return self._gap(out)
             for item in out:
@@ -262,6 +371,9 @@ class Connector:
             if isinstance(after_ms, int | float) and not isinstance(after_ms, bool):
                 self._hint = max(0.0, after_ms / 1000)
             log.info("gateway asks to reconnect (%s) after %s ms", msg.get("reason"), after_ms)
+        elif kind in ("subscribed", "unsubscribed", "published") or (
+                kind == "error" and "channel" in msg):
+            await self._carry_out(self.channels.on_reply(msg))
         elif kind == "error":
             code, message = str(msg.get("code", "")), str(msg.get("message", ""))
             log.warning("gateway error %s: %s", code, message)
@@ -271,24 +383,9 @@ class Connector:
                 pong = self._pings.popleft()
                 if not pong.done():  # else it timed out: this is its late answer
                     pong.set_result(None)
-        elif kind == "subscribed":
-            await self._subscribed(msg)
-        elif kind == "unsubscribed":
-            self.tracker.on_unsubscribed(f"ch.{msg.get('channel')}")
         else:
             log.debug("ignoring a %r message", kind)
         return None
-
-    async def _subscribed(self, msg: Mapping[str, Any]) -> None:
-        epoch, offset = msg.get("epoch"), msg.get("offset")
-        if not isinstance(epoch, str) or not isinstance(offset, int):
-            raise ProtocolViolation("subscribed: epoch must be a string and offset an integer")
-        recovery = self.tracker.on_subscribed(
-            f"ch.{msg.get('channel')}", Position(epoch, offset),
-            recovered=bool(msg.get("recovered")), gateway=self.gateway or "",
-        )
-        if recovery is not None:
-            await self._deliver(recovery)
 
     def _gap(self, gap: Gap) -> float:
         log.info("gap in %s: expected offset %d, got %d; resuming", gap.stream, gap.expected,

@@ -97,13 +97,14 @@ class Hub:
             return iter(list(self._by_user.get(key[2:], {}).values()))
         return iter(list(self._channels.get(key, {}).values()))
 
-    def deliver(self, message: Message) -> dict[Wire, int]:
-        """Offer one message to every local recipient; returns deliveries per wire format.
+    def deliver(self, message: Message) -> list[int]:
+        """Offer one message to every local recipient; returns deliveries per wire format
+        (indexed like :data:`gateway.wire.WIRES`).
 
         The hot loop of the gateway: one offer and one write per recipient, nothing else.
         """
         out = Outgoing(message)
-        delivered = dict.fromkeys(Wire, 0)
+        delivered = [0, 0, 0]
         gaps = 0
         for client in self.recipients(message):
             verdict = client.session.offer(out)
@@ -112,6 +113,6 @@ class Hub:
                     gaps += 1
                 transport = client.transport
                 transport.send(out)
-                delivered[transport.wire] += 1
+                delivered[transport.kind] += 1
         self.gaps += gaps
         return delivered

@@ -6,9 +6,10 @@ counts are added once per message (``inc(n)``), never once per connection.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from gateway.wire import Wire
+from gateway.hotmetrics import DeliveryCollector
+from gateway.wire import WIRES, Wire
 from switchboard import closecodes
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -35,22 +36,9 @@ class GatewayMetrics:
             "switchboard_gateway_handshake_rejections", "Refused handshakes by HTTP status",
             ["status"], registry=r,
         )
-        self._delivered = Counter(
-            "switchboard_gateway_messages_delivered", "Messages written to clients",
-            ["transport"], registry=r,
-        )
-        self._received = Counter(
-            "switchboard_gateway_envelopes_received", "Envelopes received from Redis pub/sub",
-            registry=r,
-        )
-        self._fanout = Histogram(
-            "switchboard_gateway_fanout_seconds", "Time to hand one message to all local "
-            "recipients", buckets=_FANOUT_BUCKETS, registry=r,
-        )
-        self._latency = Histogram(
-            "switchboard_gateway_publish_to_write_seconds", "From the router's publish to the "
-            "gateway's write", buckets=_LATENCY_BUCKETS, registry=r,
-        )
+        self._hot = DeliveryCollector([w.value for w in WIRES], _FANOUT_BUCKETS,
+                                      _LATENCY_BUCKETS)
+        r.register(self._hot)
         self._gaps = Counter(
             "switchboard_gateway_live_gaps", "Live messages whose offset jumped", registry=r
         )
@@ -99,14 +87,17 @@ class GatewayMetrics:
     def rejected(self, status: int) -> None:
         self._rejections.labels(str(status)).inc()
 
-    def delivered(self, counts: dict[Wire, int], fanout_seconds: float, latency: float) -> None:
-        self._received.inc()
-        for w, n in counts.items():
-            if n:
-                self._delivered.labels(w.value).inc(n)
-        self._fanout.observe(fanout_seconds)
+    def delivered(self, counts: list[int], fanout_seconds: float, latency: float) -> None:
+        """Once per message; ``counts`` per wire format, indexed like ``gateway.wire.WIRES``."""
+        hot = self._hot
+        hot.received += 1
+        totals = hot.delivered
+        totals[0] += counts[0]
+        totals[1] += counts[1]
+        totals[2] += counts[2]
+        hot.fanout.observe(fanout_seconds)
         if latency >= 0:
-            self._latency.observe(latency)
+            hot.latency.observe(latency)
 
     def resumed(self, recovered: bool) -> None:
         self._resumes.labels("recovered" if recovered else "not_recovered").inc()

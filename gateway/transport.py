@@ -103,6 +103,7 @@ class Writer:
 
 class Transport(Protocol):
     wire: Wire
+    kind: int  # index of ``wire`` in gateway.wire.WIRES
 
     def send(self, out: Outgoing) -> None: ...
 
@@ -114,11 +115,12 @@ class Transport(Protocol):
 class WsTransport:
     """Frames are prebuilt by :class:`~gateway.wire.Outgoing`; this only picks which."""
 
-    __slots__ = ("_close", "wire", "writer")
+    __slots__ = ("_close", "kind", "wire", "writer")
 
     def __init__(self, writer: Writer, fmt: Wire, close: Callable[[int, str], None]) -> None:
         self.writer = writer
         self.wire = fmt
+        self.kind = wire.KIND[fmt]
         self._close = close
 
     def send(self, out: Outgoing) -> None:
@@ -134,13 +136,14 @@ class WsTransport:
 class SseTransport:
     """Each event's ``id:`` is the connection's full cursor, so Last-Event-ID resumes all."""
 
-    __slots__ = ("_close", "_cursor", "wire", "writer")
+    __slots__ = ("_close", "_cursor", "kind", "wire", "writer")
 
     def __init__(
         self, writer: Writer, cursor: Callable[[], str], close: Callable[[int, str], None]
     ) -> None:
         self.writer = writer
         self.wire = Wire.SSE
+        self.kind = wire.KIND[Wire.SSE]
         self._cursor = cursor
         self._close = close
 

@@ -16,6 +16,7 @@ import struct
 from typing import Any
 
 import msgpack
+import orjson
 
 from switchboard import streams
 from switchboard.contract import Message
@@ -31,6 +32,12 @@ class Wire(enum.Enum):
     JSON = "json"  # WebSocket text frames
     MSGPACK = "msgpack"  # WebSocket binary frames
     SSE = "sse"  # text/event-stream
+
+
+WIRES = tuple(Wire)
+# Index of each wire format in per-format counters: plain ints on the hot path, because an
+# Enum member's hash is computed in Python.
+KIND = {w: i for i, w in enumerate(WIRES)}
 
 
 def frame(first_byte: int, payload: bytes) -> bytes:
@@ -49,10 +56,17 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
 def dumps_json(obj: Any) -> bytes:
-    return json.dumps(
-        obj, separators=(",", ":"), ensure_ascii=False, default=_json_default
-    ).encode()
+    try:
+        return orjson.dumps(obj, default=_json_default, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        # orjson refuses integers beyond 64 bits, which msgpack and json both allow.
+        return json.dumps(
+            obj, separators=(",", ":"), ensure_ascii=False, default=_json_default
+        ).encode()
 
 
 _packer_opts = {"use_bin_type": True}

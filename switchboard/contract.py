@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -32,9 +32,8 @@ class EnvelopeError(ValueError):
     """Bytes on a Switchboard channel that are not a valid envelope."""
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A published message as every gateway sees it."""
+class Message(NamedTuple):
+    """A published message as every gateway sees it (a tuple: cheap to create per envelope)."""
 
     stream_key: str
     epoch: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import string
-from dataclasses import dataclass
+from typing import NamedTuple
 
 USER = "user"
 BROADCAST = "broadcast"
@@ -68,8 +68,7 @@ def key_for(wire: str, user: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
+class Position(NamedTuple):
     epoch: str
     offset: int
 

@@ -3,18 +3,23 @@
 Each connect attempt takes the next entry of a script: a :class:`FakeWs` (a connection that
 plays its frames, then closes with its code) or an exception to raise (a refused handshake,
 a refused TCP connection). When the script is exhausted, connecting blocks forever, so a test
-can never spin the loop by accident. Delays between attempts are recorded, not slept.
+can never spin the loop by accident. Delays between attempts are recorded, not slept; a test
+can hold the client in "reconnecting" by clearing ``Script.resume``.
+
+A FakeWs records what the client sends (``sent``, decoded in ``objs``) and may answer it:
+``respond`` maps each client message to the frames the gateway would push back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import msgpack
 import pytest
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
@@ -39,6 +44,8 @@ class FakeWs:
         for frame in frames:
             self.frames.put_nowait(frame)
         self.sent: list[str | bytes] = []
+        self.objs: list[dict[str, Any]] = []
+        self.respond: Callable[[dict[str, Any]], list[Any]] | None = None
         self.closed_by_client: tuple[int, str] | None = None
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -47,10 +54,19 @@ class FakeWs:
         self.frames.put_nowait(frame)
 
     async def send(self, data: str | bytes) -> None:
+        if self.close_code is not None:
+            raise ConnectionClosedOK(None, None)
         self.sent.append(data)
-        obj = json.loads(data)
+        obj = json.loads(data) if isinstance(data, str) else msgpack.unpackb(data)
+        self.objs.append(obj)
         if obj.get("type") == "ping":
             self.push(j({"type": "pong"}))
+        elif self.respond is not None:
+            for frame in self.respond(obj):
+                self.push(frame)
+
+    def sent_of(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objs if o.get("type") == kind]
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self.close_code is None:  # like websockets: closing a closed connection is a no-op
@@ -102,6 +118,18 @@ def message(stream: str, epoch: str, offset: int, data: Any = None) -> str:
               "data": data})
 
 
+def subscribed(channel: str, epoch: str, offset: int, recovered: bool = False) -> str:
+    return j({"type": "subscribed", "channel": channel, "epoch": epoch, "offset": offset,
+              "recovered": recovered})
+
+
+def error(code: str, channel: str | None = None, message: str = "no", **extra: Any) -> str:
+    body: dict[str, Any] = {"type": "error", "code": code, "message": message, **extra}
+    if channel is not None:
+        body["channel"] = channel
+    return j(body)
+
+
 def refused(status: int, **headers: str) -> InvalidStatus:
     hdrs = Headers({k.replace("_", "-"): v for k, v in headers.items()})
     return InvalidStatus(Response(status, "refused", hdrs))
@@ -113,6 +141,10 @@ class Script:
     urls: list[str] = field(default_factory=list)
     kwargs: list[dict[str, Any]] = field(default_factory=list)
     delays: list[float] = field(default_factory=list)
+    resume: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.resume.set()  # clear it to hold the client between two connections
 
     async def connect(self, url: str, **kwargs: Any) -> Any:
         self.urls.append(url)
@@ -127,6 +159,7 @@ class Script:
     async def sleep(self, delay: float) -> None:
         self.delays.append(delay)
         await asyncio.sleep(0)
+        await self.resume.wait()
 
     def query(self, attempt: int) -> dict[str, str]:
         return {k: v[0] for k, v in parse_qs(urlsplit(self.urls[attempt]).query).items()}

@@ -5,7 +5,7 @@ from typing import Any
 
 from gateway.hub import Hub
 from gateway.session import Session
-from gateway.wire import Outgoing, Wire
+from gateway.wire import KIND, Outgoing, Wire
 from switchboard.contract import Message
 from switchboard.streams import Position
 
@@ -14,6 +14,10 @@ from switchboard.streams import Position
 class FakeTransport:
     wire: Wire
     sent: list[Outgoing] = field(default_factory=list)
+
+    @property
+    def kind(self) -> int:
+        return KIND[self.wire]
 
     def send(self, out: Outgoing) -> None:
         self.sent.append(out)
@@ -47,7 +51,7 @@ def test_unicast_reaches_every_connection_of_the_user_and_nobody_else() -> None:
         hub.add(c)
     counts = hub.deliver(Message("u:alice", "U", 1, 0, "hi"))
     assert [len(c.transport.sent) for c in (a1, a2, b1)] == [1, 1, 0]
-    assert counts[Wire.JSON] == 1 and counts[Wire.SSE] == 1
+    assert counts[KIND[Wire.JSON]] == 1 and counts[KIND[Wire.SSE]] == 1
     # Encoded once: both recipients were handed the very same object.
     assert a1.transport.sent[0] is a2.transport.sent[0]
 
