@@ -136,7 +136,12 @@ class Gateway:
     def _release_channel(self, key: str) -> None:
         """No local subscriber left: stop receiving the channel (DESIGN 6)."""
         self.tracker.forget(key)
-        self.spawn(self.backplane.unsubscribe_channel(key[2:]))
+        self.spawn(self._unsubscribe_channel(key))
+
+    async def _unsubscribe_channel(self, key: str) -> None:
+        # A subscribe that came in since the last one left owns the Redis subscription now.
+        if not self.hub.has_channel(key):
+            await self.backplane.unsubscribe_channel(key[2:])
 
     def plain_http(self, request: Request, path: str) -> Response:
         if request.method == "OPTIONS":

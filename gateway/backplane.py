@@ -342,7 +342,9 @@ class Backplane:
     async def unsubscribe_channel(self, channel: str) -> None:
         fut = self._channels.pop(channel, None)
         if fut is not None and not fut.done():
-            fut.cancel()
+            # A join still waiting for this subscription learns it will not come.
+            fut.set_exception(ChannelUnavailable(channel))
+            fut.exception()  # retrieved: nobody else may be waiting
         if self._pubsub is not None and self.subscribed:
             with contextlib.suppress(PubSubError, OSError):
                 self._pubsub.unsubscribe(self.keys.channel_channel(channel))

@@ -111,40 +111,72 @@ def subscribe(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
         return
     session.begin_join(key)
     app.hub.subscribe(conn, key)
-    app.spawn(join(app, conn, channel, cursor))
+    # The token is taken now: by the time the task runs, an unsubscribe + subscribe of the
+    # same channel may have replaced it, and this join must know it is the old one.
+    app.spawn(join(app, conn, channel, cursor, session.joining[key]))
 
 
-async def join(app: Gateway, conn: Connection, channel: str, cursor: Position | None) -> None:
+async def join(app: Gateway, conn: Connection, channel: str, cursor: Position | None,
+               token: list[Outgoing]) -> None:
+    """Finish a subscribe. Runs under the connection's channel lock, so its presence write
+    and a later unsubscribe's presence removal reach Redis in the order the client asked.
+    ``token`` identifies this subscribe: a re-subscribe of the channel makes a new one."""
     key = streams.channel_key(channel)
     session = conn.session
-    reg = registration(conn)
-    try:
-        await app.backplane.subscribe_channel(channel)
-        top = await app.backplane.join(reg, channel)
-        app.tracker.follow(key, top)
-        requested = {streams.wire_name(key): cursor} if cursor else {}
-        plans = resume.plan(requested, {key: top}, app.settings.replay_limit)
-        ranges = [(p.key, p.replay_from, p.top.offset) for p in plans if p.needs_log]
-        logs = await app.backplane.read_logs(ranges)
-    except (RedisError, OSError, ChannelUnavailable) as exc:
-        log.warning("subscribe to %s failed: %s", channel, exc)
-        if key in session.joining:
-            session.leave(key)
-            app.channel_left(conn, key)
-            error(conn, "unavailable", f"cannot subscribe to {channel!r} right now",
-                  channel=channel)
-        return
-    if key not in session.joining or conn not in app.hub:
-        await app.backplane.leave(reg, channel)  # unsubscribed or gone meanwhile
-        return
+
+    def current() -> bool:
+        return session.joining.get(key) is token and conn in app.hub
+
+    async with conn.channel_lock():
+        if not current():
+            superseded(conn, channel)
+            return
+        reg = registration(conn)
+        try:
+            await app.backplane.subscribe_channel(channel)
+            top = await app.backplane.join(reg, channel)
+            app.tracker.follow(key, top)
+            requested = {streams.wire_name(key): cursor} if cursor else {}
+            plans = resume.plan(requested, {key: top}, app.settings.replay_limit)
+            ranges = [(p.key, p.replay_from, p.top.offset) for p in plans if p.needs_log]
+            logs = await app.backplane.read_logs(ranges)
+        except (RedisError, OSError, ChannelUnavailable) as exc:
+            log.warning("subscribe to %s failed: %s", channel, exc)
+            if current():
+                session.leave(key)
+                app.channel_left(conn, key)
+                error(conn, "unavailable", f"cannot subscribe to {channel!r} right now",
+                      channel=channel)
+            else:
+                superseded(conn, channel)
+            return
+        if not current():
+            # Unsubscribed meanwhile: take back our presence entry unless a newer subscribe
+            # of the same channel is under way (it writes its own after us).
+            if not session.follows(key) and key not in session.joining:
+                await app.backplane.leave(reg, channel)
+            superseded(conn, channel)
+            return
     outcome = resume.settle(plans, logs)
     start = outcome.start[key]
     if cursor is not None:
         app.metrics.resumed(outcome.recovered)
     conn.transport.send_obj({"type": "subscribed", "channel": channel, "epoch": start.epoch,
                              "offset": start.offset, "recovered": outcome.recovered})
-    for out in session.finish_join(key, start, [Outgoing(m) for m in outcome.replay]):
+    outs = session.finish_join(key, start, [Outgoing(m) for m in outcome.replay])
+    if len(outs) > 1 and session.ready:
+        session.ready = False  # everything else waits behind the paced replay
+        if not await conn.send_paced(outs):
+            return
+        outs = session.start()
+    for out in outs:
         conn.transport.send(out)
+
+
+def superseded(conn: Connection, channel: str) -> None:
+    """Every subscribe gets an answer, also one overtaken by an unsubscribe."""
+    error(conn, "superseded", f"unsubscribed from {channel!r} before the subscribe completed",
+          channel=channel)
 
 
 def unsubscribe(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
@@ -158,8 +190,17 @@ def unsubscribe(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
     reg = registration(conn)
     session.leave(key)
     app.channel_left(conn, key)
-    app.spawn(app.backplane.leave(reg, channel))
+    app.spawn(leave_presence(app, conn, reg, channel))
     conn.transport.send_obj({"type": "unsubscribed", "channel": channel})
+
+
+async def leave_presence(app: Gateway, conn: Connection, reg: Registration,
+                         channel: str) -> None:
+    key = streams.channel_key(channel)
+    async with conn.channel_lock():
+        # A subscribe sent right after the unsubscribe owns the entry now.
+        if not conn.session.follows(key) and key not in conn.session.joining:
+            await app.backplane.leave(reg, channel)
 
 
 async def publish(app: Gateway, conn: Connection, channel: str, data: Any, msg_id: Any) -> None:

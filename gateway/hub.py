@@ -77,6 +77,9 @@ class Hub:
         del self._channels[channel_key]
         return True
 
+    def has_channel(self, channel_key: str) -> bool:
+        return channel_key in self._channels
+
     def channel_keys(self) -> list[str]:
         return list(self._channels)
 

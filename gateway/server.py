@@ -90,7 +90,8 @@ class Connection(asyncio.Protocol):
     # Tens of thousands of these live at once: slots and lazily created containers keep each
     # connection small (see BENCHMARKS.md, idle memory).
     __slots__ = (
-        "_bucket", "_channels", "_close_code", "_cursor", "_fragment_binary", "_fragments",
+        "_bucket", "_channel_lock", "_channels", "_close_code", "_cursor", "_drained",
+        "_fragment_binary", "_fragments",
         "_pending_commands", "_resume_session", "_tcp", "_timer", "_welcome_task", "app",
         "claims", "conn_id", "last_seen", "phase", "ping_sent", "session", "transport",
         "writer", "ws",
@@ -123,6 +124,8 @@ class Connection(asyncio.Protocol):
         self._channels: list[str] = []  # asked for at connect
         self._pending_commands: list[dict[str, Any]] | None = None
         self.claims: Claims = None  # type: ignore[assignment]  # set on handshake
+        self._drained: asyncio.Future[None] | None = None  # set while the socket is paused
+        self._channel_lock: asyncio.Lock | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -146,6 +149,46 @@ class Connection(asyncio.Protocol):
             if self._closed():
                 break
         self._write_protocol_data()
+
+    def channel_lock(self) -> asyncio.Lock:
+        """Serialises this connection's channel joins and leaves (created on first use)."""
+        if self._channel_lock is None:
+            self._channel_lock = asyncio.Lock()
+        return self._channel_lock
+
+    def pause_writing(self) -> None:
+        self._drained = self.app.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    async def send_paced(self, outs: list[Outgoing]) -> bool:
+        """Send a replay as fast as the client reads it, not faster.
+
+        A resume may replay far more than the write-buffer ceiling; a healthy client reading
+        at network speed must not be taken for a slow consumer. Live messages are held by the
+        session meanwhile. Returns False if the connection closed or stalled (closed 4108).
+        """
+        writer = self.writer
+        if writer is None:
+            return False
+        budget = max(1, writer.limit // 2)
+        for out in outs:
+            if self._closed() or writer.closed:
+                return False
+            self.transport.send(out)
+            if writer.pending_bytes >= budget:
+                writer.flush(check=False)
+                while self._drained is not None and not self._closed():
+                    try:
+                        await asyncio.wait_for(asyncio.shield(self._drained),
+                                               self.app.settings.replay_stall_timeout)
+                    except TimeoutError:
+                        self.close(Close.SLOW_CONSUMER, "slow consumer")
+                        return False
+        return not self._closed()
 
     def eof_received(self) -> bool | None:
         if self.phase is not Phase.SSE:
@@ -352,7 +395,13 @@ class Connection(asyncio.Protocol):
             }
         )
         self._announce_channels(outcome)
-        for out in session.start([Outgoing(m) for m in outcome.replay]):
+        replay = session.start([Outgoing(m) for m in outcome.replay])
+        if len(replay) > 1:
+            session.ready = False  # live messages wait behind the paced replay
+            if not await self.send_paced(replay):
+                return
+            replay = session.start()
+        for out in replay:
             self.transport.send(out)
         pending, self._pending_commands = self._pending_commands or [], None
         for msg in pending:

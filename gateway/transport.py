@@ -71,10 +71,21 @@ class Writer:
             self._scheduler.mark(self)
         pending.append(data)
         self._pending_bytes += len(data)
-        if self._pending_bytes > self.limit:
+        # What one loop iteration queues is bounded by one read from Redis; the ceiling is
+        # judged at flush time, against what the socket would not take. This only guards
+        # against a runaway iteration.
+        if self._pending_bytes > 4 * self.limit:
             self._overflow()
 
-    def flush(self) -> None:
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel, plus what is queued."""
+        return self.transport.get_write_buffer_size() + self._pending_bytes
+
+    def flush(self, check: bool = True) -> None:
         pending = self._pending
         if not pending:
             return
@@ -83,7 +94,7 @@ class Writer:
         if self.transport.is_closing():
             return
         self.transport.writelines(pending)
-        if self.transport.get_write_buffer_size() > self.limit:
+        if check and self.transport.get_write_buffer_size() > self.limit:
             self._overflow()
 
     def discard(self) -> None:

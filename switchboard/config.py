@@ -113,6 +113,10 @@ class GatewaySettings(RedisSettings):
     max_channels: int = field(
         default=100, metadata={"help": "channels one connection may subscribe to"}
     )
+    replay_stall_timeout: float = field(
+        default=30.0,
+        metadata={"help": "seconds a replay may wait for the client to read (4108 beyond)"},
+    )
     replay_limit: int = field(
         default=1000, metadata={"help": "most messages replayed per stream on resume"}
     )
@@ -135,6 +139,10 @@ class RouterSettings(RedisSettings):
     max_batch: int = field(default=1000, metadata={"help": "most messages in one batch"})
     cors_origins: tuple[str, ...] = field(
         default=(), metadata={"help": "browser origins allowed to call the API (CORS)"}
+    )
+    header_timeout: float = field(
+        default=10.0,
+        metadata={"help": "seconds a client has to send a request's line and headers (408)"},
     )
 
 

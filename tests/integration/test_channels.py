@@ -178,3 +178,25 @@ async def test_sse_subscribes_at_connect(redis_server: RedisServer, logdir: Path
         await until(lambda: sse.data("ch.alerts") == ["fire"], 5, "SSE channel message")
         assert "ch.alerts:" in sse.event_ids[-1]
         await sse.close()
+
+
+async def test_subscribe_unsubscribe_subscribe_back_to_back_ends_subscribed_and_present(
+    redis_server: RedisServer, logdir: Path
+) -> None:
+    with cluster(redis_server, logdir, gateways=1) as c:
+        cl = await WsClient(ws_url(c, 0, "flip")).start()
+        assert cl.ws is not None
+        for i in range(20):
+            ch = f"flip{i}"
+            # One write: the gateway reads all three in the same loop iteration.
+            for kind in ("subscribe", "unsubscribe", "subscribe"):
+                await cl.send({"type": kind, "channel": ch})
+            await until(lambda ch=ch: any(m.get("type") == "subscribed" and m["channel"] == ch
+                                          for m in cl.received), 5, f"{ch} subscribed")
+            answers = [m.get("code") or m["type"] for m in cl.received
+                       if m.get("channel") == ch]
+            assert sorted(answers) == sorted(["unsubscribed", "superseded", "subscribed"]), answers
+            assert presence(c, ch) == {"flip": 1}
+            c.publish(channel=ch, data=i)
+            await until(lambda ch=ch, i=i: cl.data(f"ch.{ch}") == [i], 5, f"{ch} delivered")
+        await cl.close()

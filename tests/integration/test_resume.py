@@ -208,3 +208,24 @@ async def test_recovered_is_false_without_a_cursor_even_with_a_session(
         assert again.welcome is not None
         assert again.welcome["resumed"] is True and again.welcome["recovered"] is False
         await asyncio.gather(again.close())
+
+
+async def test_a_replay_larger_than_the_write_buffer_ceiling_is_paced_not_closed(
+    redis_server: RedisServer, logdir: Path
+) -> None:
+    limit = 128 * 1024
+    with cluster(redis_server, logdir, gateways=1,
+                 SWITCHBOARD_WRITE_BUFFER_LIMIT=str(limit)) as c:
+        first = await WsClient(c.ws_url(0, "big")).start()
+        session, cursor = first.welcome["session"], cursor_of(first)  # type: ignore[index]
+        await first.close()
+        pad = "y" * 8000
+        for chunk in range(4):  # 400 x 8 KB = 3.2 MB: 25 times the ceiling
+            c.publish_batch([{"user": "big", "data": {"i": chunk * 100 + i, "pad": pad}}
+                             for i in range(100)])
+        again = await WsClient(c.ws_url(0, "big", session=session, cursor=cursor)).start()
+        await until(lambda: len(again.messages()) == 400 or again.closed, 20, "paced replay")
+        assert not again.closed, f"closed {again.close_code}"
+        assert [m["data"]["i"] for m in again.messages()] == list(range(400))
+        assert again.welcome is not None and again.welcome["recovered"] is True
+        await again.close()
