@@ -43,13 +43,19 @@ def _series_of(registry: Any) -> dict[str, frozenset[str]]:
     # Label names are not part of prometheus_client's public API for metrics that have no
     # children yet, so they are read from the collectors' `_labelnames`; the names themselves
     # come from the public collect().
+    # Custom collectors (the gateway's hot-path delivery metrics) declare no `_labelnames`:
+    # their label names are read off the samples they yield, which always carry every label.
     series: dict[str, frozenset[str]] = {}
     for collector in list(registry._collector_to_names):
-        labels = getattr(collector, "_labelnames", None)
-        assert isinstance(labels, tuple), f"prometheus_client changed: {collector!r}"
+        declared = getattr(collector, "_labelnames", None)
         for family in collector.collect():
+            if isinstance(declared, tuple):
+                labels = frozenset(declared)
+            else:
+                labels = frozenset(k for sample in family.samples for k in sample.labels
+                                   if k != "le")
             for suffix in _SUFFIXES[family.type]:
-                series[family.name + suffix] = frozenset(labels)
+                series[family.name + suffix] = labels
     return series
 
 
