@@ -27,8 +27,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.gateway")
 
 
+def echo(value: Any) -> str | int | None:
+    """A client value fit to quote back: short strings and integers only. Anything else (a
+    nested structure, a huge string) is not repeated, so an error reply can always be built."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and -(2**53) < value < 2**53:
+        return value
+    if isinstance(value, str) and len(value) <= 128:
+        return value
+    return None
+
+
 def error(conn: Connection, code: str, message: str, **extra: Any) -> None:
-    conn.transport.send_obj({"type": "error", "code": code, "message": message, **extra})
+    safe = {k: echo(v) for k, v in extra.items()}
+    conn.transport.send_obj({"type": "error", "code": code, "message": message, **safe})
 
 
 def registration(conn: Connection) -> Registration:
@@ -85,7 +98,12 @@ def handle(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
             if "data" not in msg:
                 error(conn, "bad_request", "publish needs 'data'", channel=channel)
                 return
-            app.spawn(publish(app, conn, channel, msg["data"], msg.get("id")))
+            msg_id = msg.get("id")
+            if msg_id is not None and echo(msg_id) is None:
+                error(conn, "bad_request", "'id' must be an integer or a short string",
+                      channel=channel)
+                return
+            app.spawn(publish(app, conn, channel, msg["data"], msg_id))
     else:
         app.metrics.client_error()
         error(conn, "unknown_type", f"unknown type {kind!r}")
@@ -184,7 +202,7 @@ def unsubscribe(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
     session = conn.session
     key = streams.channel_key(channel) if isinstance(channel, str) else ""
     if not key or (not session.follows(key) and key not in session.joining):
-        error(conn, "not_subscribed", f"not subscribed to {channel!r}", channel=channel)
+        error(conn, "not_subscribed", f"not subscribed to {echo(channel)!r}", channel=channel)
         return
     assert isinstance(channel, str)
     reg = registration(conn)
@@ -206,6 +224,11 @@ async def leave_presence(app: Gateway, conn: Connection, reg: Registration,
 async def publish(app: Gateway, conn: Connection, channel: str, data: Any, msg_id: Any) -> None:
     try:
         result = await app.store.publish(Target("c", channel), data)
+    except (ValueError, TypeError, OverflowError) as exc:
+        # msgpack refuses what it cannot carry (nesting past 512, integers past 64 bits).
+        error(conn, "bad_request", f"data cannot be published: {exc}", channel=channel,
+              id=msg_id)
+        return
     except (RedisError, OSError) as exc:
         log.warning("client publish to %s failed: %s", channel, exc)
         error(conn, "unavailable", "message not stored, try again", channel=channel, id=msg_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import random
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -203,8 +204,8 @@ class Connection(asyncio.Protocol):
         self.phase = Phase.CLOSED
         if self.writer is not None:
             self.writer.discard()
-        if self._welcome_task is not None and not self._welcome_task.done():
-            self._welcome_task.cancel()
+        # A running welcome is left to finish: cancelling it could leave its map entry written
+        # by a pipeline already sent; it notices the close and takes the entry back itself.
         if previous in (Phase.WS, Phase.SSE):
             if self._close_code is None:
                 # Closed by the client (or the network): count it with the code it gave.
@@ -231,9 +232,11 @@ class Connection(asyncio.Protocol):
                 self._respond(self.app.plain_http(request, path))
         except Refused as refusal:
             self.app.metrics.rejected(refusal.status)
-            origin = request.headers.get("Origin") if path == "/sse" else None
+            # CORS on refusals of both endpoints, so a page can read why (401, 429, 503...).
+            origin = request.headers.get("Origin")
             headers = refusal.headers + http.cors_headers(
-                origin if origin and self.app.origins.allows(origin, None) else None
+                origin if origin and self.app.origins.allows(origin, request.headers.get("Host"))
+                else None
             )
             self._respond(http.error_response(refusal.status, refusal.code, str(refusal),
                                               headers))
@@ -266,8 +269,9 @@ class Connection(asyncio.Protocol):
         session = params.get("session") or None
         if session is not None and not streams.EPOCH_RE.fullmatch(session):
             raise Refused(400, "bad_session", "session must be 1-32 letters or digits")
-        # EventSource resends the last event id by itself; others pass the cursor explicitly.
-        cursor = params.get("cursor") or request.headers.get("Last-Event-ID") or ""
+        # EventSource resends the last event id by itself on its own reconnects, to the URL it
+        # was created with: that header is always newer than a cursor in that URL.
+        cursor = request.headers.get("Last-Event-ID") or params.get("cursor") or ""
         try:
             self._cursor = streams.parse_cursor(cursor)
         except streams.CursorError as exc:
@@ -287,6 +291,10 @@ class Connection(asyncio.Protocol):
         response = self.ws.accept(request)
         if response.status_code != 101:
             self.app.metrics.rejected(response.status_code)
+            origin = request.headers.get("Origin")
+            if origin and self.app.origins.allows(origin, request.headers.get("Host")):
+                for name, value in http.cors_headers(origin):
+                    response.headers[name] = value
             self._respond(response)
             return
         self._respond(response)
@@ -321,6 +329,9 @@ class Connection(asyncio.Protocol):
         assert self._tcp is not None
         origin = request.headers.get("Origin")
         self._tcp.write(http.sse_head(origin))
+        # EventSource retries after `retry` ms; a jittered value keeps the clients of a dead
+        # gateway from all coming back at the same instant.
+        self._tcp.write(b"retry: %d\n\n" % random.randint(1000, 5000))
         self.writer = self.app.new_writer(self._tcp, self._slow_consumer)
         self.phase = Phase.SSE
         self.transport = SseTransport(self.writer, lambda: self.session.cursor(), self.close)
@@ -363,6 +374,11 @@ class Connection(asyncio.Protocol):
             # Our Redis subscription to each channel must be live before we read its top.
             await asyncio.gather(*(app.backplane.subscribe_channel(c) for c in channels))
             claim, tops = await app.backplane.register(reg, keys)
+            if self._closed():
+                # Gone while we registered: our unregister may have reached Redis before this
+                # registration did, so queue another now that the registration is done.
+                app.backplane.unregister(reg)
+                return
             if claim == contract.SESSION_FOREIGN:
                 self.close(Close.SESSION_UNKNOWN, "session belongs to another user")
                 return
@@ -448,6 +464,13 @@ class Connection(asyncio.Protocol):
         if not self._bucket.take(self.app.loop.time()):
             self.close(Close.RATE_LIMITED, "inbound rate limit")
             return
+        if not binary:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                # RFC 6455 8.1: text that is not UTF-8 fails the connection with 1007.
+                self.close(Close.INVALID_DATA, "text frame is not valid UTF-8")
+                return
         try:
             msg = decode_client(payload, binary)
         except ClientMessageError as exc:
@@ -460,7 +483,13 @@ class Connection(asyncio.Protocol):
                 self._pending_commands = []
             self._pending_commands.append(msg)
             return
-        self.app.client_message(self, msg)
+        try:
+            self.app.client_message(self, msg)
+        except Exception:
+            # Whatever a client sends must never take the process down or leave a socket
+            # half-handled: log it and close with the documented internal-error code.
+            log.exception("client message failed")
+            self.close(Close.INTERNAL_ERROR, "internal error")
 
     # -- closing ------------------------------------------------------------------------------
 

@@ -63,7 +63,8 @@ def dumps_json(obj: Any) -> bytes:
     try:
         return orjson.dumps(obj, default=_json_default, option=_ORJSON_OPTIONS)
     except orjson.JSONEncodeError:
-        # orjson refuses integers beyond 64 bits, which msgpack and json both allow.
+        # orjson refuses integers beyond 64 bits (which msgpack and json both allow) and
+        # nesting deeper than 254; the standard library takes what it can.
         return json.dumps(
             obj, separators=(",", ":"), ensure_ascii=False, default=_json_default
         ).encode()
