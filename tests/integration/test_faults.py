@@ -10,9 +10,9 @@ import pytest
 
 from client import Recovery
 from switchboard.auth import mint
+from tests.clients import until
 from tests.integration.cluster import cluster
 from tests.integration.sdk import start_consumers, stop_consumers
-from tests.clients import until
 from tests.support import JWT_SECRET, RedisServer, http_status
 
 pytestmark = pytest.mark.integration
