@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.frames import Frame, Opcode
 
 from tests.clients import SseClient, WsClient, until
 from tests.integration.cluster import Cluster, cluster, token
@@ -188,9 +190,13 @@ async def test_subscribe_unsubscribe_subscribe_back_to_back_ends_subscribed_and_
         assert cl.ws is not None
         for i in range(20):
             ch = f"flip{i}"
-            # One write: the gateway reads all three in the same loop iteration.
-            for kind in ("subscribe", "unsubscribe", "subscribe"):
-                await cl.send({"type": kind, "channel": ch})
+            # One write: the gateway reads all three in the same loop iteration, so the
+            # unsubscribe always overtakes the first subscribe.
+            burst = b"".join(
+                Frame(Opcode.TEXT, json.dumps({"type": kind, "channel": ch}).encode())
+                .serialize(mask=True, extensions=[])
+                for kind in ("subscribe", "unsubscribe", "subscribe"))
+            cl.ws.transport.write(burst)
             await until(lambda ch=ch: any(m.get("type") == "subscribed" and m["channel"] == ch
                                           for m in cl.received), 5, f"{ch} subscribed")
             answers = [m.get("code") or m["type"] for m in cl.received
