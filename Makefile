@@ -50,6 +50,27 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Load testing: locust, websocket-client and py-spy come from the `load` extra.
+# `make loadtest` runs locust headless against a `switchboard up` it starts and stops itself
+# (reports in loadtest/reports/); `make bench` runs every benchmark scenario at sizes that
+# finish in a few minutes on two cores (see BENCHMARKS.md for the full-size commands).
+LOAD_STAMP = $(VENV)/.installed-load
+LOADTEST_ARGS ?= --duration 60 --users 300 --processes 2
+BENCH_ARGS ?= --connections 5000 --duration 5 --users 1000 --runs 3 \
+	--profile loadtest/reports/profiles --out loadtest/reports/bench.json
+
+.PHONY: loadtest bench
+
+$(LOAD_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/pip install -e '.[dev,load]'
+	touch $@
+
+loadtest: venv sysdeps $(LOAD_STAMP)
+	$(BIN)/python -m loadtest.run_locust $(LOADTEST_ARGS)
+
+bench: venv sysdeps $(LOAD_STAMP)
+	$(BIN)/python -m loadtest.bench all $(BENCH_ARGS)
+
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -525,6 +525,11 @@ class Connection(asyncio.Protocol):
             self.ws.send_close(code, reason)
             self._write_protocol_data()
         else:
+            # The protocol is already closing (it failed the connection on an earlier frame of
+            # this read): write what is queued and its close frame before hanging up.
+            self._write_protocol_data()
+            if self.writer is not None:
+                self.writer.finish()
             self._tcp.close()
         self._arm_close_timer()
 

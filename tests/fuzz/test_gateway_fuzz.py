@@ -485,11 +485,6 @@ def test_deeply_nested_input_is_answered_without_a_traceback(
     assert "Traceback" not in gw.output()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway bug: Connection.close() on a WebSocket whose protocol already failed (state not "
-    "OPEN) closes the TCP connection at once, without writing what is pending: websockets' "
-    "close frame (1002 here) and the replies queued in the Writer are lost; the client sees "
-    "an abnormal closure (1006) and no answer to the messages it sent before"))
 def test_a_failure_in_the_same_read_as_a_gateway_close_still_sends_everything(
     in_process: tuple[Gateway, asyncio.AbstractEventLoop, list[dict[str, Any]]],
 ) -> None:
