@@ -79,6 +79,9 @@ class Backplane:
         self._listener_reset = asyncio.Event()
         # Channel name -> confirmation of our SUBSCRIBE to sb:ch:NAME (shared by joiners).
         self._channels: dict[str, asyncio.Future[None]] = {}
+        self._joining: list[tuple[Registration, list[str],
+                                  asyncio.Future[tuple[int, dict[str, Position]]]]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
@@ -172,8 +175,63 @@ class Backplane:
     async def register(
         self, reg: Registration, stream_keys: list[str]
     ) -> tuple[int, dict[str, Position]]:
-        """See :meth:`_register`; channel streams also get a presence entry."""
-        return await self._register(reg, stream_keys)
+        """Map the connection to us, claim its session, and read the top of its streams.
+
+        The map entry is written before the positions are read, in one pipeline, so every
+        message published after the top we report is routed here. Returns the session claim
+        (``contract.SESSION_*``) and the tops. Registrations made in the same loop iteration
+        share one pipeline: a reconnect storm costs a round trip per batch, not per client.
+        """
+        fut: asyncio.Future[tuple[int, dict[str, Position]]] = (
+            asyncio.get_running_loop().create_future())
+        self._joining.append((reg, stream_keys, fut))
+        if len(self._joining) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_registrations)
+        return await fut
+
+    def _flush_registrations(self) -> None:
+        batch, self._joining = self._joining, []
+        task = asyncio.ensure_future(self._register_batch(batch))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _register_batch(
+        self,
+        batch: list[tuple[Registration, list[str],
+                          asyncio.Future[tuple[int, dict[str, Position]]]]],
+    ) -> None:
+        s = self.settings
+        session_ttl = contract.ms(s.history_ttl + s.heartbeat_interval * 3)
+        pipe = self.redis.pipeline(transaction=False)
+        for reg, stream_keys, _ in batch:
+            pipe.hset(self.keys.conns(reg.user), reg.conn_id, self.gateway_id)
+            await self._claim_session(keys=[self.keys.session(reg.session_id)],
+                                      args=[reg.user, session_ttl], client=pipe)
+            for key in stream_keys:
+                await self._ensure_meta(
+                    keys=[self.keys.meta(key), self.keys.log(key)],
+                    args=[streams.random_id(), contract.ms(s.meta_ttl)],
+                    client=pipe,
+                )
+            for channel in reg.channels:
+                pipe.hset(self.keys.presence(channel), reg.conn_id,
+                          f"{self.gateway_id} {reg.user}")
+        try:
+            results = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_error("register")
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        at = 0
+        for reg, stream_keys, fut in batch:
+            claim = int(results[at + 1])
+            tops = results[at + 2 : at + 2 + len(stream_keys)]
+            at += 2 + len(stream_keys) + len(reg.channels)
+            if not fut.done():
+                fut.set_result((claim, {key: Position(text(raw[0]), int(raw[1]))
+                                        for key, raw in zip(stream_keys, tops, strict=True)}))
 
     async def join(self, reg: Registration, channel: str) -> Position:
         """Presence entry for one channel and the top of its stream, in one round trip."""
@@ -198,41 +256,6 @@ class Backplane:
             await self.redis.hdel(self.keys.presence(channel), reg.conn_id)
         except (RedisError, OSError):
             self.metrics.redis_error("leave")  # the entry dies with our heartbeat anyway
-
-    async def _register(
-        self, reg: Registration, stream_keys: list[str]
-    ) -> tuple[int, dict[str, Position]]:
-        """Map the connection to us, claim its session, and read the top of its streams.
-
-        The map entry is written before the positions are read, in one pipeline, so every
-        message published after the top we report is routed here. Returns the session claim
-        (``contract.SESSION_*``) and the tops.
-        """
-        s = self.settings
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.conns(reg.user), reg.conn_id, self.gateway_id)
-        await self._claim_session(
-            keys=[self.keys.session(reg.session_id)],
-            args=[reg.user, contract.ms(s.history_ttl + s.heartbeat_interval * 3)],
-            client=pipe,
-        )
-        for key in stream_keys:
-            await self._ensure_meta(
-                keys=[self.keys.meta(key), self.keys.log(key)],
-                args=[streams.random_id(), contract.ms(s.meta_ttl)],
-                client=pipe,
-            )
-        for channel in reg.channels:
-            pipe.hset(self.keys.presence(channel), reg.conn_id, f"{self.gateway_id} {reg.user}")
-        try:
-            results = await pipe.execute()
-        except (RedisError, OSError):
-            self.metrics.redis_error("register")
-            raise
-        positions: dict[str, Position] = {}
-        for key, raw in zip(stream_keys, results[2 : 2 + len(stream_keys)], strict=True):
-            positions[key] = Position(text(raw[0]), int(raw[1]))
-        return int(results[1]), positions
 
     async def read_logs(self, ranges: list[tuple[str, int, int]]) -> dict[str, list[Message]]:
         """Log entries ``first..last`` of each stream, in one round trip."""
