@@ -6,11 +6,14 @@ expired are dropped when read, so presence is right again within ~3 heartbeats o
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
 from router import models, validation
 from router.context import Context
+from switchboard.streams import CHANNEL_RE
 
 
 def add_routes(api: APIRouter, ctx: Context) -> None:
@@ -21,9 +24,12 @@ def add_routes(api: APIRouter, ctx: Context) -> None:
         tags=["channels"],
         summary="Users subscribed to the channel, with their connection counts",
         response_model=models.Presence,
-        responses=models.errors(401, 422, 503),
+        responses=models.errors(401, 404, 422, 503),
     )
-    async def presence(channel: str) -> JSONResponse:
+    async def presence(
+        channel: Annotated[str, Path(pattern=f"^{CHANNEL_RE.pattern}$",
+                                     description="a channel name")],
+    ) -> JSONResponse:
         channel = validation.parse_channel(channel)
         with ctx.redis("presence"):
             counts = await ctx.store.presence(channel)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.validation import (
+    IDEMPOTENCY_KEY_RE,
     JSON_TYPE,
     MAX_IDEMPOTENCY_KEY,
     MAX_REASON_CHARS,
@@ -19,11 +20,26 @@ from router.validation import (
 )
 from switchboard.streams import CHANNEL_RE, USER_RE
 
+_TARGETS = ("user", "channel", "broadcast")
+
+
+def _one_target(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """The validator counts a target as given when its key is present (null included), so the
+    schema says the same: exactly one of the three keys, and none of them null."""
+    properties = schema.get("properties", {})
+    for name in _TARGETS:
+        prop = properties.get(name, {})
+        options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
+        if options:
+            prop.update(options[0])
+        prop.pop("default", None)
+    schema["oneOf"] = [{"required": [name]} for name in _TARGETS]
+
 
 class PublishRequest(BaseModel):
     """Exactly one of ``user``, ``channel`` or ``broadcast``, and ``data`` (null allowed)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_target)
 
     user: str | None = Field(None, pattern=f"^{USER_RE.pattern}$",
                              description="a user id: every connection of this user gets it")
@@ -33,6 +49,7 @@ class PublishRequest(BaseModel):
     data: Any = Field(..., description="the payload, any JSON (or msgpack) value")
     idempotency_key: str | None = Field(
         None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY,
+        pattern=f"^{IDEMPOTENCY_KEY_RE.pattern}$",
         description="a retried publish with the same key and target is stored once (1 h)",
     )
 
@@ -51,7 +68,9 @@ class DisconnectRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     code: int = Field(4201, description="close code: 4200..4299 (reconnect) or 4000..4099 "
-                      "(terminal)")
+                      "(terminal)", json_schema_extra={"anyOf": [
+                          {"minimum": 4200, "maximum": 4299},
+                          {"minimum": 4000, "maximum": 4099}]})
     reason: str = Field("", max_length=MAX_REASON_CHARS,
                         description="close reason, at most 123 UTF-8 bytes")
 

@@ -6,11 +6,18 @@ segment; it is validated with the same rule as a publish target.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
 from router import bodies, models, validation
 from router.context import Context
+from switchboard.streams import USER_RE
+
+# Documented in the OpenAPI schema; a path that is not a valid id (a line break, say) matches
+# no route at all and is a 404.
+UserPath = Annotated[str, Path(pattern=f"^{USER_RE.pattern}$", description="a user id")]
 
 
 def add_routes(api: APIRouter, ctx: Context) -> None:
@@ -21,9 +28,9 @@ def add_routes(api: APIRouter, ctx: Context) -> None:
         tags=["users"],
         summary="The user's live connections and the gateways holding them",
         response_model=models.Connections,
-        responses=models.errors(401, 422, 503),
+        responses=models.errors(401, 404, 422, 503),
     )
-    async def connections(user: str) -> JSONResponse:
+    async def connections(user: UserPath) -> JSONResponse:
         user = validation.parse_user(user)
         with ctx.redis("connections"):
             conns = await ctx.store.connections(user)
@@ -37,10 +44,10 @@ def add_routes(api: APIRouter, ctx: Context) -> None:
         description="Gateways close them with `code` (default 4201) and `reason`. Codes "
         "4200..4299 let clients reconnect after jitter; 4000..4099 are terminal.",
         response_model=models.Disconnected,
-        responses=models.errors(400, 401, 413, 415, 422, 503),
+        responses=models.errors(400, 401, 404, 413, 415, 422, 503),
         openapi_extra=models.request_body(models.DisconnectRequest, required=False),
     )
-    async def disconnect(user: str, request: Request) -> JSONResponse:
+    async def disconnect(user: UserPath, request: Request) -> JSONResponse:
         user = validation.parse_user(user)
         req = validation.parse_disconnect(
             await bodies.read_optional_object(request, ctx.settings.max_body)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -197,16 +198,16 @@ def _target(doc: dict[str, Any]) -> Target:
     return Target("b")
 
 
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x20-\x7e]{1,128}")
+
+
 def _idempotency_key(value: object) -> str | None:
     if value is None:
         return None
-    if (
-        not isinstance(value, str)
-        or not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY
-        or not value.isprintable()
-    ):
+    # Printable ASCII: a rule the OpenAPI document can state exactly (IDEMPOTENCY_KEY_RE).
+    if not isinstance(value, str) or not IDEMPOTENCY_KEY_RE.fullmatch(value):
         raise InvalidField(
-            f"'idempotency_key' must be a string of 1..{MAX_IDEMPOTENCY_KEY} printable characters",
+            f"'idempotency_key' must be 1..{MAX_IDEMPOTENCY_KEY} printable ASCII characters",
             field="idempotency_key",
         )
     return value
@@ -292,6 +293,8 @@ def parse_disconnect(doc: dict[str, Any] | None) -> DisconnectRequest:
             raise InvalidField(f"unknown field {str(name)[:64]!r}; expected 'code' or 'reason'",
                                field=str(name)[:64])
     code = doc.get("code", DISCONNECT_DEFAULT_CODE)
+    if isinstance(code, float) and code.is_integer():
+        code = int(code)  # JSON Schema's "integer" includes 4201.0
     if not isinstance(code, int) or isinstance(code, bool) or not disconnect_code_allowed(code):
         raise InvalidField(
             "'code' must be an integer in 4200..4299 (reconnect) or 4000..4099 (terminal)",

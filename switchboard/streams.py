@@ -19,7 +19,12 @@ CHANNEL_PREFIX = "ch."
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 EPOCH_RE = re.compile(r"[A-Za-z0-9]{1,32}")
 # User ids come from JWT `sub` or the router API; printable, no separators we use ourselves.
-USER_RE = re.compile(r"[^\s,:{}\x00-\x1f\x7f]{1,128}")
+# Spelled out instead of \s, which means different things in Python and in the ECMA regexes
+# of the OpenAPI document: no control characters (C0, DEL, C1), no Unicode whitespace.
+USER_RE = re.compile(
+    "[^\x00-\x20\x7f-\x9f,:{}\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    "{1,128}"
+)
 
 _ALPHABET = string.ascii_letters + string.digits
 
