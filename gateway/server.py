@@ -16,7 +16,6 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
 from websockets.exceptions import NegotiationError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
@@ -24,11 +23,11 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from gateway import http, resume
-from gateway.backplane import ChannelUnavailable, Registration
+from gateway import http
 from gateway.ratelimit import TokenBucket
 from gateway.session import Session
 from gateway.transport import SseTransport, Transport, Writer, WsTransport
+from gateway.welcome import welcome
 from gateway.wire import (
     SUBPROTOCOL_JSON,
     SUBPROTOCOL_MSGPACK,
@@ -37,7 +36,7 @@ from gateway.wire import (
     Wire,
     decode_client,
 )
-from switchboard import closecodes, contract, streams
+from switchboard import closecodes, streams
 from switchboard.auth import Claims, TokenError
 from switchboard.closecodes import Close
 from switchboard.streams import Position
@@ -91,11 +90,10 @@ class Connection(asyncio.Protocol):
     # Tens of thousands of these live at once: slots and lazily created containers keep each
     # connection small (see BENCHMARKS.md, idle memory).
     __slots__ = (
-        "_bucket", "_channel_lock", "_channels", "_close_code", "_cursor", "_drained",
-        "_fragment_binary", "_fragments",
-        "_pending_commands", "_resume_session", "_tcp", "_timer", "_welcome_task", "app",
-        "claims", "conn_id", "last_seen", "phase", "ping_sent", "session", "transport",
-        "writer", "ws",
+        "_bucket", "_channel_lock", "_close_code", "_drained", "_fragment_binary",
+        "_fragments", "_resume_session", "_tcp", "_timer", "_welcome_task", "app", "claims",
+        "conn_id", "last_seen", "pending_commands", "phase", "ping_sent", "requested_channels",
+        "requested_cursor", "session", "transport", "writer", "ws",
     )
 
     def __init__(self, app: Gateway) -> None:
@@ -121,9 +119,9 @@ class Connection(asyncio.Protocol):
         self.last_seen = 0.0
         self.ping_sent: float | None = None
         self._resume_session: str | None = None
-        self._cursor = _NO_CURSOR
-        self._channels: list[str] = []  # asked for at connect
-        self._pending_commands: list[dict[str, Any]] | None = None
+        self.requested_cursor = _NO_CURSOR
+        self.requested_channels: list[str] = []  # asked for at connect
+        self.pending_commands: list[dict[str, Any]] | None = None
         self.claims: Claims = None  # type: ignore[assignment]  # set on handshake
         self._drained: asyncio.Future[None] | None = None  # set while the socket is paused
         self._channel_lock: asyncio.Lock | None = None
@@ -147,7 +145,7 @@ class Connection(asyncio.Protocol):
                 self._on_request(event)
             elif isinstance(event, Frame):
                 self._on_frame(event)
-            if self._closed():
+            if self.is_closed():
                 break
         self._write_protocol_data()
 
@@ -177,19 +175,19 @@ class Connection(asyncio.Protocol):
             return False
         budget = max(1, writer.limit // 2)
         for out in outs:
-            if self._closed() or writer.closed:
+            if self.is_closed() or writer.closed:
                 return False
             self.transport.send(out)
             if writer.pending_bytes >= budget:
                 writer.flush(check=False)
-                while self._drained is not None and not self._closed():
+                while self._drained is not None and not self.is_closed():
                     try:
                         await asyncio.wait_for(asyncio.shield(self._drained),
                                                self.app.settings.replay_stall_timeout)
                     except TimeoutError:
                         self.close(Close.SLOW_CONSUMER, "slow consumer")
                         return False
-        return not self._closed()
+        return not self.is_closed()
 
     def eof_received(self) -> bool | None:
         if self.phase is not Phase.SSE:
@@ -213,7 +211,7 @@ class Connection(asyncio.Protocol):
             self.app.client_gone(self)
         self.app.tcp_closed(self)
 
-    def _closed(self) -> bool:
+    def is_closed(self) -> bool:
         return self.phase is Phase.CLOSED
 
     # -- HTTP ---------------------------------------------------------------------------------
@@ -273,7 +271,7 @@ class Connection(asyncio.Protocol):
         # was created with: that header is always newer than a cursor in that URL.
         cursor = request.headers.get("Last-Event-ID") or params.get("cursor") or ""
         try:
-            self._cursor = streams.parse_cursor(cursor)
+            self.requested_cursor = streams.parse_cursor(cursor)
         except streams.CursorError as exc:
             raise Refused(400, "bad_cursor", str(exc)) from None
         self._resume_session = session
@@ -284,7 +282,7 @@ class Connection(asyncio.Protocol):
         if len(set(names)) > self.app.settings.max_channels:
             raise Refused(400, "too_many_channels",
                           f"at most {self.app.settings.max_channels} channels per connection")
-        self._channels = list(dict.fromkeys(names))
+        self.requested_channels = list(dict.fromkeys(names))
 
     def _open_ws(self, request: Request, params: dict[str, str]) -> None:
         claims = self._authorize(request, params)
@@ -345,12 +343,12 @@ class Connection(asyncio.Protocol):
         session_id = self._resume_session or streams.random_id(16)
         self.session = Session(session_id=session_id, user=claims.user)
         self.app.hub.add(self)
-        for name in self._channels:
+        for name in self.requested_channels:
             if claims.may_subscribe(name):
                 self.session.begin_join(streams.channel_key(name))
                 self.app.hub.subscribe(self, streams.channel_key(name))
         self.app.client_joined(self)
-        task = self.app.loop.create_task(self._welcome())
+        task = self.app.loop.create_task(welcome(self))
         self._welcome_task = task
         # A finished task is ~1 KiB we would otherwise keep for the connection's lifetime.
         task.add_done_callback(self._welcomed)
@@ -361,81 +359,6 @@ class Connection(asyncio.Protocol):
         if not task.cancelled() and task.exception() is not None:
             log.error("welcome failed", exc_info=task.exception())
             self.close(Close.INTERNAL_ERROR, "internal error")
-
-    async def _welcome(self) -> None:
-        """Register, replay from the cursor, welcome, then release held live messages."""
-        app = self.app
-        session = self.session
-        channels = [k[2:] for k in session.channels]
-        reg = Registration(session.user, self.conn_id, session.session_id, tuple(channels))
-        keys = [streams.user_key(session.user), streams.BROADCAST_KEY]
-        keys += [streams.channel_key(c) for c in channels]
-        try:
-            # Our Redis subscription to each channel must be live before we read its top.
-            await asyncio.gather(*(app.backplane.subscribe_channel(c) for c in channels))
-            claim, tops = await app.backplane.register(reg, keys)
-            if self._closed():
-                # Gone while we registered: our unregister may have reached Redis before this
-                # registration did, so queue another now that the registration is done.
-                app.backplane.unregister(reg)
-                return
-            if claim == contract.SESSION_FOREIGN:
-                self.close(Close.SESSION_UNKNOWN, "session belongs to another user")
-                return
-            for key, top in tops.items():
-                app.tracker.follow(key, top)
-            plans = resume.plan(self._cursor, tops, app.settings.replay_limit)
-            ranges = [(p.key, p.replay_from, p.top.offset) for p in plans if p.needs_log]
-            logs = await app.backplane.read_logs(ranges)
-        except (RedisError, OSError, ChannelUnavailable) as exc:
-            log.warning("cannot register connection: %s", exc)
-            self.close(Close.TRY_AGAIN_LATER, "redis unavailable")
-            return
-        if self._closed():
-            return
-        outcome = resume.settle(plans, logs)
-        if self._cursor:
-            app.metrics.resumed(outcome.recovered)
-        for key, pos in outcome.start.items():
-            session.follow(key, pos)
-        session.joining.clear()
-        self.transport.send_obj(
-            {
-                "type": "welcome",
-                "session": session.session_id,
-                "gateway": app.gateway_id,
-                "user": session.user,
-                "resumed": claim == contract.SESSION_RESUMED,
-                "recovered": outcome.recovered,
-                "streams": session.stream_positions(),
-            }
-        )
-        self._announce_channels(outcome)
-        replay = session.start([Outgoing(m) for m in outcome.replay])
-        if len(replay) > 1:
-            session.ready = False  # live messages wait behind the paced replay
-            if not await self.send_paced(replay):
-                return
-            replay = session.start()
-        for out in replay:
-            self.transport.send(out)
-        pending, self._pending_commands = self._pending_commands or [], None
-        for msg in pending:
-            app.client_message(self, msg)
-
-    def _announce_channels(self, outcome: resume.Outcome) -> None:
-        for name in self._channels:
-            key = streams.channel_key(name)
-            start = outcome.start.get(key)
-            if start is None:
-                self.transport.send_obj({
-                    "type": "error", "code": "forbidden", "channel": name,
-                    "message": f"your token does not allow you to subscribe to {name!r}"})
-                continue
-            wire = streams.wire_name(key)
-            recovered = wire in self._cursor and wire not in outcome.unrecovered
-            self.transport.send_obj({"type": "subscribed", "channel": name, "epoch": start.epoch,
-                                     "offset": start.offset, "recovered": recovered})
 
     # -- WebSocket frames ---------------------------------------------------------------------
 
@@ -479,9 +402,9 @@ class Connection(asyncio.Protocol):
             return
         if not self.session.ready:
             # Answered after the welcome, in order (the rate limit bounds this list).
-            if self._pending_commands is None:
-                self._pending_commands = []
-            self._pending_commands.append(msg)
+            if self.pending_commands is None:
+                self.pending_commands = []
+            self.pending_commands.append(msg)
             return
         try:
             self.app.client_message(self, msg)
