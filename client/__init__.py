@@ -17,13 +17,16 @@ Depends only on ``websockets`` and ``msgpack`` (it never imports the server pack
 
     asyncio.run(main())
 
-Modules: :mod:`client.client` (the asyncio loop), :mod:`client.protocol` (positions,
-duplicates, gaps, cursors, close-code policy, channel requests and their replies; no I/O),
+Modules: :mod:`client.client` (the asyncio loop), :mod:`client.connection` (the reconnect
+loop's I/O), :mod:`client.protocol` (frames, positions, duplicates, gaps, cursors; no I/O),
+:mod:`client.policy` (what each close code or HTTP refusal leads to; no I/O),
+:mod:`client.channels` (channel subscriptions, requests and their replies; no I/O),
 :mod:`client.backoff` (full-jitter delays; no I/O), :mod:`client.errors` (what the application
 must handle).
 """
 
 from client.backoff import Backoff
+from client.channels import Published, Subscribed
 from client.client import Client
 from client.connection import State, TokenProvider
 from client.errors import (
@@ -36,7 +39,7 @@ from client.errors import (
     SwitchboardError,
     TerminalClose,
 )
-from client.protocol import Message, Position, Published, Recovery, Stats, Subscribed
+from client.protocol import Message, Position, Recovery, Stats
 
 __all__ = [
     "AuthError",

@@ -29,17 +29,9 @@ from types import TracebackType
 from typing import Any
 
 from client.backoff import Backoff
+from client.channels import Published, Subscribed, check_channel
 from client.connection import Connector, Options, State, TokenProvider
-from client.protocol import (
-    SUBPROTOCOLS,
-    Format,
-    Item,
-    Position,
-    Published,
-    Stats,
-    Subscribed,
-    check_channel,
-)
+from client.protocol import SUBPROTOCOLS, Format, Item, Position, Stats
 
 log = logging.getLogger("client")
 

@@ -2,10 +2,10 @@
 
 One :class:`Connector` per :class:`~client.Client`, run by its single background task. The
 decisions (positions, duplicates, gaps, close codes, delays) are made by
-:mod:`client.protocol` and :mod:`client.backoff`; this module does the I/O around them and
-puts what the application should see on the client's queue.
+:mod:`client.protocol`, :mod:`client.policy` and :mod:`client.backoff`; this module does the
+I/O around them and puts what the application should see on the client's queue.
 
-Channel requests (subscribe, unsubscribe, publish) are decided by :class:`client.protocol.Channels`
+Channel requests (subscribe, unsubscribe, publish) are decided by :class:`client.channels.Channels`
 too; here they get a future per caller, their frames are sent, and the replies read by the
 connection's loop settle the futures.
 """
@@ -26,35 +26,33 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 from websockets.typing import Subprotocol
 
 from client.backoff import Backoff
-from client.errors import AuthError, Forbidden, SessionError, SubscribeError, TerminalClose
-from client.protocol import (
-    JITTER_MAX,
-    SUBPROTOCOLS,
+from client.channels import (
     Channels,
     Effects,
+    Published,
+    Request,
+    Subscribed,
+    check_channel,
+    check_cursor,
+)
+from client.errors import AuthError, Forbidden, SessionError, SubscribeError, TerminalClose
+from client.policy import JITTER_MAX, Next, after_close, after_refusal, retry_after
+from client.protocol import (
+    SUBPROTOCOLS,
     Format,
     Gap,
     Item,
-    Next,
     Position,
     ProtocolViolation,
-    Published,
-    Request,
     Stats,
-    Subscribed,
     Tracker,
     Welcome,
-    after_close,
-    after_refusal,
-    check_channel,
-    check_cursor,
     connect_url,
     decode,
     encode,
     format_cursor,
     parse_message,
     parse_welcome,
-    retry_after,
 )
 
 State = Literal["connecting", "open", "reconnecting", "closed"]

@@ -1,4 +1,4 @@
-"""Channel requests without I/O (client.protocol.Channels): what is sent when, how each reply
+"""Channel requests without I/O (client.channels.Channels): what is sent when, how each reply
 is matched to its request, and what a reconnect asks for."""
 
 from __future__ import annotations
@@ -10,21 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.errors import PublishError, SubscribeError
-from client.protocol import (
+from client.channels import (
     Channels,
     Effects,
-    Position,
     Published,
-    Recovery,
     Request,
     Resolution,
     Subscribed,
-    Tracker,
-    Welcome,
     check_channel,
     check_cursor,
 )
+from client.errors import PublishError, SubscribeError
+from client.protocol import Position, Recovery, Tracker, Welcome
 
 STREAMS = {"user": Position("u1", 4), "broadcast": Position("b1", 0)}
 

@@ -11,17 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from client.policy import Next, after_close, after_refusal, retry_after
 from client.protocol import (
     Gap,
     Message,
-    Next,
     Position,
     ProtocolViolation,
     Recovery,
     Tracker,
     Verdict,
-    after_close,
-    after_refusal,
     classify,
     connect_url,
     decode,
@@ -29,7 +27,6 @@ from client.protocol import (
     format_cursor,
     parse_message,
     parse_welcome,
-    retry_after,
 )
 
 
