@@ -12,6 +12,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from gateway.ratelimit import TokenBucket
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -32,25 +34,15 @@ class Admission:
         rng: random.Random | None = None,
     ) -> None:
         self.max_connections = max_connections
-        self.rate = accept_rate
-        self.burst = float(max(1, accept_burst))
-        self.tokens = self.burst
-        self.last = now
+        self.bucket = (None if accept_rate is None
+                       else TokenBucket(accept_rate, max(1, accept_burst), now))
         self.rng = rng or random.Random()
 
     def check(self, connections: int, now: float) -> Refusal | None:
         if self.max_connections is not None and connections >= self.max_connections:
             # Spread the retries: a fixed Retry-After would bring the whole crowd back at once.
             return Refusal(503, "at_capacity", "gateway is at capacity", self.rng.randint(1, 5))
-        if self.rate is None:
+        if self.bucket is None or self.bucket.take(now):
             return None
-        elapsed = now - self.last
-        if elapsed > 0:
-            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-            self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return None
-        wait = (1.0 - self.tokens) / self.rate
         return Refusal(429, "rate_limited", "connect rate exceeded",
-                       max(1, math.ceil(wait + self.rng.random())))
+                       max(1, math.ceil(self.bucket.wait() + self.rng.random())))

@@ -181,14 +181,7 @@ async def join(app: Gateway, conn: Connection, channel: str, cursor: Position | 
         app.metrics.resumed(outcome.recovered)
     conn.transport.send_obj({"type": "subscribed", "channel": channel, "epoch": start.epoch,
                              "offset": start.offset, "recovered": outcome.recovered})
-    outs = session.finish_join(key, start, [Outgoing(m) for m in outcome.replay])
-    if len(outs) > 1 and session.ready:
-        session.ready = False  # everything else waits behind the paced replay
-        if not await conn.send_paced(outs):
-            return
-        outs = session.start()
-    for out in outs:
-        conn.transport.send(out)
+    await conn.send_replay(session.finish_join(key, start, [Outgoing(m) for m in outcome.replay]))
 
 
 def superseded(conn: Connection, channel: str) -> None:

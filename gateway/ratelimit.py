@@ -1,4 +1,4 @@
-"""Token bucket for inbound client messages (close 4129 when empty)."""
+"""Token bucket: inbound client messages (close 4129 when empty) and new connections (429)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,7 @@ class TokenBucket:
             self.tokens -= 1.0
             return True
         return False
+
+    def wait(self) -> float:
+        """Seconds until the next token, as of the last :meth:`take`."""
+        return max(0.0, (1.0 - self.tokens) / self.rate) if self.rate > 0 else float("inf")

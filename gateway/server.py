@@ -189,6 +189,19 @@ class Connection(asyncio.Protocol):
                         return False
         return not self.is_closed()
 
+    async def send_replay(self, outs: list[Outgoing]) -> bool:
+        """Send a replay (and what it was held with): paced when there is more than one
+        message, with the session holding live messages until it is out, then those."""
+        session = self.session
+        if len(outs) > 1 and session.ready:
+            session.ready = False  # live messages wait behind the paced replay
+            if not await self.send_paced(outs):
+                return False
+            outs = session.start()
+        for out in outs:
+            self.transport.send(out)
+        return True
+
     def eof_received(self) -> bool | None:
         if self.phase is not Phase.SSE:
             self.ws.receive_eof()

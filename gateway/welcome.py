@@ -76,14 +76,8 @@ async def welcome(conn: Connection) -> None:
         }
     )
     announce_channels(conn, outcome)
-    replay = session.start([Outgoing(m) for m in outcome.replay])
-    if len(replay) > 1:
-        session.ready = False  # live messages wait behind the paced replay
-        if not await conn.send_paced(replay):
-            return
-        replay = session.start()
-    for out in replay:
-        conn.transport.send(out)
+    if not await conn.send_replay(session.start([Outgoing(m) for m in outcome.replay])):
+        return
     pending, conn.pending_commands = conn.pending_commands or [], None
     for msg in pending:
         app.client_message(conn, msg)

@@ -8,7 +8,7 @@ import importlib.util
 import json
 import logging
 from collections.abc import Generator
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import h11
@@ -56,6 +56,15 @@ class _HeadDeadline:
     # provided by uvicorn's protocol classes
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
+    cycle: Any
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_deadline()
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _arm_head_deadline(self) -> None:
         if self._head_timer is None and self.header_timeout > 0:
@@ -67,7 +76,7 @@ class _HeadDeadline:
             self._head_timer = None
 
     def _response_in_flight(self) -> bool:
-        raise NotImplementedError
+        return self.cycle is not None and not self.cycle.response_complete
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
@@ -96,17 +105,6 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
 
     class HttpToolsWithDeadline(_HeadDeadline, HttpToolsProtocol):
         _head_bytes = 0
-
-        def _response_in_flight(self) -> bool:
-            return self.cycle is not None and not self.cycle.response_complete
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm_head_deadline()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head_deadline()
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
@@ -155,20 +153,9 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
 class H11WithDeadline(_HeadDeadline, H11Protocol):
     """With h11 an oversized head is h11's own 400 (``h11_max_incomplete_event_size``)."""
 
-    def _response_in_flight(self) -> bool:
-        return self.cycle is not None and not self.cycle.response_complete
-
     def data_received(self, data: bytes) -> None:
         if not self._refused:
             super().data_received(data)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_head_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_deadline()
-        super().connection_lost(exc)
 
     def handle_events(self) -> None:
         super().handle_events()
