@@ -203,3 +203,15 @@ def start_router(redis: RedisServer, logdir: Path, **extra: str) -> Proc:
         **extra,
     }
     return spawn("router", ["router"], port, env, "/healthz", logdir)
+
+
+def wait_for_banner(up: subprocess.Popen[bytes], log: Path, timeout: float) -> str:
+    """The output of ``switchboard up`` once it printed its banner (the cluster is ready)."""
+
+    def banner() -> str | None:
+        text = log.read_text(errors="replace")
+        if up.poll() is not None:
+            raise AssertionError(f"switchboard up exited with {up.returncode}:\n{text}")
+        return text if "Ctrl-C drains" in text else None
+
+    return str(wait_until(banner, timeout, "switchboard up to print its banner"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,3 +64,21 @@ async def stop_consumers(consumers: list[Consumer]) -> None:
         if c.task is not None:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(c.task, 5)
+
+
+@contextlib.asynccontextmanager
+async def collecting(c: Client) -> AsyncIterator[list[Message | Recovery]]:
+    """Iterate the client in the background into a list the test can poll."""
+    items: list[Message | Recovery] = []
+
+    async def run() -> None:
+        async for item in c:
+            items.append(item)
+
+    task = asyncio.create_task(run())
+    try:
+        yield items
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -22,7 +22,7 @@ import pytest
 from client import Client, Message
 from switchboard.auth import mint
 from tests.clients import WsClient, until
-from tests.support import ROOT, free_port, wait_until
+from tests.support import ROOT, free_port, wait_for_banner
 
 pytestmark = pytest.mark.integration
 
@@ -172,14 +172,7 @@ def test_up_scales_out_then_in_without_losing_messages(tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     up = start_up(log, port, router_port)
     try:
-
-        def banner() -> str | None:
-            text = log.read_text(errors="replace")
-            if up.poll() is not None:
-                raise AssertionError(f"switchboard up exited with {up.returncode}:\n{text}")
-            return text if "Ctrl-C drains" in text else None
-
-        text = str(wait_until(banner, 60, "switchboard up to print its banner"))
+        text = wait_for_banner(up, log, 60)
         key_match = re.search(r"export SWITCHBOARD_API_KEY=(\S+)", text)
         secret_match = re.search(r"export SWITCHBOARD_JWT_SECRET=(\S+)", text)
         assert key_match and secret_match, text

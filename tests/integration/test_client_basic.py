@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from client import AuthError, Client, Message, Recovery
+from client import AuthError, Client, Message
 from switchboard.auth import mint
 from switchboard.config import RedisSettings
 from switchboard.store import Store, Target, connect
 from tests.clients import until
+from tests.integration.sdk import collecting
 from tests.support import JWT_SECRET, Proc, RedisServer, start_gateway
 
 pytestmark = pytest.mark.integration
@@ -40,24 +40,6 @@ async def store(redis_server: RedisServer) -> AsyncIterator[Store]:
 
 def ws_url(proc: Proc) -> str:
     return f"ws://127.0.0.1:{proc.port}/ws"
-
-
-@contextlib.asynccontextmanager
-async def collecting(c: Client) -> AsyncIterator[list[Message | Recovery]]:
-    """Iterate the client in the background into a list the test can poll."""
-    items: list[Message | Recovery] = []
-
-    async def run() -> None:
-        async for item in c:
-            items.append(item)
-
-    task = asyncio.create_task(run())
-    try:
-        yield items
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def data(items: list[Any], stream: str) -> list[Any]:

@@ -4,7 +4,6 @@ subscribe, unsubscribe, publish, refusals, and a subscription that outlives its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from client import (
 )
 from switchboard.auth import mint
 from tests.clients import until
+from tests.integration.sdk import collecting
 from tests.support import API_KEY, JWT_SECRET, Proc, RedisServer, start_gateway, start_router
 
 pytestmark = pytest.mark.integration
@@ -76,24 +76,6 @@ def client(proc: Proc, user: str, *, allow: list[str] | None = None,
     token = mint(JWT_SECRET, user, channels=["*"] if allow is None else allow,
                  publish=publish_to or [])
     return Client(url(proc), token=token, **options)
-
-
-@contextlib.asynccontextmanager
-async def collecting(c: Client) -> AsyncIterator[list[Message | Recovery]]:
-    """Iterate the client in the background into a list the test can poll."""
-    items: list[Message | Recovery] = []
-
-    async def run() -> None:
-        async for item in c:
-            items.append(item)
-
-    task = asyncio.create_task(run())
-    try:
-        yield items
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def on(items: list[Message | Recovery], stream: str) -> list[Message]:

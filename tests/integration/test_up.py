@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.support import ROOT, free_port, wait_until
+from tests.support import ROOT, free_port, wait_for_banner, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -90,14 +90,7 @@ def test_up_prints_working_credentials_restarts_and_stops_cleanly(tmp_path: Path
         )
     started: dict[int, str] = {}
     try:
-
-        def banner() -> str | None:
-            text = log.read_text(errors="replace")
-            if up.poll() is not None:
-                raise AssertionError(f"switchboard up exited with {up.returncode}:\n{text}")
-            return text if "Ctrl-C drains" in text else None
-
-        text = str(wait_until(banner, 90, "switchboard up to print its banner"))
+        text = wait_for_banner(up, log, 90)
         assert f"ws://127.0.0.1:{port}/ws" in text
         assert f"http://127.0.0.1:{port}/sse" in text
         assert f"http://127.0.0.1:{router_port}" in text
