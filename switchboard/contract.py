@@ -92,12 +92,46 @@ class Keys:
         return self.gateway(gateway_id)
 
 
+# Lua shared by the scripts that need gateway liveness. A gateway's registry key (also the
+# name of its pub/sub channel) expires three heartbeats after it stopped beating.
+_GATEWAYS_LUA = r"""
+local function gateway_alive(alive, prefix, gw)
+  if alive[gw] == nil then
+    alive[gw] = redis.call('EXISTS', prefix .. 'gw:' .. gw) == 1
+  end
+  return alive[gw]
+end
+
+-- PUBLISH env to every live gateway holding the user whose map is conns_key, and forget the
+-- connections of dead gateways. Returns the gateways published to and the receivers counted
+-- by PUBLISH.
+local function route_to_user(conns_key, prefix, env)
+  local conns = redis.call('HGETALL', conns_key)
+  local alive = {}
+  local published = {}
+  local gateways, received = 0, 0
+  for i = 1, #conns, 2 do
+    local gw = conns[i + 1]
+    if gateway_alive(alive, prefix, gw) then
+      if not published[gw] then
+        published[gw] = true
+        received = received + redis.call('PUBLISH', prefix .. 'gw:' .. gw, env)
+        gateways = gateways + 1
+      end
+    else
+      redis.call('HDEL', conns_key, conns[i])
+    end
+  end
+  return gateways, received
+end
+"""
+
 # KEYS: meta, log, idempotency (same slot; unused unless ARGV[9] == "1"), conns (user only)
 # ARGV: 1 mode u|b|c, 2 stream key, 3 tail (packed published_ms + data), 4 history size,
 #       5 history ttl ms, 6 meta ttl ms, 7 candidate epoch, 8 key prefix,
 #       9 "1" if idempotent, 10 idempotency ttl ms, 11 pub/sub channel (b|c)
 # Returns {epoch, offset, recipients (gateways or subscribers), duplicate 0|1}
-PUBLISH_LUA = r"""
+PUBLISH_LUA = _GATEWAYS_LUA + r"""
 if ARGV[9] == '1' then
   local seen = redis.call('GET', KEYS[3])
   if seen then
@@ -121,23 +155,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 if ARGV[9] == '1' then
   redis.call('SET', KEYS[3], epoch .. ':' .. offset, 'PX', ARGV[10])
 end
-local n = 0
+local n
 if ARGV[1] == 'u' then
-  local conns = redis.call('HGETALL', KEYS[4])
-  local alive = {}
-  for i = 1, #conns, 2 do
-    local gw = conns[i + 1]
-    if alive[gw] == nil then
-      local channel = ARGV[8] .. 'gw:' .. gw
-      alive[gw] = redis.call('EXISTS', channel) == 1
-      if alive[gw] then
-        redis.call('PUBLISH', channel, env)
-        n = n + 1
-      end
-    end
-    -- The gateway missed its heartbeats: it is dead, forget its connections.
-    if not alive[gw] then redis.call('HDEL', KEYS[4], conns[i]) end
-  end
+  n = route_to_user(KEYS[4], ARGV[8], env)
 else
   n = redis.call('PUBLISH', ARGV[11], env)
 end
@@ -156,28 +176,15 @@ return {ARGV[1], 0}
 """
 
 # KEYS: conns. ARGV: key prefix, envelope. Publishes to each live gateway holding the user.
-ROUTE_TO_USER_LUA = r"""
-local conns = redis.call('HGETALL', KEYS[1])
-local alive = {}
-local n = 0
-for i = 1, #conns, 2 do
-  local gw = conns[i + 1]
-  if alive[gw] == nil then
-    local channel = ARGV[1] .. 'gw:' .. gw
-    alive[gw] = redis.call('EXISTS', channel) == 1
-    if alive[gw] then
-      n = n + redis.call('PUBLISH', channel, ARGV[2])
-    end
-  end
-  if not alive[gw] then redis.call('HDEL', KEYS[1], conns[i]) end
-end
-return n
+ROUTE_TO_USER_LUA = _GATEWAYS_LUA + r"""
+local _, received = route_to_user(KEYS[1], ARGV[1], ARGV[2])
+return received
 """
 
 
 # KEYS: presence. ARGV: key prefix. Returns the users (one entry per connection) subscribed
 # through live gateways; entries of dead gateways are deleted, so presence follows heartbeats.
-PRESENCE_LUA = r"""
+PRESENCE_LUA = _GATEWAYS_LUA + r"""
 local entries = redis.call('HGETALL', KEYS[1])
 local alive = {}
 local users = {}
@@ -185,10 +192,7 @@ for i = 1, #entries, 2 do
   local value = entries[i + 1]
   local sep = string.find(value, ' ', 1, true)
   local gw = string.sub(value, 1, sep - 1)
-  if alive[gw] == nil then
-    alive[gw] = redis.call('EXISTS', ARGV[1] .. 'gw:' .. gw) == 1
-  end
-  if alive[gw] then
+  if gateway_alive(alive, ARGV[1], gw) then
     users[#users + 1] = string.sub(value, sep + 1)
   else
     redis.call('HDEL', KEYS[1], entries[i])
@@ -207,12 +211,6 @@ if owner then return 1 end
 return 2
 """
 SESSION_FOREIGN, SESSION_RESUMED, SESSION_NEW = 0, 1, 2
-
-
-def log_entry_offset(entry_id: bytes | str) -> int:
-    """Log entry ids are ``OFFSET-0``."""
-    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(raw.split("-", 1)[0])
 
 
 def ms(seconds: float) -> int:
