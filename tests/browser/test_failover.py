@@ -25,6 +25,9 @@ from tests.browser.conftest import (
 pytestmark = pytest.mark.integration
 
 COUNT = 100  # messages per stream
+# Publishing lasts COUNT / RATE = 8 s, so a reconnect slowed by a loaded CI machine still
+# comes back while messages are being published (the scenario the test is about).
+RATE = 12.5
 
 # Stands in for a network that refuses WebSocket upgrades (a proxy, a firewall): every
 # handshake fails the way browsers report it, close 1006 before open.
@@ -66,7 +69,7 @@ def kill_under_load(demo: DemoCluster, page: Page) -> tuple[str, str, Publisher,
     Returns the gateway killed, the one the page came back on, the publisher, and how many
     page events there were at the kill.
     """
-    publisher = Publisher(demo, streams_for(demo), COUNT)
+    publisher = Publisher(demo, streams_for(demo), COUNT, rate=RATE)
     publisher.start()
     try:
         wait_received(page, "user", 20)
