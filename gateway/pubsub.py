@@ -4,33 +4,25 @@ The gateway's pub/sub connection carries every envelope it delivers, so its per-
 matters: redis-py's ``PubSub.get_message`` spends more time in timeouts and retries than we
 spend delivering a unicast. Here each ``data_received`` feeds hiredis and hands every complete
 message to a callback, with no await per message. Only what the gateway needs: AUTH, SELECT,
-CLIENT SETNAME, SUBSCRIBE and UNSUBSCRIBE, over TCP, TLS or a Unix socket.
+CLIENT SETNAME (:func:`switchboard.resp.open_connection`), SUBSCRIBE and UNSUBSCRIBE.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Callable
 from typing import Any
 
 import hiredis
-from redis.connection import parse_url
+
+from switchboard import resp
 
 
 class PubSubError(ConnectionError):
     """The pub/sub connection failed or was refused (bad password, lost connection...)."""
 
 
-def _command(*args: str | bytes) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        raw = arg.encode() if isinstance(arg, str) else arg
-        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
-    return b"".join(out)
-
-
-class _Protocol(asyncio.Protocol):
+class _Protocol(resp.Requester):
     def __init__(self, on_message: Callable[[bytes], None],
                  on_subscribed: Callable[[bytes], None]) -> None:
         self._reader = hiredis.Reader()
@@ -82,7 +74,11 @@ class _Protocol(asyncio.Protocol):
     def send(self, *args: str | bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             raise PubSubError("pub/sub connection is closed")
-        self.transport.write(_command(*args))
+        self.transport.write(resp.command(*args))
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def _fail(self, exc: Exception) -> None:
         for fut in self._replies:
@@ -112,39 +108,15 @@ class PubSubConnection:
     async def open(cls, url: str, *, connect_timeout: float, client_name: str,
                    on_message: Callable[[bytes], None],
                    on_subscribed: Callable[[bytes], None]) -> PubSubConnection:
-        options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-        loop = asyncio.get_running_loop()
-
         def factory() -> _Protocol:
             return _Protocol(on_message, on_subscribed)
 
-        if "path" in options:
-            coro = loop.create_unix_connection(factory, options["path"])
-        else:
-            context = None
-            if options.get("connection_class") is not None and "SSL" in str(
-                    options["connection_class"]):
-                context = ssl.create_default_context()
-            coro = loop.create_connection(factory, options.get("host", "localhost"),
-                                          int(options.get("port", 6379)), ssl=context)
         try:
-            _, protocol = await asyncio.wait_for(coro, connect_timeout)
+            protocol = await resp.open_connection(url, factory, connect_timeout=connect_timeout,
+                                                  client_name=client_name)
         except (OSError, TimeoutError) as exc:
             raise PubSubError(f"cannot connect to Redis: {exc}") from exc
-        conn = cls(protocol)
-        try:
-            setup = []
-            if options.get("password"):
-                auth = [options["username"]] if options.get("username") else []
-                setup.append(protocol.request("AUTH", *auth, options["password"]))
-            if options.get("db"):
-                setup.append(protocol.request("SELECT", str(options["db"])))
-            setup.append(protocol.request("CLIENT", "SETNAME", client_name))
-            await asyncio.wait_for(asyncio.gather(*setup), connect_timeout)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return cls(protocol)
 
     def subscribe(self, *channels: str) -> None:
         """Confirmations arrive through ``on_subscribed``."""
@@ -156,5 +128,4 @@ class PubSubConnection:
             self._protocol.send("UNSUBSCRIBE", *channels)
 
     def close(self) -> None:
-        if self._protocol.transport is not None:
-            self._protocol.transport.abort()
+        self._protocol.abort()

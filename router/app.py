@@ -12,11 +12,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from router import channels, cluster, handlers, models, probes, publish, users
 from router.auth import require_key
 from router.context import Context
+from router.fastpath import FastPublish
 from router.metrics import RouterMetrics
 from router.middleware import RequestMetrics
 from switchboard import __version__
 from switchboard.config import RouterSettings
-from switchboard.store import Store, connect
+from switchboard.store import Store, connect, pipelined
 
 DESCRIPTION = """\
 Publish to Switchboard's WebSocket and SSE clients, and ask about users and the cluster.
@@ -38,19 +39,24 @@ class RouterApp(FastAPI):
         return self.openapi_schema or {}
 
 
-def create_app(settings: RouterSettings, store: Store | None = None) -> FastAPI:
-    """The router app. Without ``store`` it opens a fail-fast client and closes it on shutdown."""
+def create_app(settings: RouterSettings, store: Store | None = None) -> FastPublish:
+    """The router app: :class:`FastPublish` answering the publish routes in front of the
+    FastAPI app (its ``app``). Without ``store`` it opens fail-fast Redis clients (redis-py,
+    and a pipelined connection for publishing) and closes them on shutdown."""
     if not settings.api_keys:
         raise ValueError("the router needs at least one API key (api_keys)")
     owned = store is None
     if store is None:
-        store = Store(connect(settings.redis_url, settings.redis_timeout), settings)
+        store = Store(connect(settings.redis_url, settings.redis_timeout), settings,
+                      pipelined(settings, "switchboard-router"))
     ctx = Context(settings, store, RouterMetrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         if owned:
+            if ctx.store.pipelined is not None:
+                ctx.store.pipelined.close()
             await ctx.store.redis.aclose()
 
     app = RouterApp(
@@ -75,4 +81,4 @@ def create_app(settings: RouterSettings, store: Store | None = None) -> FastAPI:
     for module in (publish, users, channels, cluster):
         module.add_routes(v1, ctx)
     app.include_router(v1)
-    return app
+    return FastPublish(app, ctx)

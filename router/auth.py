@@ -19,6 +19,18 @@ from router.errors import Unauthorized
 bearer_scheme = HTTPBearer(auto_error=False, description="one of the router's API keys")
 
 
+def bearer_credentials(authorization: str | None) -> str | None:
+    """The credentials of ``Authorization: Bearer ...``, read as FastAPI's HTTPBearer reads
+    them (scheme case-insensitive; None when absent, empty or another scheme)."""
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    if not scheme or not credentials or scheme.lower() != "bearer":
+        return None
+    return credentials
+
+
 def key_matches(presented: str, keys: Sequence[str]) -> bool:
     given = presented.encode()
     matched = False

@@ -7,24 +7,31 @@ and by the bytes actually read, so a chunked or lying request cannot push the ro
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
 from fastapi import Request, Response
-from fastapi.responses import JSONResponse
 
 from router import validation
 from router.errors import BodyTooLarge, UnsupportedMediaType
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
-    validation.check_declared_length(request.headers.get("content-length"), limit)
+async def collect(chunks: AsyncIterator[bytes], declared_length: str | None,
+                  limit: int) -> bytes:
+    """The body from its chunks, refused (413) by its declared length or by what arrives."""
+    validation.check_declared_length(declared_length, limit)
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in chunks:
         body += chunk
         if len(body) > limit:
             raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
     return bytes(body)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    return await collect(request.stream(), request.headers.get("content-length"), limit)
 
 
 async def read_object(request: Request, limit: int) -> dict[str, Any]:
@@ -46,12 +53,20 @@ async def read_optional_object(request: Request, limit: int) -> dict[str, Any] |
     return validation.decode_body(raw, validation.body_format(content_type))
 
 
+def encode(payload: dict[str, Any], accept: str | None) -> tuple[bytes, str]:
+    """``payload`` as msgpack when ``Accept`` asks for it, JSON (as Starlette writes it)
+    otherwise; with its media type."""
+    if validation.wants_msgpack(accept):
+        return bytes(msgpack.packb(payload, use_bin_type=True)), validation.MSGPACK_TYPE
+    return json_bytes(payload), validation.JSON_TYPE
+
+
+def json_bytes(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode()
+
+
 def respond(request: Request, payload: dict[str, Any]) -> Response:
-    """``payload`` as msgpack when the client asks for it (``Accept``), JSON otherwise."""
-    if validation.wants_msgpack(request.headers.get("accept")):
-        return Response(
-            bytes(msgpack.packb(payload, use_bin_type=True)),
-            media_type=validation.MSGPACK_TYPE,
-            headers={"Vary": "Accept"},
-        )
-    return JSONResponse(payload, headers={"Vary": "Accept"})
+    """``payload`` in the format the client asks for (``Accept``): msgpack or JSON."""
+    body, media = encode(payload, request.headers.get("accept"))
+    return Response(body, media_type=media, headers={"Vary": "Accept"})

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from switchboard import contract, streams
 from switchboard.config import RedisSettings
+from switchboard.pipelined import PipelinedRedis, Script
 from switchboard.streams import Position
 
 TargetKind = Literal["u", "b", "c"]
@@ -91,10 +92,24 @@ def connect(url: str, timeout: float, reconnect_retry: bool = False,
     return aioredis.Redis(connection_pool=pool)
 
 
+PUBLISH_SCRIPT = Script(contract.PUBLISH_LUA)
+
+
+def pipelined(settings: RedisSettings, client_name: str) -> PipelinedRedis:
+    """The publish connection :class:`Store` can take: scripts preloaded, fail-fast timeout."""
+    return PipelinedRedis(settings.redis_url, settings.redis_timeout,
+                          client_name=client_name, scripts=[PUBLISH_SCRIPT])
+
+
 class Store:
-    def __init__(self, client: aioredis.Redis, settings: RedisSettings) -> None:
+    """``pipelined``: when given, publishing goes through it instead of redis-py (the router's
+    hot path; see :mod:`switchboard.pipelined`). The caller closes it."""
+
+    def __init__(self, client: aioredis.Redis, settings: RedisSettings,
+                 pipelined: PipelinedRedis | None = None) -> None:
         self.redis = client
         self.settings = settings
+        self.pipelined = pipelined
         self.keys = contract.Keys(settings.prefix)
         self._publish = client.register_script(contract.PUBLISH_LUA)
         self._ensure_meta = client.register_script(contract.ENSURE_META_LUA)
@@ -154,7 +169,10 @@ class Store:
         idempotency_ttl: float = 3600.0,
     ) -> Published:
         keys, args = self._publish_args(target, data, idempotency_key, idempotency_ttl)
-        raw = await self._publish(keys=keys, args=args)
+        if self.pipelined is not None:
+            raw = await self.pipelined.run_script(PUBLISH_SCRIPT, keys, args)
+        else:
+            raw = await self._publish(keys=keys, args=args)
         return self._result(target, raw)
 
     async def publish_many(
@@ -163,11 +181,15 @@ class Store:
         idempotency_ttl: float = 3600.0,
     ) -> list[Published]:
         """One round trip for many messages; each still runs its own atomic script."""
-        pipe = self.redis.pipeline(transaction=False)
-        for target, data, idem in items:
-            keys, args = self._publish_args(target, data, idem, idempotency_ttl)
-            await self._publish(keys=keys, args=args, client=pipe)
-        raws = await pipe.execute()
+        calls = [self._publish_args(target, data, idem, idempotency_ttl)
+                 for target, data, idem in items]
+        if self.pipelined is not None:
+            raws = await self.pipelined.run_script_many(PUBLISH_SCRIPT, calls)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, args in calls:
+                await self._publish(keys=keys, args=args, client=pipe)
+            raws = await pipe.execute()
         return [self._result(t, r) for (t, _, _), r in zip(items, raws, strict=True)]
 
     # -- positions ----------------------------------------------------------------------------
