@@ -66,6 +66,8 @@ class _Connection(resp.Requester):
         """Write ``commands`` in one go; their replies' futures, in the same order."""
         if self.failed is not None or self.transport is None or self.transport.is_closing():
             raise exceptions.ConnectionError(f"Redis connection closed: {self.failed}")
+        if not commands:
+            return []
         deadline = self._loop.time() + self._timeout
         futures = [self._loop.create_future() for _ in commands]
         self._pending.extend((f, deadline) for f in futures)

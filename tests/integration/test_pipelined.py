@@ -1,0 +1,116 @@
+"""The pipelined publish connection against a real redis-server: order, errors, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+from redis import exceptions
+
+from switchboard.pipelined import PipelinedRedis, Script
+from tests.support import RedisServer
+
+pytestmark = pytest.mark.integration
+
+ECHO = Script("return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}")
+
+
+async def test_concurrent_commands_each_get_their_own_reply(redis_server: RedisServer) -> None:
+    client = PipelinedRedis(redis_server.url, 2.0)
+    try:
+        replies = await asyncio.gather(*(client.execute("ECHO", f"m{i}") for i in range(500)))
+        assert replies == [f"m{i}".encode() for i in range(500)]
+        counts = await client.execute_many([("INCR", "c")] * 50)
+        assert counts == list(range(1, 51))
+        # Arguments of every type a script call passes: str, bytes (binary), int.
+        got = await client.run_script(ECHO, ["k"], [b"\x00\xff"])
+        assert got == [b"k", b"\x00\xff", 1]
+    finally:
+        client.close()
+
+
+async def test_an_error_reply_fails_only_its_own_command(redis_server: RedisServer) -> None:
+    client = PipelinedRedis(redis_server.url, 2.0)
+    try:
+        await client.execute("SET", "text", "not a number")
+        results = await asyncio.gather(client.execute("INCR", "text"),
+                                       client.execute("INCR", "n"),
+                                       return_exceptions=True)
+        assert isinstance(results[0], exceptions.ResponseError)
+        assert results[1] == 1
+        assert await client.execute("INCR", "n") == 2
+    finally:
+        client.close()
+
+
+async def test_scripts_run_after_a_flush_of_the_script_cache(redis_server: RedisServer) -> None:
+    client = PipelinedRedis(redis_server.url, 2.0, scripts=[ECHO])
+    try:
+        assert (await client.run_script(ECHO, ["s"], ["a"]))[2] == 1
+        redis_server.cli("SCRIPT", "FLUSH")
+        # EVALSHA finds nothing; every call runs once, by EVAL, in order.
+        many = await client.run_script_many(ECHO, [(["s"], [str(i)]) for i in range(5)])
+        assert [r[2] for r in many] == [2, 3, 4, 5, 6]
+        redis_server.cli("SCRIPT", "FLUSH")
+        assert (await client.run_script(ECHO, ["s"], ["b"]))[2] == 7
+    finally:
+        client.close()
+
+
+async def test_redis_down_is_a_connection_error_and_a_restart_is_used_again(
+    redis_server: RedisServer,
+) -> None:
+    client = PipelinedRedis(redis_server.url, 2.0, scripts=[ECHO])
+    try:
+        assert (await client.run_script(ECHO, ["r"], ["x"]))[2] == 1
+        redis_server.stop()
+        started = time.monotonic()
+        with pytest.raises(exceptions.ConnectionError):
+            await client.run_script(ECHO, ["r"], ["x"])
+        with pytest.raises(exceptions.ConnectionError):
+            await client.execute("PING")
+        assert time.monotonic() - started < 2.0  # refused at once, not after the timeout
+        redis_server.start()  # empty: no keys, no scripts
+        assert (await client.run_script(ECHO, ["r"], ["x"]))[2] == 1
+    finally:
+        client.close()
+
+
+async def test_a_stalled_redis_times_out_every_pending_command(redis_server: RedisServer) -> None:
+    client = PipelinedRedis(redis_server.url, 0.5)
+    try:
+        assert await client.execute("PING") == b"PONG"
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(*(client.execute("INCR", "t") for _ in range(20)),
+                                           return_exceptions=True)
+            waited = time.monotonic() - started
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        assert all(isinstance(r, exceptions.TimeoutError) for r in results), results
+        assert 0.4 < waited < 2.0
+        # The late replies were dropped with their connection; a new one answers correctly.
+        assert await client.execute("ECHO", "after") == b"after"
+    finally:
+        client.close()
+
+
+async def test_password_and_database_from_the_url(redis_server: RedisServer) -> None:
+    redis_server.cli("CONFIG", "SET", "requirepass", "s3cret")
+    base = f"127.0.0.1:{redis_server.port}"
+    client = PipelinedRedis(f"redis://:s3cret@{base}/3", 2.0, client_name="sb-test")
+    wrong = PipelinedRedis(f"redis://:nope@{base}/0", 2.0)
+    try:
+        await client.execute("SET", "in-db-3", "yes")
+        assert await client.execute("CLIENT", "GETNAME") == b"sb-test"
+        assert redis_server.cli("-a", "s3cret", "--no-auth-warning", "-n", "3",
+                                "GET", "in-db-3").strip() == "yes"
+        with pytest.raises(exceptions.ResponseError):
+            await wrong.execute("PING")
+    finally:
+        client.close()
+        wrong.close()
