@@ -48,34 +48,50 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def parse_stat_cpu(stat: str) -> float:
-    """utime + stime in seconds from the text of /proc/PID/stat.
+def parse_stat_times(stat: str) -> tuple[float, float]:
+    """(utime, stime) in seconds from the text of /proc/PID/stat.
 
     The command name (field 2) is in parentheses and may contain spaces, so fields are
     counted after the last ')': utime and stime are fields 14 and 15 of proc(5).
     """
     rest = stat[stat.rindex(")") + 2:].split()
-    return (int(rest[11]) + int(rest[12])) / _TICK
+    return int(rest[11]) / _TICK, int(rest[12]) / _TICK
+
+
+def parse_stat_cpu(stat: str) -> float:
+    """utime + stime in seconds from the text of /proc/PID/stat."""
+    return sum(parse_stat_times(stat))
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        return parse_stat_times(fh.read())
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        return parse_stat_cpu(fh.read())
+    return sum(cpu_times(pid))
 
 
 @dataclass(frozen=True)
 class Usage:
-    """RSS and CPU of some processes at one moment."""
+    """RSS and CPU (user, system) of some processes at one moment."""
 
     rss_kib: dict[int, int]
-    cpu: dict[int, float]
+    times: dict[int, tuple[float, float]]
 
     @classmethod
     def of(cls, pids: list[int]) -> Usage:
-        return cls({p: rss_kib(p) for p in pids}, {p: cpu_seconds(p) for p in pids})
+        return cls({p: rss_kib(p) for p in pids}, {p: cpu_times(p) for p in pids})
 
     def cpu_since(self, before: Usage) -> float:
-        return sum(self.cpu[p] - before.cpu[p] for p in self.cpu)
+        return self.user_since(before) + self.system_since(before)
+
+    def user_since(self, before: Usage) -> float:
+        return sum(self.times[p][0] - before.times[p][0] for p in self.times)
+
+    def system_since(self, before: Usage) -> float:
+        """Kernel time: on loopback, sending also runs the receiver's TCP input."""
+        return sum(self.times[p][1] - before.times[p][1] for p in self.times)
 
     def rss_since(self, before: Usage) -> int:
         return sum(self.rss_kib[p] - before.rss_kib[p] for p in self.rss_kib)

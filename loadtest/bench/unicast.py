@@ -5,8 +5,9 @@
 - **fixed rates** (e.g. 500, 1000, 2000/s): open-loop ``POST /v1/publish`` to user
   ``i % users``, each message stamped with its *scheduled* send time; p50/p99 of
   publish-to-receive over every delivery, plus the HTTP answer time;
-- **direct**: the same fixed rates through :meth:`switchboard.store.Store.publish` (the
-  router's Lua script without HTTP), to separate the router's share of the latency;
+- **direct**: the same fixed rates through :meth:`switchboard.store.Store.publish` over the
+  router's pipelined publish connection (the router without HTTP), to separate the router's
+  share of the latency;
 - **max /v1/publish**: ``concurrency`` keep-alive connections posting back to back for the
   given time: 2xx answers/s;
 - **max /v1/publish/batch**: the same with ``batch`` messages per request: messages/s.
@@ -35,7 +36,7 @@ from loadtest.bench.httpclient import HttpConnection, HttpError
 from loadtest.bench.stats import ratio, summarize_ms
 from loadtest.bench.workers import Pool
 from switchboard.config import RedisSettings
-from switchboard.store import Store
+from switchboard.store import Store, pipelined
 from switchboard.store import Target as StreamTarget
 from switchboard.store import connect as redis_connect
 
@@ -257,8 +258,10 @@ async def run(users: int = 2000, rates: tuple[float, ...] = (500, 1000, 2000),
                             SWITCHBOARD_REBALANCE="0")
     pool = Pool(workers or 2)
     names = [f"uni{i}" for i in range(users)]
-    store = Store(redis_connect(cluster.redis.url, 10),
-                  RedisSettings(redis_url=cluster.redis.url))
+    redis_settings = RedisSettings(redis_url=cluster.redis.url, redis_timeout=10)
+    # the router's publish connection, so `direct` differs from the router by HTTP only
+    store = Store(redis_connect(cluster.redis.url, 10), redis_settings,
+                  pipelined(redis_settings, "bench-direct"))
     try:
         sb_target, base_target = common.targets(cluster)
         assert base_target is not None and cluster.router is not None
@@ -293,6 +296,8 @@ async def run(users: int = 2000, rates: tuple[float, ...] = (500, 1000, 2000),
         await common.disconnect(pool)
         raw = await redis_publish_max(cluster.redis.url, duration, concurrency, pad)
     finally:
+        if store.pipelined is not None:
+            store.pipelined.close()
         await store.redis.aclose()
         pool.close()
         cluster.stop()
