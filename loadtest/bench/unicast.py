@@ -173,9 +173,11 @@ async def max_rate(port: int, users: list[str], duration: float, concurrency: in
     single = Lanes(port, concurrency)
     out = profile_dir / "unicast-router-publish.txt" if profile_dir else None
     spy = profile.start(router_pid, duration, out) if out else None
+    before = Usage.of([router_pid])
     requests = await single.closed_loop(
         "/v1/publish", duration,
         lambda n: json.dumps(_body(users[n % len(users)], n, time.time(), pad)).encode())
+    single_cpu = Usage.of([router_pid]).cpu_since(before)
     single.close()
     if out is not None:
         profiles["publish"] = profile.finish(spy, out)
@@ -188,7 +190,9 @@ async def max_rate(port: int, users: list[str], duration: float, concurrency: in
         return json.dumps({"messages": [_body(users[(n * batch + k) % len(users)], k, now, pad)
                                         for k in range(batch)]}).encode()
 
+    before = Usage.of([router_pid])
     batches = await batched.closed_loop("/v1/publish/batch", duration, make_batch)
+    batch_cpu = Usage.of([router_pid]).cpu_since(before)
     batched.close()
     if out is not None:
         profiles["batch"] = profile.finish(spy, out)
@@ -197,12 +201,19 @@ async def max_rate(port: int, users: list[str], duration: float, concurrency: in
     return {
         "concurrency": concurrency,
         "publish": {"requests": requests, "ok": ok_single, "per_s": round(ok_single / duration),
-                    "http_status": single.statuses, "answer": summarize_ms(single.answer_s)},
+                    "http_status": single.statuses, "answer": summarize_ms(single.answer_s),
+                    "router_cpu_us_per_request": per_million(single_cpu, requests)},
         "batch": {"size": batch, "requests": batches, "ok": ok_batch,
                   "messages_per_s": round(ok_batch * batch / duration),
-                  "http_status": batched.statuses, "answer": summarize_ms(batched.answer_s)},
+                  "http_status": batched.statuses, "answer": summarize_ms(batched.answer_s),
+                  "router_cpu_us_per_message": per_million(batch_cpu, batches * batch)},
         **({"router_profile": profiles} if profiles else {}),
     }
+
+
+def per_million(cpu_s: float, count: int) -> float | None:
+    """CPU-seconds spread over ``count`` requests, in microseconds each."""
+    return round(cpu_s / count * 1e6, 1) if count else None
 
 
 async def redis_publish_max(url: str, duration: float, concurrency: int, pad: int) -> int:
