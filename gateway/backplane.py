@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from gateway.metrics import GatewayMetrics
 from gateway.pubsub import PubSubConnection, PubSubError
-from switchboard import contract, streams
+from switchboard import contract, resp, streams
 from switchboard.config import GatewaySettings
 from switchboard.contract import Control, Message
 from switchboard.store import connect, text
@@ -63,6 +63,8 @@ class Backplane:
         self._load = load
         # Idempotent writes and reads only (map, sessions, positions, logs): safe to retry.
         self.redis = connect(settings.redis_url, settings.redis_timeout, reconnect_retry=True)
+        # read (and refused, ValueError) at start-up, not at the first pub/sub connect
+        self._pubsub_endpoint = resp.Endpoint.from_url(settings.redis_url)
         self._ensure_meta = self.redis.register_script(contract.ENSURE_META_LUA)
         self._claim_session = self.redis.register_script(contract.CLAIM_SESSION_LUA)
         self.on_resubscribed: Callable[[], None] | None = None
@@ -402,7 +404,7 @@ class Backplane:
             conn: PubSubConnection | None = None
             try:
                 conn = await PubSubConnection.open(
-                    self.settings.redis_url, connect_timeout=self.settings.redis_timeout,
+                    self._pubsub_endpoint, connect_timeout=self.settings.redis_timeout,
                     client_name=f"{self.settings.prefix}pubsub:{self.gateway_id}",
                     on_message=self._dispatch, on_subscribed=on_subscribed,
                 )

@@ -105,14 +105,15 @@ class PubSubConnection:
         return self._protocol.lost
 
     @classmethod
-    async def open(cls, url: str, *, connect_timeout: float, client_name: str,
+    async def open(cls, endpoint: resp.Endpoint, *, connect_timeout: float, client_name: str,
                    on_message: Callable[[bytes], None],
                    on_subscribed: Callable[[bytes], None]) -> PubSubConnection:
         def factory() -> _Protocol:
             return _Protocol(on_message, on_subscribed)
 
         try:
-            protocol = await resp.open_connection(url, factory, connect_timeout=connect_timeout,
+            protocol = await resp.open_connection(endpoint, factory,
+                                                  connect_timeout=connect_timeout,
                                                   client_name=client_name)
         except (OSError, TimeoutError) as exc:
             raise PubSubError(f"cannot connect to Redis: {exc}") from exc

@@ -139,16 +139,20 @@ class PipelinedRedis:
     def __init__(self, url: str, timeout: float, *, client_name: str = "switchboard",
                  scripts: Sequence[Script] = ()) -> None:
         self.url = url
+        self.endpoint = resp.Endpoint.from_url(url)  # a bad URL fails here, at start-up
         self.timeout = timeout
         self.client_name = client_name
         self.scripts = tuple(scripts)
         self._conn: _Connection | None = None
         self._opening: asyncio.Task[_Connection] | None = None
+        self._closed = False
 
     async def _connection(self) -> _Connection:
         conn = self._conn
         if conn is not None and conn.failed is None:
             return conn
+        if self._closed:
+            raise exceptions.ConnectionError("the Redis client is closed")
         # One attempt at a time: the requests that arrive meanwhile wait for its outcome.
         if self._opening is None:
             self._opening = asyncio.get_running_loop().create_task(self._open())
@@ -158,20 +162,31 @@ class PipelinedRedis:
     def _opened(self, task: asyncio.Task[_Connection]) -> None:
         self._opening = None
         if not task.cancelled() and task.exception() is None:
-            self._conn = task.result()
+            if self._closed:  # closed while it was opening
+                task.result().abort()
+            else:
+                self._conn = task.result()
 
     async def _open(self) -> _Connection:
         timeout = self.timeout
+        conn: _Connection | None = None
         try:
-            conn = await resp.open_connection(self.url, lambda: _Connection(timeout),
-                                              connect_timeout=timeout,
-                                              client_name=self.client_name)
-            loads = conn.send([resp.command("SCRIPT", "LOAD", s.source) for s in self.scripts])
-            await asyncio.gather(*loads)
-        except TimeoutError as exc:
-            raise exceptions.TimeoutError(f"Redis did not answer within {timeout:g} s") from exc
-        except OSError as exc:
-            raise exceptions.ConnectionError(f"cannot connect to Redis: {exc}") from exc
+            # one deadline for connecting, authenticating and loading the scripts together
+            async with asyncio.timeout(timeout):
+                conn = await resp.open_connection(self.endpoint, lambda: _Connection(timeout),
+                                                  connect_timeout=timeout,
+                                                  client_name=self.client_name)
+                await asyncio.gather(*conn.send([resp.command("SCRIPT", "LOAD", s.source)
+                                                 for s in self.scripts]))
+        except BaseException as exc:
+            if conn is not None:
+                conn.abort()  # opened but not usable: nobody else holds it
+            if isinstance(exc, TimeoutError):
+                raise exceptions.TimeoutError(
+                    f"Redis did not answer within {timeout:g} s") from exc
+            if isinstance(exc, OSError):
+                raise exceptions.ConnectionError(f"cannot connect to Redis: {exc}") from exc
+            raise
         return conn
 
     async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
@@ -197,14 +212,23 @@ class PipelinedRedis:
 
     async def run_script_many(self, script: Script,
                               calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]) -> list[Any]:
-        """``EVALSHA`` per call, all in one write; calls whose script was missing are run
-        again with ``EVAL`` (they did not run: NOSCRIPT is answered before anything else)."""
+        """``EVALSHA`` per call, all in one write, after a ``SCRIPT LOAD`` in the same write.
+
+        Calls that find no script are run again with ``EVAL`` (NOSCRIPT means they did not
+        run). The load in front matters for order: without it, after a script flush another
+        client's ``EVAL`` could cache the script while Redis works through this pipeline, and
+        the calls before that point would run again after the ones behind it. Only a
+        ``SCRIPT FLUSH`` landing inside the pipeline can still do that.
+        """
         if not calls:
             return []
+        if len(calls) == 1:
+            return [await self.run_script(script, *calls[0])]
         conn = await self._connection()
-        futures = conn.send([resp.command("EVALSHA", script.sha, len(keys), *keys, *args)
-                             for keys, args in calls])
-        replies = await asyncio.gather(*futures, return_exceptions=True)
+        futures = conn.send([resp.command("SCRIPT", "LOAD", script.source),
+                             *(resp.command("EVALSHA", script.sha, len(keys), *keys, *args)
+                               for keys, args in calls)])
+        replies = (await asyncio.gather(*futures, return_exceptions=True))[1:]
         missing = [i for i, r in enumerate(replies) if isinstance(r, exceptions.NoScriptError)]
         if missing:
             conn = await self._connection()
@@ -220,6 +244,8 @@ class PipelinedRedis:
         return replies
 
     def close(self) -> None:
+        """Drop the connection; later commands fail with ConnectionError."""
+        self._closed = True
         if self._opening is not None:
             self._opening.cancel()
         if self._conn is not None:

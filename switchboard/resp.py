@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import hiredis
@@ -35,24 +36,62 @@ class Requester(asyncio.Protocol):
 
 P = TypeVar("P", bound=Requester)
 
+# rediss:// query options we honour; anything else starting ssl_ is refused, so a TLS setting
+# the redis-py clients would apply is never silently dropped by the lean connections.
+SSL_OPTIONS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_cert_reqs", "ssl_check_hostname",
+                         "ssl_certfile", "ssl_keyfile", "ssl_password"})
+CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
+             "required": ssl.CERT_REQUIRED}
 
-async def open_connection(url: str, factory: Callable[[], P], *, connect_timeout: float,
-                          client_name: str) -> P:
-    """Connect to ``url`` and authenticate. Raises OSError / TimeoutError when unreachable,
-    or whatever the protocol fails its setup futures with (a refused password...)."""
-    from redis.connection import parse_url  # redis-py's reading of the URL, for the same rules
 
-    options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to connect, read from a Redis URL by redis-py's own rules."""
+
+    options: dict[str, Any]
+    ssl: ssl.SSLContext | None
+
+    @classmethod
+    def from_url(cls, url: str) -> Endpoint:
+        """Raises ValueError for a URL or TLS option these connections cannot honour."""
+        from redis.connection import parse_url
+
+        options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        tls = "SSL" in str(options.get("connection_class") or "")
+        return cls(options, tls_context(options) if tls else None)
+
+
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    unknown = sorted(k for k in options if k.startswith("ssl_") and k not in SSL_OPTIONS)
+    if unknown:
+        raise ValueError(f"Redis URL option(s) not supported: {', '.join(unknown)}")
+    reqs = options.get("ssl_cert_reqs", "required")
+    mode = CERT_REQS.get(reqs.lower()) if isinstance(reqs, str) else reqs
+    if not isinstance(mode, ssl.VerifyMode):
+        raise ValueError(f"ssl_cert_reqs must be none, optional or required, not {reqs!r}")
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"),
+                                         capath=options.get("ssl_ca_path"))
+    # check_hostname first: it must be off before verification can be
+    context.check_hostname = (mode is not ssl.CERT_NONE
+                              and options.get("ssl_check_hostname", True) is not False)
+    context.verify_mode = mode
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"),
+                                options.get("ssl_password"))
+    return context
+
+
+async def open_connection(endpoint: Endpoint, factory: Callable[[], P], *,
+                          connect_timeout: float, client_name: str) -> P:
+    """Connect and authenticate. Raises OSError / TimeoutError when unreachable, or whatever
+    the protocol fails its setup futures with (a refused password...)."""
+    options = endpoint.options
     loop = asyncio.get_running_loop()
     if "path" in options:
         coro = loop.create_unix_connection(factory, options["path"])
     else:
-        context = None
-        if options.get("connection_class") is not None and "SSL" in str(
-                options["connection_class"]):
-            context = ssl.create_default_context()
         coro = loop.create_connection(factory, options.get("host", "localhost"),
-                                      int(options.get("port", 6379)), ssl=context)
+                                      int(options.get("port", 6379)), ssl=endpoint.ssl)
     _, protocol = await asyncio.wait_for(coro, connect_timeout)
     try:
         setup = []

@@ -47,8 +47,14 @@ def random_id(length: int = 12) -> str:
     return out[:length].decode("ascii")
 
 
+# JSON can spell a lone surrogate ("\ud800"), which no UTF-8 key or frame can carry. Not part
+# of USER_RE: in the OpenAPI document's ECMA regex the range would also refuse every emoji.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def valid_user(user: object) -> bool:
-    return isinstance(user, str) and USER_RE.fullmatch(user) is not None
+    return (isinstance(user, str) and USER_RE.fullmatch(user) is not None
+            and _SURROGATE.search(user) is None)
 
 
 def valid_channel(name: object) -> bool:

@@ -125,6 +125,8 @@ CASES: list[tuple[str, int, dict[str, Any]]] = [
     ("two targets", 422, {"json": {**msg(), "broadcast": True}, "headers": AUTH}),
     ("no data", 422, {"json": {"user": "alice"}, "headers": AUTH}),
     ("bad user", 422, {"json": msg(user="a b"), "headers": AUTH}),
+    ("lone surrogate user", 422, {"content": b'{"user":"\\ud800","data":1}',
+                                  "headers": {**AUTH, **JSON}}),
     ("channel", 200, {"json": {"channel": "room-1", "data": [1, "two"]}, "headers": AUTH}),
     ("broadcast", 200, {"json": {"broadcast": True, "data": None}, "headers": AUTH}),
     ("json+suffix type", 200, {"content": json.dumps(msg()).encode(), "headers": {
@@ -174,6 +176,32 @@ async def test_a_streamed_body_over_the_limit_is_413(apps: Apps) -> None:
     assert answer.status_code == 413
     assert answer.json()["error"] == "body_too_large"
     assert apps.behind.paths == []
+
+
+async def test_a_client_gone_before_its_body_gets_no_answer_and_counts_499(apps: Apps) -> None:
+    scope: Scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                    "method": "POST", "scheme": "http", "path": "/v1/publish",
+                    "raw_path": b"/v1/publish", "query_string": b"", "root_path": "",
+                    "headers": [(b"authorization", f"Bearer {KEY}".encode()),
+                                (b"content-type", b"application/json")],
+                    "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    def gone() -> float | None:
+        return apps.fast.ctx.metrics.registry.get_sample_value(
+            "switchboard_router_http_requests_total",
+            {"route": "/v1/publish", "method": "POST", "status": "499"})
+
+    await apps.fast(dict(scope), receive, send)
+    assert sent == [] and gone() == 1
+    await apps.behind(dict(scope), receive, send)  # the FastAPI route, same metrics object
+    assert sent == [] and gone() == 2
 
 
 async def test_redis_down_is_503_with_retry_after_on_both(apps: Apps,

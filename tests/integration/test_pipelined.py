@@ -60,6 +60,49 @@ async def test_scripts_run_after_a_flush_of_the_script_cache(redis_server: Redis
         client.close()
 
 
+async def test_a_batch_keeps_its_order_when_another_client_reloads_a_flushed_script(
+    redis_server: RedisServer,
+) -> None:
+    # Another router publishing single messages re-caches the script with EVAL while Redis
+    # reads this batch's pipeline (~60 KB, several reads): none of the batch may then run
+    # before the calls ahead of it.
+    counter = Script("return redis.call('INCR', KEYS[1])")
+    batcher = PipelinedRedis(redis_server.url, 5.0, scripts=[counter])
+    other = PipelinedRedis(redis_server.url, 5.0, scripts=[counter])
+    stop = False
+
+    async def singles() -> None:
+        while not stop:
+            await asyncio.gather(*(other.run_script(counter, ["b"], ["y"]) for _ in range(20)))
+
+    try:
+        for _ in range(30):
+            stop = False
+            background = asyncio.create_task(singles())
+            await asyncio.sleep(0.005)
+            await other.execute("SCRIPT", "FLUSH")
+            got = await batcher.run_script_many(counter, [(["a"], ["x" * 600])] * 100)
+            stop = True
+            await background
+            assert got == list(range(got[0], got[0] + 100))
+    finally:
+        batcher.close()
+        other.close()
+
+
+async def test_a_refused_script_load_closes_the_connection(redis_server: RedisServer) -> None:
+    redis_server.cli("ACL", "SETUSER", "noscript", "on", ">pw", "~*", "+@all", "-script|load")
+    client = PipelinedRedis(f"redis://noscript:pw@127.0.0.1:{redis_server.port}/0", 2.0,
+                            client_name="sb-refused", scripts=[ECHO])
+    try:
+        for _ in range(5):
+            with pytest.raises(exceptions.ResponseError, match="NOPERM"):
+                await client.execute("PING")
+        assert "name=sb-refused" not in redis_server.cli("CLIENT", "LIST")
+    finally:
+        client.close()
+
+
 async def test_redis_down_is_a_connection_error_and_a_restart_is_used_again(
     redis_server: RedisServer,
 ) -> None:
