@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,36 @@ async def test_denied_subscribe_and_publish_get_errors_and_keep_the_connection(
             "offset"]
         for x in (cl, other):
             await x.close()
+
+
+async def test_a_client_publish_while_redis_is_down_is_refused_then_works_again(
+    redis_server: RedisServer, logdir: Path
+) -> None:
+    with cluster(redis_server, logdir, gateways=1) as c:
+        cl = await WsClient(ws_url(c, 0, "pub", publish=["lobby"])).start()
+        await cl.send({"type": "publish", "channel": "lobby", "data": 1, "id": 1})
+        await until(lambda: replies(cl, "published"), 5, "first publish acknowledged")
+        redis_server.stop()
+        await cl.send({"type": "publish", "channel": "lobby", "data": 2, "id": 2})
+        await until(lambda: replies(cl, "error"), 10, "refused while Redis is down")
+        refusal = replies(cl, "error")[0]
+        assert (refusal["code"], refusal["id"]) == ("unavailable", 2)
+        assert not cl.closed
+        redis_server.start()  # empty: the stream starts again under a new epoch
+
+        # Redis is back once the gateway's publish connection reconnects: retry until acked.
+        deadline = time.monotonic() + 15
+        while True:
+            acks, errors = len(replies(cl, "published")), len(replies(cl, "error"))
+            await cl.send({"type": "publish", "channel": "lobby", "data": 3, "id": 3})
+            await until(lambda: len(replies(cl, "published")) > acks  # noqa: B023
+                        or len(replies(cl, "error")) > errors, 5, "an answer")  # noqa: B023
+            if len(replies(cl, "published")) > acks:
+                break
+            assert time.monotonic() < deadline, "client publishes failed after the restart"
+            await asyncio.sleep(0.2)
+        assert c.publish(channel="lobby", data="router")["offset"] >= 2  # 3 then this one
+        await cl.close()
 
 
 async def test_presence_after_join_leave_and_gateway_crash(
