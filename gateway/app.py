@@ -309,9 +309,11 @@ class Gateway:
             self._all_closed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), self.settings.close_timeout + 1)
-        await self.backplane.stop()
-        if self.store.pipelined is not None:
-            self.store.pipelined.close()
+        try:
+            await self.backplane.stop()
+        finally:
+            if self.store.pipelined is not None:
+                self.store.pipelined.close()
         for task in self._tasks:
             task.cancel()
         log.info("gateway %s stopped", self.gateway_id)

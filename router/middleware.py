@@ -18,11 +18,12 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         status = 500  # what the client gets if the app dies before answering
+        started = False
 
         async def record_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, started = int(message["status"]), True
             await send(message)
 
         try:
@@ -30,7 +31,8 @@ class RequestMetrics:
         except ClientDisconnect:
             # Gone before its body arrived: nobody to answer, and not a server error (500).
             # Counted as 499 ("client closed request"), as router.fastpath counts it.
-            status = 499
+            if not started:
+                status = 499
         finally:
             # The router stored the matched route in the scope: label by its template, so
             # /v1/users/alice/connections and /v1/users/bob/connections share one series.

@@ -304,8 +304,8 @@ def parse_disconnect(doc: dict[str, Any] | None) -> DisconnectRequest:
     if (
         not isinstance(reason, str)
         or len(reason) > MAX_REASON_CHARS
+        or not reason.isprintable()  # first: a lone surrogate is not, and cannot be encoded
         or len(reason.encode()) > MAX_REASON_BYTES
-        or not reason.isprintable()
     ):
         raise InvalidField(
             f"'reason' must be a printable string of at most {MAX_REASON_CHARS} characters "

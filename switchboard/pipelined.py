@@ -147,6 +147,10 @@ class PipelinedRedis:
         self._opening: asyncio.Task[_Connection] | None = None
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def _connection(self) -> _Connection:
         conn = self._conn
         if conn is not None and conn.failed is None:
@@ -157,7 +161,15 @@ class PipelinedRedis:
         if self._opening is None:
             self._opening = asyncio.get_running_loop().create_task(self._open())
             self._opening.add_done_callback(self._opened)
-        return await asyncio.shield(self._opening)
+        opening = self._opening
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if self.closed and opening.cancelled() and me is not None and not me.cancelling():
+                # close() cancelled the attempt, not our caller: a Redis error, like any other
+                raise exceptions.ConnectionError("the Redis client is closed") from None
+            raise
 
     def _opened(self, task: asyncio.Task[_Connection]) -> None:
         self._opening = None

@@ -66,11 +66,15 @@ def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
     if unknown:
         raise ValueError(f"Redis URL option(s) not supported: {', '.join(unknown)}")
     reqs = options.get("ssl_cert_reqs", "required")
-    mode = CERT_REQS.get(reqs.lower()) if isinstance(reqs, str) else reqs
+    mode = CERT_REQS.get(reqs) if isinstance(reqs, str) else reqs  # as exact as redis-py
     if not isinstance(mode, ssl.VerifyMode):
         raise ValueError(f"ssl_cert_reqs must be none, optional or required, not {reqs!r}")
-    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"),
-                                         capath=options.get("ssl_ca_path"))
+    if options.get("ssl_keyfile") and not options.get("ssl_certfile"):
+        raise ValueError("ssl_keyfile needs ssl_certfile")
+    # As redis-py builds it: the system's CAs, plus the URL's own CA file or directory.
+    context = ssl.create_default_context()
+    if options.get("ssl_ca_certs") or options.get("ssl_ca_path"):
+        context.load_verify_locations(options.get("ssl_ca_certs"), options.get("ssl_ca_path"))
     # check_hostname first: it must be off before verification can be
     context.check_hostname = (mode is not ssl.CERT_NONE
                               and options.get("ssl_check_hostname", True) is not False)

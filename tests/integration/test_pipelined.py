@@ -90,6 +90,42 @@ async def test_a_batch_keeps_its_order_when_another_client_reloads_a_flushed_scr
         other.close()
 
 
+async def test_a_batch_after_a_script_flush_runs_each_call_once_by_evalsha(
+    redis_server: RedisServer,
+) -> None:
+    # The batch loads the script in the same write, so no call of it can come back NOSCRIPT
+    # and run again out of order by EVAL (the race the test above provokes).
+    counter = Script("return redis.call('INCR', KEYS[1])")
+    client = PipelinedRedis(redis_server.url, 2.0, scripts=[counter])
+    try:
+        await client.execute("PING")  # connected, script loaded
+        redis_server.cli("SCRIPT", "FLUSH")
+        redis_server.cli("CONFIG", "RESETSTAT")
+        assert await client.run_script_many(counter, [(["k"], [])] * 50) == list(range(1, 51))
+        stats = redis_server.cli("INFO", "commandstats")
+        assert "cmdstat_eval:" not in stats
+        assert "cmdstat_evalsha:calls=50," in stats
+    finally:
+        client.close()
+
+
+async def test_closing_while_connecting_fails_the_waiting_callers_as_redis_errors(
+    redis_server: RedisServer,
+) -> None:
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)  # accepts, never answers: stuck opening
+    client = PipelinedRedis(redis_server.url, 5.0)
+    try:
+        waiting = [asyncio.ensure_future(client.execute("PING")) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        client.close()
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(r, exceptions.ConnectionError) for r in results), results
+        with pytest.raises(exceptions.ConnectionError, match="closed"):
+            await client.execute("PING")
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+
+
 async def test_a_refused_script_load_closes_the_connection(redis_server: RedisServer) -> None:
     redis_server.cli("ACL", "SETUSER", "noscript", "on", ">pw", "~*", "+@all", "-script|load")
     client = PipelinedRedis(f"redis://noscript:pw@127.0.0.1:{redis_server.port}/0", 2.0,

@@ -38,5 +38,6 @@ def test_envelopes_round_trip_and_garbage_is_refused() -> None:
 
 def test_user_ids_exclude_our_separators() -> None:
     assert streams.valid_user("alice@example.com")
-    for bad in ("", "a b", "a,b", "a:b", "x" * 129, 5):
+    for bad in ("", "a b", "a,b", "a:b", "x" * 129, 5, "a\ud800"):  # lone surrogate
         assert not streams.valid_user(bad)
+    assert streams.valid_user("zoë\U0001f600")  # astral characters are fine

@@ -293,6 +293,7 @@ def test_disconnect_accepts_terminal_and_reconnect_codes(code: int) -> None:
         ({"reason": "é" * 62}, "reason"),  # 62 characters, but 124 UTF-8 bytes
         ({"reason": 5}, "reason"),
         ({"reason": "line\nbreak"}, "reason"),
+        ({"reason": "\ud800"}, "reason"),  # JSON can spell it; UTF-8 cannot carry it
         ({"cod": 4201}, "cod"),
     ],
 )
