@@ -87,8 +87,7 @@ class _Protocol(resp.Requester):
         self._replies.clear()
         if not self.lost.done():
             self.lost.set_result(None)
-        if self.transport is not None:
-            self.transport.abort()
+        self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(PubSubError(f"connection lost: {exc}"))

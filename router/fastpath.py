@@ -93,8 +93,7 @@ class FastPublish:
                 return
             except Exception:
                 log.exception("unexpected error answering POST %s", route)
-                body = bodies.json_bytes(errors.InternalError("internal error").body())
-                media, extra = validation.JSON_TYPE, []
+                status, body, media, extra = refusal(errors.InternalError("internal error"))
             await send({"type": "http.response.start", "status": status, "headers": [
                 (b"content-length", b"%d" % len(body)), (b"content-type", media.encode()),
                 *extra]})

@@ -39,6 +39,13 @@ class Script:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
+    def evalsha(self, keys: Sequence[Arg], args: Sequence[Arg]) -> bytes:
+        return resp.command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    def eval(self, keys: Sequence[Arg], args: Sequence[Arg]) -> bytes:
+        """The fallback when Redis has no script by that hash (NOSCRIPT)."""
+        return resp.command("EVAL", self.source, len(keys), *keys, *args)
+
 
 def reply_error(message: str) -> exceptions.ResponseError:
     if message.startswith("NOSCRIPT"):
@@ -138,7 +145,6 @@ class PipelinedRedis:
 
     def __init__(self, url: str, timeout: float, *, client_name: str = "switchboard",
                  scripts: Sequence[Script] = ()) -> None:
-        self.url = url
         self.endpoint = resp.Endpoint.from_url(url)  # a bad URL fails here, at start-up
         self.timeout = timeout
         self.client_name = client_name
@@ -209,18 +215,19 @@ class PipelinedRedis:
         return list(await asyncio.gather(*conn.send([resp.command(*c) for c in commands])))
 
     async def execute(self, *args: Arg) -> Any:
+        return await self._request(resp.command(*args))
+
+    async def _request(self, command: bytes) -> Any:
         conn = await self._connection()
-        return await conn.send([resp.command(*args)])[0]
+        return await conn.send([command])[0]
 
     async def run_script(self, script: Script, keys: Sequence[Arg],
                          args: Sequence[Arg]) -> Any:
         # run_script_many's work for one call, without its gather: this is the hot path
-        conn = await self._connection()
         try:
-            return await conn.send([resp.command("EVALSHA", script.sha, len(keys), *keys,
-                                                 *args)])[0]
+            return await self._request(script.evalsha(keys, args))
         except exceptions.NoScriptError:
-            return await self.execute("EVAL", script.source, len(keys), *keys, *args)
+            return await self._request(script.eval(keys, args))
 
     async def run_script_many(self, script: Script,
                               calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]) -> list[Any]:
@@ -238,14 +245,12 @@ class PipelinedRedis:
             return [await self.run_script(script, *calls[0])]
         conn = await self._connection()
         futures = conn.send([resp.command("SCRIPT", "LOAD", script.source),
-                             *(resp.command("EVALSHA", script.sha, len(keys), *keys, *args)
-                               for keys, args in calls)])
+                             *(script.evalsha(keys, args) for keys, args in calls)])
         replies = (await asyncio.gather(*futures, return_exceptions=True))[1:]
         missing = [i for i, r in enumerate(replies) if isinstance(r, exceptions.NoScriptError)]
         if missing:
             conn = await self._connection()
-            retried = conn.send([resp.command("EVAL", script.source, len(calls[i][0]),
-                                              *calls[i][0], *calls[i][1]) for i in missing])
+            retried = conn.send([script.eval(*calls[i]) for i in missing])
             for i, reply in zip(missing, await asyncio.gather(*retried,
                                                                return_exceptions=True),
                                 strict=True):
