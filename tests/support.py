@@ -20,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from websockets.frames import Frame
+from websockets.streams import StreamReader
+
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-secret-0123456789-abcdefghijklmnop"
 API_KEY = "test-api-key"
@@ -54,6 +57,31 @@ def http_status(url: str, timeout: float = 2.0) -> int:
         return int(exc.code)
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
+    """SIGTERM a process we started (if still running), SIGKILL it after ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def one_frame(data: bytes, *, mask: bool) -> Frame:
+    """The first WebSocket frame in ``data`` as websockets parses it (``mask``: client-sent)."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    parser = Frame.parse(reader.read_exact, mask=mask)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame: Frame = done.value
+        return frame
+    raise AssertionError("websockets wanted more bytes than one frame")
+
+
 @dataclass
 class RedisServer:
     port: int
@@ -71,13 +99,7 @@ class RedisServer:
         return out.stdout.decode()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
     def start(self) -> None:
         """(Re)start on the same port, so clients configured with its URL reconnect."""
@@ -132,14 +154,7 @@ class Proc:
             self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return terminate(self.proc, timeout)
 
     def output(self) -> str:
         try:

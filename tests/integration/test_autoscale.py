@@ -22,7 +22,7 @@ import pytest
 from client import Client, Message
 from switchboard.auth import mint
 from tests.clients import WsClient, until
-from tests.support import ROOT, free_port, wait_for_banner
+from tests.support import ROOT, free_port, terminate, wait_for_banner
 
 pytestmark = pytest.mark.integration
 
@@ -187,10 +187,4 @@ def test_up_scales_out_then_in_without_losing_messages(tmp_path: Path) -> None:
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=40) == 0, log.read_text(errors="replace")
     finally:
-        if up.poll() is None:  # the test failed midway: do not leave a cluster running
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
+        terminate(up, 40)  # if the test failed midway: do not leave a cluster running

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.support import ROOT, free_port, wait_for_banner, wait_until
+from tests.support import ROOT, free_port, terminate, wait_for_banner, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -144,10 +144,4 @@ def test_up_prints_working_credentials_restarts_and_stops_cleanly(tmp_path: Path
         leftovers = [p for p, t in started.items() if not gone(p, t)]
         assert leftovers == [], f"still running: {[cmdline(p) for p in leftovers]}"
     finally:
-        if up.poll() is None:  # the test failed midway: do not leave a cluster running
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
+        terminate(up, 40)  # if the test failed midway: do not leave a cluster running

@@ -9,23 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
-from websockets.streams import StreamReader
 
 from gateway import wire
 from gateway.wire import ClientMessageError, Outgoing, decode_client
 from switchboard.contract import Message
+from tests.support import one_frame
 
 
 def parse_frame(data: bytes) -> Frame:
-    reader = StreamReader()
-    reader.feed_data(data)
-    parser = Frame.parse(reader.read_exact, mask=False)
-    try:
-        next(parser)
-    except StopIteration as done:
-        frame: Frame = done.value
-        return frame
-    raise AssertionError("incomplete frame")
+    return one_frame(data, mask=False)
 
 
 @given(st.binary(max_size=70_000))

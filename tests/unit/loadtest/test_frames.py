@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from websockets.frames import Frame, Opcode
-from websockets.streams import StreamReader
 from websockets.utils import accept_key
 
 from loadtest.bench import frames
+from tests.support import one_frame
 
 
 def server_bytes(opcode: Opcode, data: bytes, fin: bool = True) -> bytes:
@@ -16,15 +16,7 @@ def server_bytes(opcode: Opcode, data: bytes, fin: bool = True) -> bytes:
 
 def parse_as_server(data: bytes) -> Frame:
     """What a websockets server makes of bytes our client sends."""
-    reader = StreamReader()
-    reader.feed_data(data)
-    parser = Frame.parse(reader.read_exact, mask=True)
-    try:
-        next(parser)
-    except StopIteration as done:
-        frame: Frame = done.value
-        return frame
-    raise AssertionError("websockets wanted more bytes than one frame")
+    return one_frame(data, mask=True)
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
