@@ -20,8 +20,10 @@ venv: $(STAMP)
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || { rm -rf $(VENV) && $(APT_INSTALL) python3-venv && $(PY) -m venv $(VENV); }
 
+# dev: tests and linters; load: locust and py-spy, which the test suite runs too (a short
+# `make loadtest` in tests/integration/test_locust.py)
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,load]'
 	touch $@
 
 sysdeps:
@@ -50,25 +52,20 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Load testing: locust, websocket-client and py-spy come from the `load` extra.
+# Load testing: locust, websocket-client and py-spy come from the `load` extra (in the venv).
 # `make loadtest` runs locust headless against a `switchboard up` it starts and stops itself
 # (reports in loadtest/reports/); `make bench` runs every benchmark scenario at sizes that
 # finish in a few minutes on two cores (see BENCHMARKS.md for the full-size commands).
-LOAD_STAMP = $(VENV)/.installed-load
 LOADTEST_ARGS ?= --duration 60 --users 300 --processes 2
 BENCH_ARGS ?= --connections 5000 --duration 5 --users 1000 --runs 3 \
 	--profile loadtest/reports/profiles --out loadtest/reports/bench.json
 
 .PHONY: loadtest bench
 
-$(LOAD_STAMP): pyproject.toml | $(STAMP)
-	$(BIN)/pip install -e '.[dev,load]'
-	touch $@
-
-loadtest: venv sysdeps $(LOAD_STAMP)
+loadtest: venv sysdeps
 	$(BIN)/python -m loadtest.run_locust $(LOADTEST_ARGS)
 
-bench: venv sysdeps $(LOAD_STAMP)
+bench: venv sysdeps
 	$(BIN)/python -m loadtest.bench all $(BENCH_ARGS)
 
 clean:

@@ -66,7 +66,7 @@ def stop_cluster(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_locust(args: argparse.Namespace, env: dict[str, str], stamp: str) -> int:
-    prefix = REPORTS / f"locust-{stamp}"
+    prefix = args.reports / f"locust-{stamp}"
     cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
            "--headless", "-u", str(args.users), "-r", str(args.spawn_rate),
            "-t", f"{int(args.duration)}s", "--processes", str(args.processes),
@@ -96,12 +96,14 @@ def main() -> int:
     parser.add_argument("--gateways", type=int, default=2)
     parser.add_argument("--publish-rate", type=float, default=5,
                         help="requests/s per publisher user")
+    parser.add_argument("--reports", type=Path, default=REPORTS,
+                        help="directory for the HTML and CSV reports and the cluster log")
     args = parser.parse_args()
-    REPORTS.mkdir(parents=True, exist_ok=True)
+    args.reports.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     port, router_port = free_port(), free_port()
     secret, key = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
-    cluster_log = REPORTS / f"cluster-{stamp}.log"
+    cluster_log = args.reports / f"cluster-{stamp}.log"
     cluster = start_cluster(port, router_port, args.gateways, secret, key, cluster_log)
     env = {
         **os.environ,
@@ -117,8 +119,9 @@ def main() -> int:
         code = run_locust(args, env, stamp)
     finally:
         stop_cluster(cluster)
-    print(f"loadtest: reports in {REPORTS}/locust-{stamp}.html and "
-          f"{REPORTS}/locust-{stamp}_stats.csv (cluster log {cluster_log})", file=sys.stderr)
+    print(f"loadtest: reports in {args.reports}/locust-{stamp}.html and "
+          f"{args.reports}/locust-{stamp}_stats.csv (cluster log {cluster_log})",
+          file=sys.stderr)
     return code
 
 
