@@ -12,6 +12,7 @@ import time
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import RedisError
 from websockets.http11 import Request, Response
 
 from gateway import commands, http, mover
@@ -20,7 +21,7 @@ from gateway.backplane import Backplane
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.server import Connection
-from gateway.tracker import Fill, Tracker
+from gateway.tracker import Fill, Steps, Tracker
 from gateway.transport import FlushScheduler, Writer
 from gateway.wire import Wire
 from switchboard import contract, streams
@@ -37,6 +38,15 @@ _STATIC = {
     "/": ("gateway", "static/index.html", "text/html; charset=utf-8"),
     "/client.js": ("client", "js/switchboard.js", "text/javascript; charset=utf-8"),
 }
+
+
+# Recovery work after a Redis outage (re-registration, catch-up, gap fills) is retried this
+# many times with jittered backoff (about 6 s in all) before it gives up.
+_RETRIES = 6
+
+
+def _backoff(attempt: int) -> float:
+    return random.uniform(0.5, 1.0) * min(2.0, 0.1 * 2.0**attempt)
 
 
 class Gateway:
@@ -59,8 +69,9 @@ class Gateway:
         self.backplane = Backplane(
             settings, self.gateway_id, self.metrics, self.on_message, self.on_control, self.load
         )
-        self.backplane.on_resubscribed = self._start_catch_up
-        self.backplane.on_redis_back = self._reregister
+        self.backplane.on_reconnecting = self._pubsub_reconnecting
+        self.backplane.on_resubscribed = self._start_resync
+        self.backplane.on_redis_back = self._redis_back
         # client publishes go over a pipelined connection, opened at the first one: redis-py
         # would cost this event loop ~0.3 ms of CPU per publish, time it delivers nothing
         self.store = Store(self.backplane.redis, settings,
@@ -193,46 +204,104 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _run(self, steps: Steps) -> None:
+        for m in steps.ready:
+            self._deliver(m)
+        for fill in steps.fills:
+            self.spawn(self._fill(fill))
+        if steps.regressed:
+            self.spawn(self._retire(steps.regressed))
+
     async def _fill(self, fill: Fill) -> None:
         """Read a live gap from the log; deliver it and what queued behind it, in order."""
-        try:
-            logs = await self.backplane.read_logs([(fill.key, fill.first, fill.last)])
-            entries = logs.get(fill.key, [])
-        except Exception as exc:  # deliver what we have rather than stall the stream
-            log.warning("gap fill %s failed: %s", fill, exc)
-            entries = []
+        entries: list[Message] = []
+        if not fill.empty:
+            # Retried: a fill often starts while Redis is coming back, and what it misses is
+            # lost to every local follower (they would see the gap and have to resume).
+            for attempt in range(_RETRIES):
+                try:
+                    logs = await self.backplane.read_logs(
+                        [(fill.key, fill.first, fill.last)])
+                    entries = logs.get(fill.key, [])
+                    break
+                except (RedisError, OSError) as exc:
+                    log.warning("gap fill %s failed (attempt %d): %s", fill, attempt + 1, exc)
+                    await asyncio.sleep(_backoff(attempt))
         before = self.tracker.filled
-        for m in self.tracker.complete(fill, entries):
+        ready, more = self.tracker.complete(fill, entries)
+        for m in ready:
             self._deliver(m)
-        self.metrics.fill(self.tracker.filled > before)
+        if not fill.empty:
+            self.metrics.fill(self.tracker.filled > before)
+        if more is not None:
+            self.spawn(self._fill(more))
 
     async def _reregister(self) -> None:
         await self.backplane.reregister(
             [commands.registration(c) for c in self.hub if c.session.ready]  # type: ignore[arg-type]
         )
 
-    def _start_catch_up(self) -> None:
-        self.spawn(self._catch_up())
+    async def _redis_back(self) -> None:
+        """Our registry entry had vanished (Redis restarted or was flushed): publishers found
+        none of our connections meanwhile, so map them again, then fetch what they missed."""
+        await self._reregister()
+        await self._catch_up()
+
+    def _pubsub_reconnecting(self) -> None:
+        self.tracker.hold_all()
+
+    def _start_resync(self) -> None:
+        self.spawn(self._resync())
+
+    async def _resync(self) -> None:
+        """Pub/sub is back after an outage. Envelopes published meanwhile are in the logs
+        only, and if Redis restarted empty no publisher routes to us yet: register again
+        first (so everything after the tops we read reaches us), then catch up."""
+        for attempt in range(_RETRIES):
+            try:
+                if await self.backplane.heartbeat():
+                    log.warning("registry entry was gone: re-registering connections")
+                    await self._reregister()
+                break
+            except (RedisError, OSError) as exc:
+                log.warning("re-registration attempt %d failed: %s", attempt + 1, exc)
+                await asyncio.sleep(_backoff(attempt))
+        await self._catch_up()
 
     async def _catch_up(self) -> None:
-        """After a pub/sub outage, bring every followed stream up to its top from the log."""
+        """Bring every followed stream up to its top from the log."""
         keys = self.tracker.keys()
-        if not keys:
-            return
-        for attempt in range(6):
+        for attempt in range(_RETRIES):
             try:
-                tops = await self.backplane.read_tops(keys)
+                tops = await self.backplane.read_tops(keys) if keys else {}
                 break
-            except Exception as exc:
+            except (RedisError, OSError) as exc:
                 log.warning("catch-up attempt %d failed: %s", attempt + 1, exc)
-                await asyncio.sleep(0.2 * 2**attempt)
+                await asyncio.sleep(_backoff(attempt))
         else:
             log.error("catch-up gave up: clients will resume when they notice their gaps")
+            self._run(self.tracker.release_all())
             return
-        for key, top in tops.items():
-            fill = self.tracker.catch_up(key, top)
-            if fill is not None:
-                self.spawn(self._fill(fill))
+        self._run(self.tracker.catch_up(tops))
+
+    async def _retire(self, regressed: list[tuple[str, str]]) -> None:
+        """Redis came back with older data: these streams' offsets are being reused. Retire
+        their epochs first, all of them, so a resume from any position in one says
+        ``recovered:false``; then move every local follower so it resumes (DESIGN 6b, 7)."""
+        for key, epoch in regressed:
+            log.error("stream %s went back in epoch %s: retiring it and moving its followers",
+                      streams.wire_name(key), epoch)
+            for attempt in range(_RETRIES):
+                try:
+                    await self.backplane.retire_epoch(key, epoch)
+                    break
+                except (RedisError, OSError) as exc:
+                    log.warning("retiring %s failed (attempt %d): %s", key, attempt + 1, exc)
+                    await asyncio.sleep(_backoff(attempt))
+            self.metrics.history_lost()
+        moved = {c.conn_id: c for key, _ in regressed for c in self.hub.followers(key)}
+        for client in moved.values():
+            mover.move(client, Close.SERVICE_RESTART, "history_lost", jitter_ms=2000)
 
     def _deliver(self, message: Message) -> None:
         started = time.perf_counter()

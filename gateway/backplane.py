@@ -67,6 +67,10 @@ class Backplane:
         self._pubsub_endpoint = resp.Endpoint.from_url(settings.redis_url)
         self._ensure_meta = self.redis.register_script(contract.ENSURE_META_LUA)
         self._claim_session = self.redis.register_script(contract.CLAIM_SESSION_LUA)
+        self._retire_epoch = self.redis.register_script(contract.RETIRE_EPOCH_LUA)
+        # Called (synchronously) before a new pub/sub connection subscribes after an outage,
+        # so nothing it delivers can overtake the catch-up.
+        self.on_reconnecting: Callable[[], None] | None = None
         self.on_resubscribed: Callable[[], None] | None = None
         self.on_redis_back: Callable[[], Awaitable[None]] | None = None
         self.registered = False  # our registry key exists: publishers route to us
@@ -296,6 +300,16 @@ class Backplane:
             if epoch is not None and offset is not None
         }
 
+    async def retire_epoch(self, stream_key: str, epoch: str) -> bool:
+        """Forget ``stream_key``'s position if it is still in ``epoch`` (see the script)."""
+        try:
+            retired = await self._retire_epoch(
+                keys=[self.keys.meta(stream_key), self.keys.log(stream_key)], args=[epoch])
+        except (RedisError, OSError):
+            self.metrics.redis_error("retire_epoch")
+            raise
+        return bool(retired)
+
     async def reregister(self, regs: list[Registration], chunk: int = 1000) -> None:
         """Write the map, session and presence entries of live connections again."""
         ttl = contract.ms(self.settings.history_ttl + self.settings.heartbeat_interval * 3)
@@ -408,6 +422,8 @@ class Backplane:
                     client_name=f"{self.settings.prefix}pubsub:{self.gateway_id}",
                     on_message=self._dispatch, on_subscribed=on_subscribed,
                 )
+                if not first and self.on_reconnecting is not None:
+                    self.on_reconnecting()
                 # Wanted channels get fresh confirmations from this connection.
                 for name, fut in list(self._channels.items()):
                     if fut.done():

@@ -93,7 +93,10 @@ class Hub:
         return counts
 
     def recipients(self, message: Message) -> Iterator[Client]:
-        key = message.stream_key
+        return self.followers(message.stream_key)
+
+    def followers(self, key: str) -> Iterator[Client]:
+        """The local clients that receive stream ``key``."""
         if key == streams.BROADCAST_KEY:
             return iter(list(self._clients.values()))
         if key.startswith("u:"):

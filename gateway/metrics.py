@@ -61,8 +61,17 @@ class GatewayMetrics:
             "switchboard_gateway_gap_fills", "Live gaps and pub/sub catch-ups read from the log",
             ["outcome"], registry=r,
         )
+        self._history_lost = Counter(
+            "switchboard_gateway_history_lost",
+            "Streams whose offsets went back within an epoch (Redis came back with older "
+            "data): the epoch was retired and its followers moved", registry=r,
+        )
         self._moved = Counter(
             "switchboard_gateway_rebalanced", "Clients asked to move by the rebalancer",
+            registry=r,
+        )
+        self._rebalance_checks = Counter(
+            "switchboard_gateway_rebalance_checks", "Rebalance rounds decided (moves or not)",
             registry=r,
         )
         self.ready = Gauge(
@@ -105,8 +114,14 @@ class GatewayMetrics:
     def fill(self, complete: bool) -> None:
         self._fills.labels("filled" if complete else "incomplete").inc()
 
+    def history_lost(self) -> None:
+        self._history_lost.inc()
+
     def rebalanced(self, n: int) -> None:
         self._moved.inc(n)
+
+    def rebalance_checked(self) -> None:
+        self._rebalance_checks.inc()
 
     def gap(self) -> None:
         self._gaps.inc()

@@ -4,6 +4,12 @@ DESIGN 7: register for live delivery first, then read the log from the cursor, s
 replay, then the live messages held meanwhile (the session drops offsets already sent). When
 the log cannot cover the cursor (trimmed, expired, epoch changed, too far behind) the stream is
 not recovered and the client is positioned at the current top.
+
+An epoch change loses the old epoch's history, but not the new epoch's: it starts at offset 1,
+so while its log still reaches back to 1 the client is positioned at its start and replayed
+all of it, and told ``recovered:false`` for the old epoch. That is what a live epoch change
+does too (gateway.tracker), so a client gets the same messages whether or not it was
+connected when Redis lost the stream.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ class StreamPlan:
     replay_from: int = 0  # first offset to read from the log; 0 = nothing to read
     requested: bool = False  # the client's cursor named this stream
     recovered: bool = False  # decided already (True only when nothing needs reading)
+    lost: bool = False  # history before ``start`` is gone even if the replay checks out
 
     @property
     def needs_log(self) -> bool:
@@ -38,6 +45,9 @@ def plan(
         want = requested.get(streams.wire_name(key))
         if want is None:
             plans.append(StreamPlan(key, top, top))
+        elif want.epoch != top.epoch and 0 < top.offset <= replay_limit:
+            plans.append(StreamPlan(key, Position(top.epoch, 0), top, replay_from=1,
+                                    requested=True, lost=True))
         elif want.epoch != top.epoch or want.offset > top.offset:
             plans.append(StreamPlan(key, top, top, requested=True))  # history lost
         elif want.offset == top.offset:
@@ -74,6 +84,8 @@ def settle(plans: list[StreamPlan], logs: dict[str, list[Message]]) -> Outcome:
         if p.needs_log and covers(p, logs.get(p.key, [])):
             start[p.key] = p.start
             replay.extend(logs[p.key])
+            if p.lost:
+                lost.append(streams.wire_name(p.key))
         elif p.needs_log or (p.requested and not p.recovered):
             start[p.key] = p.top
             lost.append(streams.wire_name(p.key))

@@ -4,11 +4,25 @@ Pub/sub is at-most-once: a reconnect, a killed subscriber connection or a slow g
 envelopes. The gateway remembers the last offset it saw per stream it has followers for; an
 offset that jumps starts a fill from the log, and live messages for that stream wait behind the
 fill so clients still see offsets in order.
+
+Redis losing data shows up here too (DESIGN 7):
+
+- a live message in a new epoch means the stream restarted (Redis restarted empty, was flushed
+  or the stream expired). Its offsets start at 1, and the first ones may have been published
+  before this gateway was subscribed or registered again: the new epoch is filled from offset 1;
+- after a pub/sub reconnect every followed stream is held (:meth:`Tracker.hold_all`) until its
+  top has been read (:meth:`Tracker.catch_up`). A top in the same epoch but *below* what we
+  already delivered means Redis came back with older data (a restart from a stale snapshot, a
+  failover to a replica that missed writes): offsets are being reused for other messages, so
+  nothing of that epoch can be trusted any more. Such a stream is reported as regressed; the
+  gateway retires its epoch and moves its followers, whose resume then says
+  ``recovered:false``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from switchboard.contract import Message
 from switchboard.streams import Position
@@ -16,15 +30,38 @@ from switchboard.streams import Position
 
 @dataclass(frozen=True, slots=True)
 class Fill:
+    """Read offsets ``first..last`` of ``key`` in ``epoch`` from the log (may be empty)."""
+
     key: str
+    epoch: str
     first: int
     last: int
+
+    @property
+    def empty(self) -> bool:
+        return self.first > self.last
+
+
+@dataclass(slots=True)
+class Steps:
+    """What the gateway must do next: deliver ``ready`` (in order) and start ``fills``."""
+
+    ready: list[Message] = field(default_factory=list)
+    fills: list[Fill] = field(default_factory=list)
+    regressed: list[tuple[str, str]] = field(default_factory=list)  # (key, retired epoch)
+
+    def add(self, ready: list[Message], fill: Fill | None) -> None:
+        self.ready.extend(ready)
+        if fill is not None:
+            self.fills.append(fill)
 
 
 class Tracker:
     def __init__(self) -> None:
         self._seen: dict[str, Position] = {}
         self._waiting: dict[str, list[Message]] = {}
+        # Held by hold_all() and not yet checked against Redis by catch_up().
+        self._unverified: set[str] = set()
         self.filled = 0
         self.unfilled = 0
 
@@ -34,6 +71,9 @@ class Tracker:
     def position(self, key: str) -> Position | None:
         return self._seen.get(key)
 
+    def holding(self, key: str) -> bool:
+        return key in self._waiting
+
     def follow(self, key: str, top: Position) -> None:
         """A local connection follows ``key``; if we were not tracking it, start at its top."""
         # Never move an existing position forward here: envelopes below the top may still be
@@ -42,6 +82,9 @@ class Tracker:
 
     def forget(self, key: str) -> None:
         self._seen.pop(key, None)
+        if key in self._unverified:  # held only for the catch-up, no fill owns the queue
+            self._unverified.discard(key)
+            self._waiting.pop(key, None)
 
     def live(self, msg: Message) -> tuple[list[Message], Fill | None]:
         """What to deliver now for a live envelope, and the fill to start, if any."""
@@ -53,39 +96,112 @@ class Tracker:
         pos = self._seen.get(key)
         if pos is None:
             return [msg], None  # no local follower registered yet: nothing to keep in order
-        if pos.epoch != msg.epoch or msg.offset == pos.offset + 1:
+        if pos.epoch != msg.epoch:
+            # A new epoch starts at offset 1; what came before this message is in its log.
+            if msg.offset <= 1:
+                self._seen[key] = Position(msg.epoch, msg.offset)
+                return [msg], None
+            self._seen[key] = Position(msg.epoch, 0)
+            self._waiting[key] = [msg]
+            return [], Fill(key, msg.epoch, 1, msg.offset - 1)
+        if msg.offset == pos.offset + 1:
             self._seen[key] = Position(msg.epoch, msg.offset)
             return [msg], None
         if msg.offset <= pos.offset:
             return [], None  # already delivered (a fill got there first)
         self._waiting[key] = [msg]
-        return [], Fill(key, pos.offset + 1, msg.offset - 1)
+        return [], Fill(key, msg.epoch, pos.offset + 1, msg.offset - 1)
 
-    def catch_up(self, key: str, top: Position) -> Fill | None:
-        """After a pub/sub outage: the fill that brings ``key`` to ``top``, if any is missing."""
-        pos = self._seen.get(key)
-        if pos is None or key in self._waiting:
-            return None
-        if pos.epoch != top.epoch or top.offset <= pos.offset:
-            return None
-        self._waiting[key] = []
-        return Fill(key, pos.offset + 1, top.offset)
+    def hold_all(self) -> None:
+        """Pub/sub reconnected: hold every followed stream until :meth:`catch_up` saw its top.
 
-    def complete(self, fill: Fill, entries: list[Message]) -> list[Message]:
-        """The fill came back (possibly short or empty): everything to deliver, in order."""
+        Until then a live offset at or below our position could be a duplicate or a reused
+        offset (Redis came back with older data); only the top tells them apart.
+        """
+        for key in self._seen:
+            if key not in self._waiting:  # a fill under way holds it already
+                self._waiting[key] = []
+                self._unverified.add(key)
+
+    def catch_up(self, tops: Mapping[str, Position]) -> Steps:
+        """Bring every followed stream to its top as read from Redis after an outage.
+
+        ``tops`` lacks the streams Redis has no position for: their history is gone and their
+        next message starts a new epoch, which :meth:`live` fills from offset 1.
+        """
+        steps = Steps()
+        for key, pos in list(self._seen.items()):
+            held = key in self._unverified
+            self._unverified.discard(key)
+            top = tops.get(key)
+            if top is not None and top.epoch == pos.epoch and top.offset < pos.offset:
+                # Offsets we delivered are being reused: no message of this epoch is
+                # trustworthy for our followers, held ones included.
+                steps.regressed.append((key, pos.epoch))
+                self._waiting.pop(key, None)
+                del self._seen[key]
+                continue
+            if key in self._waiting and not held:
+                continue  # a fill is under way; its end re-checks what queued behind it
+            if top is None:
+                if held:
+                    steps.add(*self._release(key))
+                continue
+            if top.epoch != pos.epoch:
+                self._seen[key] = Position(top.epoch, 0)
+                self._waiting.setdefault(key, [])
+                steps.fills.append(Fill(key, top.epoch, 1, top.offset))
+            elif top.offset > pos.offset:
+                self._waiting.setdefault(key, [])
+                steps.fills.append(Fill(key, top.epoch, pos.offset + 1, top.offset))
+            elif held:
+                steps.add(*self._release(key))
+        return steps
+
+    def release_all(self) -> Steps:
+        """The tops could not be read: stop holding and let live gap detection take over."""
+        steps = Steps()
+        for key in list(self._unverified):
+            self._unverified.discard(key)
+            steps.add(*self._release(key))
+        return steps
+
+    def _release(self, key: str) -> tuple[list[Message], Fill | None]:
+        """Deliver what waited for ``key``, re-checked as if it had just arrived."""
+        ready: list[Message] = []
+        for m in self._waiting.pop(key, []):
+            now, fill = self.live(m)
+            ready.extend(now)
+            if fill is not None:
+                # live() queued the rest behind this new fill: hand them over to it.
+                return ready, fill
+        return ready, None
+
+    def complete(self, fill: Fill, entries: list[Message]) -> tuple[list[Message], Fill | None]:
+        """The fill came back (possibly short or empty): what to deliver, in order, and the
+        next fill if what queued behind it has a gap of its own (or starts a new epoch)."""
         waiting = self._waiting.pop(fill.key, [])
         pos = self._seen.get(fill.key)
         out: list[Message] = []
-        for m in [*entries, *waiting]:
+        got: set[int] = set()
+        for m in entries:
+            if m.epoch != fill.epoch:
+                continue  # Redis lost the stream again meanwhile: not the history we want
+            got.add(m.offset)
             if pos is not None and m.epoch == pos.epoch and m.offset <= pos.offset:
                 continue
             out.append(m)
             pos = Position(m.epoch, m.offset)
+        if not fill.empty:
+            if all(o in got for o in range(fill.first, fill.last + 1)):
+                self.filled += 1
+            else:
+                self.unfilled += 1
         if pos is not None:
+            # Whatever the log could not give us is lost for good: continue after it.
+            if pos.epoch == fill.epoch and pos.offset < fill.last:
+                pos = Position(fill.epoch, fill.last)
             self._seen[fill.key] = pos
-        got = {m.offset for m in entries}
-        if all(o in got for o in range(fill.first, fill.last + 1)):
-            self.filled += 1
-        else:
-            self.unfilled += 1
-        return out
+        self._waiting[fill.key] = waiting
+        more, next_fill = self._release(fill.key)
+        return out + more, next_fill

@@ -175,6 +175,16 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {ARGV[1], 0}
 """
 
+# KEYS: meta, log. ARGV: epoch. Forgets a stream whose offsets went back (Redis came back
+# with older data): its next message starts a new epoch, so every cursor and live position in
+# the old one reads as history lost instead of silently matching reused offsets.
+# Returns 1 if the epoch was retired, 0 if the stream had moved on to another epoch already.
+RETIRE_EPOCH_LUA = r"""
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+
 # KEYS: conns. ARGV: key prefix, envelope. Publishes to each live gateway holding the user.
 ROUTE_TO_USER_LUA = _GATEWAYS_LUA + r"""
 local _, received = route_to_user(KEYS[1], ARGV[1], ARGV[2])

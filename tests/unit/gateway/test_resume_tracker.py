@@ -56,23 +56,25 @@ def test_tracker_fills_a_live_gap_in_order_holding_later_messages() -> None:
     t.follow(B, Position("E", 1))
     assert t.live(Message(B, "E", 2, 0, 2)) == ([Message(B, "E", 2, 0, 2)], None)
     now, fill = t.live(Message(B, "E", 5, 0, 5))
-    assert now == [] and fill == Fill(B, 3, 4)
+    assert now == [] and fill == Fill(B, "E", 3, 4)
     assert t.live(Message(B, "E", 6, 0, 6)) == ([], None)  # waits behind the fill
-    out = t.complete(fill, msgs(B, "E", range(3, 5)))
-    assert [m.offset for m in out] == [3, 4, 5, 6]
+    out, more = t.complete(fill, msgs(B, "E", range(3, 5)))
+    assert [m.offset for m in out] == [3, 4, 5, 6] and more is None
     assert t.position(B) == Position("E", 6) and t.filled == 1
 
 
 def test_tracker_catch_up_after_a_pubsub_outage() -> None:
     t = Tracker()
     t.follow(U, Position("E", 3))
-    fill = t.catch_up(U, Position("E", 7))
-    assert fill == Fill(U, 4, 7)
+    t.hold_all()
+    steps = t.catch_up({U: Position("E", 7)})
+    assert steps.fills == [Fill(U, "E", 4, 7)] and steps.ready == []
     t.live(Message(U, "E", 8, 0, 8))  # arrives live during the catch-up
-    out = t.complete(fill, msgs(U, "E", range(4, 7)))  # 7 not returned: short fill
-    assert [m.offset for m in out] == [4, 5, 6, 8]
+    out, more = t.complete(steps.fills[0], msgs(U, "E", range(4, 7)))  # 7 not returned
+    assert [m.offset for m in out] == [4, 5, 6, 8] and more is None
     assert t.unfilled == 1
-    assert t.catch_up(U, Position("E", 8)) is None  # nothing missing any more
+    again = t.catch_up({U: Position("E", 8)})  # nothing missing any more
+    assert again.fills == [] and again.ready == []
 
 
 def test_tracker_does_not_move_existing_positions_on_follow() -> None:
