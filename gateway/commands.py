@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from gateway import resume
 from gateway.backplane import ChannelUnavailable, Registration
 from gateway.wire import Outgoing
-from switchboard import streams
+from switchboard import streams, untrusted
 from switchboard.store import Target
 from switchboard.streams import Position
 
@@ -29,19 +29,21 @@ log = logging.getLogger("switchboard.gateway")
 
 def echo(value: Any) -> str | int | None:
     """A client value fit to quote back: short strings and integers only. Anything else (a
-    nested structure, a huge string) is not repeated, so an error reply can always be built."""
+    nested structure, a huge string) is not repeated, and what UTF-8 cannot carry (a lone
+    surrogate, which JSON text can spell) is escaped, so an error reply can always be built."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int) and -(2**53) < value < 2**53:
         return value
     if isinstance(value, str) and len(value) <= 128:
-        return value
+        return untrusted.quotable(value)
     return None
 
 
 def error(conn: Connection, code: str, message: str, **extra: Any) -> None:
     safe = {k: echo(v) for k, v in extra.items()}
-    conn.transport.send_obj({"type": "error", "code": code, "message": message, **safe})
+    conn.transport.send_obj({"type": "error", "code": code,
+                             "message": untrusted.quotable(message), **safe})
 
 
 def registration(conn: Connection) -> Registration:
@@ -99,9 +101,16 @@ def handle(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
                 error(conn, "bad_request", "publish needs 'data'", channel=channel)
                 return
             msg_id = msg.get("id")
-            if msg_id is not None and echo(msg_id) is None:
+            # Refused before anything is stored: the reply carries the id as sent, so it
+            # must be one we can repeat exactly (not a lone surrogate, say).
+            if msg_id is not None and echo(msg_id) != msg_id:
                 error(conn, "bad_request", "'id' must be an integer or a short string",
                       channel=channel)
+                return
+            if not untrusted.finite(msg["data"]):
+                # As the router refuses it: JSON subscribers could not read it back.
+                error(conn, "bad_request", "data holds NaN or Infinity, which JSON clients "
+                      "cannot read", channel=channel, id=msg_id)
                 return
             app.spawn(publish(app, conn, channel, msg["data"], msg_id))
     else:

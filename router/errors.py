@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from switchboard.untrusted import quotable
+
 
 class ApiError(Exception):
     status: int = 500
@@ -44,9 +46,11 @@ class ApiError(Exception):
         self.headers: dict[str, str] = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": self.code, "message": self.message}
+        # Every error answer is built here, and message and field may repeat what the caller
+        # sent (an unknown field's name): quoted so the answer always encodes.
+        out: dict[str, Any] = {"error": self.code, "message": quotable(self.message)}
         if self.field is not None:
-            out["field"] = self.field
+            out["field"] = quotable(self.field)
         if self.index is not None:
             out["index"] = self.index
         return out

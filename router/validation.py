@@ -9,7 +9,6 @@ decodes but a field is missing, mistyped or invalid (the message and ``field`` n
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,7 +22,7 @@ from router.errors import (
     MalformedBody,
     UnsupportedMediaType,
 )
-from switchboard import streams
+from switchboard import streams, untrusted
 from switchboard.closecodes import Close
 from switchboard.store import Target
 
@@ -227,16 +226,9 @@ def _check_encodable(data: Any) -> None:
 
 def _check_finite(data: Any) -> None:
     # msgpack bodies can carry NaN; gateways could not send it to JSON clients.
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise InvalidField("'data' holds NaN or Infinity, which JSON clients cannot read",
-                               field="data")
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
+    if not untrusted.finite(data):
+        raise InvalidField("'data' holds NaN or Infinity, which JSON clients cannot read",
+                           field="data")
 
 
 def parse_batch(doc: dict[str, Any], max_batch: int) -> list[PublishRequest]:
