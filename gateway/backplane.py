@@ -139,6 +139,9 @@ class Backplane:
                 "ws": load.get("ws", 0),
                 "sse": load.get("sse", 0),
                 "draining": "1" if self.draining else "0",
+                # for peers deciding where clients may be moved (gateway.balance.plan)
+                "ready": "1" if self.subscribed and not self.draining else "0",
+                "max_connections": s.max_connections or 0,  # 0: no limit
                 "started": self.started_ms,
                 "heartbeat": now,
             },

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from gateway import balance
+from switchboard import contract
 from switchboard.closecodes import Close
-from switchboard.store import heartbeat_age
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
     from gateway.hub import Client
+    from switchboard.store import GatewayInfo
 
 log = logging.getLogger("switchboard.gateway")
 
@@ -56,30 +57,43 @@ async def drain(app: Gateway) -> None:
     await spread(clients, window, Close.SERVICE_RESTART, "drain")
 
 
+async def _registry(app: Gateway) -> list[GatewayInfo] | None:
+    """The registry, or None when this gateway should not move anyone now."""
+    if app.draining or not app.backplane.ready:
+        return None
+    try:
+        return await app.store.gateways()
+    except (RedisError, OSError):
+        return None
+
+
 async def rebalance_loop(app: Gateway) -> None:
     s = app.settings
+    confirm = balance.confirm_window(s.heartbeat_interval)
     while True:
-        await asyncio.sleep(s.rebalance_interval * random.uniform(0.8, 1.2))
-        if app.draining or not app.backplane.ready:
+        # Two registry reads a confirm window apart, the round still about one interval long:
+        # a peer counts only if it heartbeated between them (see balance.alive).
+        period = s.rebalance_interval * random.uniform(0.8, 1.2)
+        await asyncio.sleep(max(0.0, period - confirm))
+        before = await _registry(app)
+        await asyncio.sleep(confirm)
+        if before is None:
             continue
-        try:
-            gateways = await app.store.gateways()
-        except (RedisError, OSError):
+        now = await _registry(app)
+        if now is None:
             continue
         mine = len(app.hub)
-        # A crashed gateway's entry outlives it by a few heartbeats: count only fresh ones,
-        # or we would move clients "towards" a gateway that is gone. Our own entry may lag by
-        # a heartbeat: use our live count for ourselves.
-        fresh = 2 * s.heartbeat_interval + 0.5
-        loads = [mine if g.gateway_id == app.gateway_id else g.connections
-                 for g in gateways
-                 if not g.draining and (g.gateway_id == app.gateway_id or
-                                        heartbeat_age(g) <= fresh)]
-        n = balance.moves(mine, loads, margin=s.rebalance_margin,
-                          max_moves=int(s.rebalance_rate * s.rebalance_interval))
-        if n <= 0:
+        decision = balance.plan(
+            app.gateway_id, mine, before, now, now_ms=contract.now_ms(),
+            heartbeat_interval=s.heartbeat_interval, margin=s.rebalance_margin,
+            max_moves=int(s.rebalance_rate * s.rebalance_interval),
+            max_connections=s.max_connections,
+        )
+        app.metrics.rebalance_checked()
+        if decision.moves <= 0:
             continue
-        log.info("rebalancing: moving %d of %d clients (cluster loads %s)", n, mine, loads)
-        app.metrics.rebalanced(n)
-        chosen = random.sample(list(app.hub), n)
+        log.info("rebalancing: moving %d of %d clients (cluster loads %s)", decision.moves, mine,
+                 decision.loads)
+        app.metrics.rebalanced(decision.moves)
+        chosen = random.sample(list(app.hub), min(decision.moves, len(app.hub)))
         await spread(chosen, s.rebalance_interval / 2, Close.REBALANCE, "rebalance")

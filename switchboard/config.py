@@ -144,6 +144,10 @@ class RouterSettings(RedisSettings):
         default=10.0,
         metadata={"help": "seconds a client has to send a request's line and headers (408)"},
     )
+    http_parser: str = field(
+        default="auto",
+        metadata={"help": "HTTP/1.1 parser: httptools, h11, or auto (httptools if installed)"},
+    )
 
 
 def fields_of(cls: type) -> list[dataclasses.Field[object]]:

@@ -58,6 +58,10 @@ class GatewayInfo:
     draining: bool
     started_ms: int
     heartbeat_ms: int
+    # Optional registry fields (None when the entry does not carry them): the gateway's own
+    # readiness, and its connection limit (0: no limit).
+    ready: bool | None = None
+    max_connections: int | None = None
 
 
 def text(value: object) -> str:
@@ -263,11 +267,22 @@ class Store:
                     draining=f.get("draining") == "1",
                     started_ms=int(f.get("started", 0)),
                     heartbeat_ms=int(f.get("heartbeat", 0)),
+                    ready=f["ready"] == "1" if "ready" in f else None,
+                    max_connections=_optional_int(f.get("max_connections")),
                 )
             )
         if stale:
             await self.redis.zrem(self.keys.gateways(), *stale)
         return result
+
+
+def _optional_int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return 0 if value == "" else None
 
 
 def heartbeat_age(info: GatewayInfo) -> float:
