@@ -12,7 +12,7 @@ ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y
 
-.PHONY: venv sysdeps browser-deps run test lint clean distclean
+.PHONY: venv sysdeps browser-deps tool-deps run test lint clean distclean
 
 venv: $(STAMP)
 
@@ -40,10 +40,25 @@ browser-deps:
 		$(APT_INSTALL) chromium; \
 	fi
 
+# Only tests need promtool (Debian's prometheus package: the alert unit tests) and haproxy
+# (its config check). Debian's packages may start their daemons: stop them, tests start
+# their own.
+tool-deps:
+	@if ! command -v promtool >/dev/null 2>&1; then \
+		echo "installing prometheus (promtool)"; \
+		$(APT_INSTALL) prometheus && \
+		{ $(SUDO) systemctl stop prometheus 2>/dev/null || $(SUDO) service prometheus stop 2>/dev/null || true; }; \
+	fi
+	@if ! command -v haproxy >/dev/null 2>&1; then \
+		echo "installing haproxy"; \
+		$(APT_INSTALL) haproxy && \
+		{ $(SUDO) systemctl stop haproxy 2>/dev/null || $(SUDO) service haproxy stop 2>/dev/null || true; }; \
+	fi
+
 run: venv sysdeps
 	$(BIN)/switchboard up $(ARGS)
 
-test: venv sysdeps browser-deps
+test: venv sysdeps browser-deps tool-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q

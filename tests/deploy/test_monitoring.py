@@ -147,15 +147,14 @@ def test_dashboard_shows_what_operators_need() -> None:
         assert metric in queries, metric
 
 
-# -- with the real tools, when installed ----------------------------------------------------
-# promtool (Debian package `prometheus`) and haproxy are not needed for `make test`; where they
-# are installed these tests run them, offline, on the real files.
+# -- with the real tools ----------------------------------------------------------------------
+# promtool (Debian package `prometheus`) and haproxy: `make test` installs them (tool-deps),
+# and these tests run them, offline, on the real files. Missing is a failure, not a skip.
 
 
 def tool(name: str) -> str:
     exe = shutil.which(name)
-    if exe is None:
-        pytest.skip(f"{name} is not installed")
+    assert exe is not None, f"{name} is not installed (make test installs it)"
     return exe
 
 
