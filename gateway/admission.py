@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
+from gateway.errors import HandshakeRefused
 from gateway.ratelimit import TokenBucket
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    status: int
-    code: str
-    message: str
-    retry_after: int  # seconds, for the Retry-After header
+def refusal(status: int, code: str, message: str, retry_after: int) -> HandshakeRefused:
+    """A refusal the client should retry after ``retry_after`` seconds."""
+    return HandshakeRefused(status, code, message, [("Retry-After", str(retry_after))])
 
 
 class Admission:
@@ -38,11 +35,11 @@ class Admission:
                        else TokenBucket(accept_rate, max(1, accept_burst), now))
         self.rng = rng or random.Random()
 
-    def check(self, connections: int, now: float) -> Refusal | None:
+    def check(self, connections: int, now: float) -> HandshakeRefused | None:
         if self.max_connections is not None and connections >= self.max_connections:
             # Spread the retries: a fixed Retry-After would bring the whole crowd back at once.
-            return Refusal(503, "at_capacity", "gateway is at capacity", self.rng.randint(1, 5))
+            return refusal(503, "at_capacity", "gateway is at capacity", self.rng.randint(1, 5))
         if self.bucket is None or self.bucket.take(now):
             return None
-        return Refusal(429, "rate_limited", "connect rate exceeded",
+        return refusal(429, "rate_limited", "connect rate exceeded",
                        max(1, math.ceil(self.bucket.wait() + self.rng.random())))

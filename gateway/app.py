@@ -1,4 +1,10 @@
-"""Gateway wiring and lifecycle: server socket, hub, backplane, keepalive, drain."""
+"""The composition root: builds the hub, tracker, backplane and flows, runs the server socket,
+keepalive, rebalancing and drain. Nothing imports this module but the CLI entry point.
+
+:class:`Gateway` is also the :class:`~gateway.ports.ConnectionHooks` of every connection: the
+process-wide state a connection's I/O layer needs (admission, auth, the writers' flush
+scheduler, the plain HTTP endpoints).
+"""
 
 from __future__ import annotations
 
@@ -8,28 +14,26 @@ import logging
 import random
 import signal
 import socket
-import time
+from collections.abc import Callable, Coroutine
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import RedisError
 from websockets.http11 import Request, Response
 
-from gateway import commands, http, mover
-from gateway.admission import Admission, Refusal
-from gateway.backplane import Backplane
+from gateway import commands, handshake, http, mover
+from gateway.admission import Admission, refusal
+from gateway.backplane import RedisBackplane
+from gateway.delivery import Delivery
+from gateway.errors import HandshakeRefused
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
+from gateway.ports import Accepted, Backplane, Client, Registration, Services
 from gateway.server import Connection
-from gateway.tracker import Fill, Steps, Tracker
+from gateway.tracker import Tracker
 from gateway.transport import FlushScheduler, Writer
-from gateway.wire import Wire
-from switchboard import contract, streams
+from switchboard import streams
 from switchboard.auth import Claims, TokenError, Verifier
-from switchboard.closecodes import Close
 from switchboard.config import GatewaySettings
-from switchboard.contract import Control, Message
-from switchboard.store import Store, pipelined
 
 log = logging.getLogger("switchboard.gateway")
 
@@ -40,23 +44,15 @@ _STATIC = {
 }
 
 
-# Recovery work after a Redis outage (re-registration, catch-up, gap fills) is retried this
-# many times with jittered backoff (about 6 s in all) before it gives up.
-_RETRIES = 6
-
-
-def _backoff(attempt: int) -> float:
-    return random.uniform(0.5, 1.0) * min(2.0, 0.1 * 2.0**attempt)
-
-
 class Gateway:
-    def __init__(self, settings: GatewaySettings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, settings: GatewaySettings, loop: asyncio.AbstractEventLoop,
+                 backplane: Callable[[str, GatewayMetrics], Backplane] | None = None) -> None:
+        """``backplane`` builds the backplane for a gateway id and its metrics (default: the
+        Redis one of ``settings``; tests pass :class:`gateway.memory.MemoryBackplane`)."""
         self.settings = settings
         self.loop = loop
         self.gateway_id = settings.gateway_id or f"gw-{streams.random_id(8)}"
         self.metrics = GatewayMetrics(self.gateway_id)
-        self.hub = Hub()
-        self.tracker = Tracker()
         self.origins = http.OriginPolicy(settings.allowed_origins)
         self.verifier: Verifier | None = None
         if not settings.auth_disabled:
@@ -66,16 +62,14 @@ class Gateway:
                 algorithm=settings.jwt_algorithm,
             )
         self.flusher = FlushScheduler(loop)
-        self.backplane = Backplane(
-            settings, self.gateway_id, self.metrics, self.on_message, self.on_control, self.load
+        build = backplane or (lambda gw, metrics: RedisBackplane(settings, gw, metrics))
+        self.backplane = build(self.gateway_id, self.metrics)
+        self.services = Services(
+            settings=settings, gateway_id=self.gateway_id, hub=Hub(), tracker=Tracker(),
+            backplane=self.backplane, metrics=self.metrics, spawn=self.spawn,
         )
-        self.backplane.on_reconnecting = self._pubsub_reconnecting
-        self.backplane.on_resubscribed = self._start_resync
-        self.backplane.on_redis_back = self._redis_back
-        # client publishes go over a pipelined connection, opened at the first one: redis-py
-        # would cost this event loop ~0.3 ms of CPU per publish, time it delivers nothing
-        self.store = Store(self.backplane.redis, settings,
-                           pipelined(settings, f"{settings.prefix}publish:{self.gateway_id}"))
+        self.hub = self.services.hub
+        self.delivery = Delivery(self.services, self._registrations)
         self._background: set[asyncio.Task[None]] = set()
         self.tcp: set[Connection] = set()
         self._admission = Admission(
@@ -88,10 +82,32 @@ class Gateway:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    # -- used by connections ------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
-    def new_writer(self, tcp: asyncio.Transport, on_overflow: Any) -> Writer:
+    def _registrations(self) -> list[Registration]:
+        return [commands.registration(c) for c in self.hub if c.session.ready]
+
+    # -- ConnectionHooks ----------------------------------------------------------------------
+
+    def new_writer(self, tcp: asyncio.Transport, on_overflow: Callable[[], None]) -> Writer:
         return Writer(tcp, self.flusher, self.settings.write_buffer_limit, on_overflow)
+
+    def accept(self, request: Request, params: dict[str, str]) -> Accepted:
+        headers = request.headers
+        attempt = handshake.Attempt(request.method, params, headers.get("Origin"),
+                                    headers.get("Host"), headers.get("Last-Event-ID"))
+        return handshake.decide(
+            attempt, origins=self.origins, admit=self.admit,
+            authenticate=lambda: self.authenticate(request, params),
+            max_channels=self.settings.max_channels)
+
+    def cors_origin(self, request: Request) -> str | None:
+        origin = request.headers.get("Origin")
+        return origin if origin and self.origins.allows(origin, request.headers.get("Host")) \
+            else None
 
     def authenticate(self, request: Request, params: dict[str, str]) -> Claims:
         if self.verifier is None:
@@ -109,59 +125,46 @@ class Gateway:
             return "gateway cannot reach Redis"
         return None
 
-    def admit(self) -> Refusal | None:
+    def admit(self) -> HandshakeRefused | None:
         """May a new client connect now? 503 not ready or full, 429 over the accept rate."""
         reason = self.admission()
         if reason is not None:
-            return Refusal(503, "unavailable", reason, 1 + random.randint(0, 2))
+            return refusal(503, "unavailable", reason, 1 + random.randint(0, 2))
         return self._admission.check(len(self.hub), self.loop.time())
 
-    def tcp_opened(self, conn: Connection) -> None:
+    def tcp_opened(self, conn: Client) -> None:
+        assert isinstance(conn, Connection)
         self.tcp.add(conn)
 
-    def tcp_closed(self, conn: Connection) -> None:
+    def tcp_closed(self, conn: Client) -> None:
+        assert isinstance(conn, Connection)
         self.tcp.discard(conn)
         if not self.tcp:
             self._all_closed.set()
 
-    def client_joined(self, conn: Connection) -> None:
+    def client_joined(self, conn: Client) -> None:
         self.metrics.connected(conn.transport.wire)
 
-    def client_closing(self, conn: Connection, code: int | None) -> None:
+    def client_closing(self, conn: Client, code: int | None) -> None:
         self.metrics.closed(conn.transport.wire, code)
 
-    def client_gone(self, conn: Connection) -> None:
+    def client_gone(self, conn: Client) -> None:
+        svc = self.services
         if conn in self.hub:
             reg = commands.registration(conn)
             for key in self.hub.remove(conn):
-                self._release_channel(key)
+                commands.release_channel(svc, key)
             self.backplane.unregister(reg)
             if not self.hub.user_clients(reg.user):
-                self.tracker.forget(streams.user_key(reg.user))
+                svc.tracker.forget(streams.user_key(reg.user))
         self.metrics.ended(conn.transport.wire)
 
-    def client_message(self, conn: Connection, msg: dict[str, Any]) -> None:
-        commands.handle(self, conn, msg)
-
-    def channel_left(self, conn: Connection, key: str) -> None:
-        if self.hub.unsubscribe(conn, key):
-            self._release_channel(key)
-
-    def _release_channel(self, key: str) -> None:
-        """No local subscriber left: stop receiving the channel (DESIGN 6)."""
-        self.tracker.forget(key)
-        self.spawn(self._unsubscribe_channel(key))
-
-    async def _unsubscribe_channel(self, key: str) -> None:
-        # A subscribe that came in since the last one left owns the Redis subscription now.
-        if not self.hub.has_channel(key):
-            await self.backplane.unsubscribe_channel(key[2:])
+    def client_message(self, conn: Client, msg: dict[str, Any]) -> None:
+        commands.handle(self.services, conn, msg)
 
     def plain_http(self, request: Request, path: str) -> Response:
         if request.method == "OPTIONS":
-            origin = request.headers.get("Origin")
-            allowed = origin if self.origins.allows(origin, request.headers.get("Host")) else None
-            return http.response(204, headers=http.cors_headers(allowed))
+            return http.response(204, headers=http.cors_headers(self.cors_origin(request)))
         if request.method != "GET":
             return http.error_response(405, "method_not_allowed", "use GET", [("Allow", "GET")])
         if path == "/healthz":
@@ -185,142 +188,6 @@ class Gateway:
             return http.response(200, body, content_type)
         return http.error_response(404, "not_found", f"no such path {path}")
 
-    # -- from Redis ---------------------------------------------------------------------------
-
-    def load(self) -> dict[str, int]:
-        counts = self.hub.count_by_wire()
-        ws = counts[Wire.JSON] + counts[Wire.MSGPACK]
-        return {"connections": len(self.hub), "ws": ws, "sse": counts[Wire.SSE]}
-
-    def on_message(self, message: Message) -> None:
-        ready, fill = self.tracker.live(message)
-        for m in ready:
-            self._deliver(m)
-        if fill is not None:
-            self.spawn(self._fill(fill))
-
-    def spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _run(self, steps: Steps) -> None:
-        for m in steps.ready:
-            self._deliver(m)
-        for fill in steps.fills:
-            self.spawn(self._fill(fill))
-        if steps.regressed:
-            self.spawn(self._retire(steps.regressed))
-
-    async def _fill(self, fill: Fill) -> None:
-        """Read a live gap from the log; deliver it and what queued behind it, in order."""
-        entries: list[Message] = []
-        if not fill.empty:
-            # Retried: a fill often starts while Redis is coming back, and what it misses is
-            # lost to every local follower (they would see the gap and have to resume).
-            for attempt in range(_RETRIES):
-                try:
-                    logs = await self.backplane.read_logs(
-                        [(fill.key, fill.first, fill.last)])
-                    entries = logs.get(fill.key, [])
-                    break
-                except (RedisError, OSError) as exc:
-                    log.warning("gap fill %s failed (attempt %d): %s", fill, attempt + 1, exc)
-                    await asyncio.sleep(_backoff(attempt))
-        before = self.tracker.filled
-        ready, more = self.tracker.complete(fill, entries)
-        for m in ready:
-            self._deliver(m)
-        if not fill.empty:
-            self.metrics.fill(self.tracker.filled > before)
-        if more is not None:
-            self.spawn(self._fill(more))
-
-    async def _reregister(self) -> None:
-        await self.backplane.reregister(
-            [commands.registration(c) for c in self.hub if c.session.ready]  # type: ignore[arg-type]
-        )
-
-    async def _redis_back(self) -> None:
-        """Our registry entry had vanished (Redis restarted or was flushed): publishers found
-        none of our connections meanwhile, so map them again, then fetch what they missed."""
-        await self._reregister()
-        await self._catch_up()
-
-    def _pubsub_reconnecting(self) -> None:
-        self.tracker.hold_all()
-
-    def _start_resync(self) -> None:
-        self.spawn(self._resync())
-
-    async def _resync(self) -> None:
-        """Pub/sub is back after an outage. Envelopes published meanwhile are in the logs
-        only, and if Redis restarted empty no publisher routes to us yet: register again
-        first (so everything after the tops we read reaches us), then catch up."""
-        for attempt in range(_RETRIES):
-            try:
-                if await self.backplane.heartbeat():
-                    log.warning("registry entry was gone: re-registering connections")
-                    await self._reregister()
-                break
-            except (RedisError, OSError) as exc:
-                log.warning("re-registration attempt %d failed: %s", attempt + 1, exc)
-                await asyncio.sleep(_backoff(attempt))
-        await self._catch_up()
-
-    async def _catch_up(self) -> None:
-        """Bring every followed stream up to its top from the log."""
-        keys = self.tracker.keys()
-        for attempt in range(_RETRIES):
-            try:
-                tops = await self.backplane.read_tops(keys) if keys else {}
-                break
-            except (RedisError, OSError) as exc:
-                log.warning("catch-up attempt %d failed: %s", attempt + 1, exc)
-                await asyncio.sleep(_backoff(attempt))
-        else:
-            log.error("catch-up gave up: clients will resume when they notice their gaps")
-            self._run(self.tracker.release_all())
-            return
-        self._run(self.tracker.catch_up(tops))
-
-    async def _retire(self, regressed: list[tuple[str, str]]) -> None:
-        """Redis came back with older data: these streams' offsets are being reused. Retire
-        their epochs first, all of them, so a resume from any position in one says
-        ``recovered:false``; then move every local follower so it resumes (DESIGN 6b, 7)."""
-        for key, epoch in regressed:
-            log.error("stream %s went back in epoch %s: retiring it and moving its followers",
-                      streams.wire_name(key), epoch)
-            for attempt in range(_RETRIES):
-                try:
-                    await self.backplane.retire_epoch(key, epoch)
-                    break
-                except (RedisError, OSError) as exc:
-                    log.warning("retiring %s failed (attempt %d): %s", key, attempt + 1, exc)
-                    await asyncio.sleep(_backoff(attempt))
-            self.metrics.history_lost()
-        moved = {c.conn_id: c for key, _ in regressed for c in self.hub.followers(key)}
-        for client in moved.values():
-            mover.move(client, Close.SERVICE_RESTART, "history_lost", jitter_ms=2000)
-
-    def _deliver(self, message: Message) -> None:
-        started = time.perf_counter()
-        gaps_before = self.hub.gaps
-        delivered = self.hub.deliver(message)
-        elapsed = time.perf_counter() - started
-        latency = (contract.now_ms() - message.published_ms) / 1000 if message.published_ms else -1
-        self.metrics.delivered(delivered, elapsed, latency)
-        for _ in range(self.hub.gaps - gaps_before):
-            self.metrics.gap()
-
-    def on_control(self, control: Control) -> None:
-        if control.op == contract.OP_DISCONNECT and len(control.args) >= 1:
-            user = str(control.args[0])
-            code = int(control.args[1]) if len(control.args) > 1 else int(Close.DISCONNECTED)
-            reason = str(control.args[2]) if len(control.args) > 2 else "disconnected"
-            for client in self.hub.user_clients(user):
-                client.transport.close(code, reason)
-
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -334,11 +201,12 @@ class Gateway:
         sock.bind((s.host, s.port))
         sock.listen(4096)
         sock.setblocking(False)
-        self.backplane.start()
-        self._server = await self.loop.create_server(lambda: Connection(self), sock=sock)
+        self.backplane.start(self.delivery)
+        self._server = await self.loop.create_server(
+            lambda: Connection(self.services, self), sock=sock)
         self._tasks.append(self.loop.create_task(self._keepalive_loop()))
         if s.rebalance:
-            self._tasks.append(self.loop.create_task(mover.rebalance_loop(self)))
+            self._tasks.append(self.loop.create_task(mover.rebalance_loop(self.services)))
         log.info("gateway %s listening on %s:%d", self.gateway_id, s.host, s.port)
         if self.verifier is None:
             log.warning("AUTH IS DISABLED: any client may connect as any user (dev only)")
@@ -373,16 +241,12 @@ class Gateway:
             self._server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.backplane.heartbeat(), 1.0)
-        await mover.drain(self)
+        await mover.drain(self.services)
         if self.tcp:
             self._all_closed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), self.settings.close_timeout + 1)
-        try:
-            await self.backplane.stop()
-        finally:
-            if self.store.pipelined is not None:
-                self.store.pipelined.close()
+        await self.backplane.stop()
         for task in self._tasks:
             task.cancel()
         log.info("gateway %s stopped", self.gateway_id)

@@ -1,9 +1,15 @@
-"""The gateway's side of Redis: registry heartbeat, connection map, pub/sub listener.
+"""The Redis implementation of the gateway's backplane port (:class:`gateway.ports.Backplane`).
 
-Two Redis connections: a command client with short timeouts, and a dedicated pub/sub
-connection without a read timeout (it is idle most of the time). A pub/sub connection can die
-silently, so every heartbeat also publishes a ping to the gateway's own channel: if pings stop
-arriving, the listener is torn down and rebuilt.
+Registry heartbeat, connection map, logs, channel subscriptions, client publishes and the
+pub/sub listener: the one object of the gateway that talks to Redis. Three connections: a
+command client with short timeouts, a pipelined connection for client publishes, and a
+dedicated pub/sub connection without a read timeout (it is idle most of the time). A pub/sub
+connection can die silently, so every heartbeat also publishes a ping to the gateway's own
+channel: if pings stop arriving, the listener is torn down and rebuilt.
+
+Redis' and the sockets' errors are translated here (:func:`gateway.errors.unavailable`): callers
+see :class:`~gateway.errors.BackendUnavailable` only. What happens is reported to one
+:class:`~gateway.ports.BackplaneEvents` handler.
 """
 
 from __future__ import annotations
@@ -13,18 +19,18 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.metrics import GatewayMetrics
+from gateway.ports import BackplaneEvents, Registration
 from gateway.pubsub import PubSubConnection, PubSubError
 from switchboard import contract, resp, streams
 from switchboard.config import GatewaySettings
-from switchboard.contract import Control, Message
-from switchboard.store import connect, text
+from switchboard.contract import Message
+from switchboard.store import GatewayInfo, Published, Store, Target, connect, pipelined, text
 from switchboard.streams import Position
 
 log = logging.getLogger("switchboard.gateway")
@@ -32,47 +38,25 @@ log = logging.getLogger("switchboard.gateway")
 OP_PING = "ping"
 
 
-@dataclass(slots=True)
-class Registration:
-    user: str
-    conn_id: str
-    session_id: str
-    channels: tuple[str, ...] = ()  # channel names, for presence clean-up
-
-
-class ChannelUnavailable(Exception):
-    """The pub/sub subscription for a channel could not be confirmed in time."""
-
-
-class Backplane:
-    def __init__(
-        self,
-        settings: GatewaySettings,
-        gateway_id: str,
-        metrics: GatewayMetrics,
-        on_message: Callable[[Message], None],
-        on_control: Callable[[Control], None],
-        load: Callable[[], dict[str, int]],
-    ) -> None:
+class RedisBackplane:
+    def __init__(self, settings: GatewaySettings, gateway_id: str,
+                 metrics: GatewayMetrics) -> None:
         self.settings = settings
         self.gateway_id = gateway_id
         self.keys = contract.Keys(settings.prefix)
         self.metrics = metrics
-        self._on_message = on_message
-        self._on_control = on_control
-        self._load = load
+        self._events: BackplaneEvents | None = None
         # Idempotent writes and reads only (map, sessions, positions, logs): safe to retry.
         self.redis = connect(settings.redis_url, settings.redis_timeout, reconnect_retry=True)
+        # Client publishes go over a pipelined connection, opened at the first one: redis-py
+        # would cost this event loop ~0.3 ms of CPU per publish, time it delivers nothing.
+        self._store = Store(self.redis, settings,
+                            pipelined(settings, f"{settings.prefix}publish:{gateway_id}"))
         # read (and refused, ValueError) at start-up, not at the first pub/sub connect
         self._pubsub_endpoint = resp.Endpoint.from_url(settings.redis_url)
         self._ensure_meta = self.redis.register_script(contract.ENSURE_META_LUA)
         self._claim_session = self.redis.register_script(contract.CLAIM_SESSION_LUA)
         self._retire_epoch = self.redis.register_script(contract.RETIRE_EPOCH_LUA)
-        # Called (synchronously) before a new pub/sub connection subscribes after an outage,
-        # so nothing it delivers can overtake the catch-up.
-        self.on_reconnecting: Callable[[], None] | None = None
-        self.on_resubscribed: Callable[[], None] | None = None
-        self.on_redis_back: Callable[[], Awaitable[None]] | None = None
         self.registered = False  # our registry key exists: publishers route to us
         self.subscribed = False
         self.draining = False
@@ -95,7 +79,13 @@ class Backplane:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> None:
+    @property
+    def events(self) -> BackplaneEvents:
+        assert self._events is not None, "start() first"
+        return self._events
+
+    def start(self, events: BackplaneEvents) -> None:
+        self._events = events
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._listen_loop(), name="pubsub"),
@@ -104,7 +94,8 @@ class Backplane:
 
     async def stop(self) -> None:
         """Deregister (publishers stop routing to us), then stop background work."""
-        await self._flush_gone()
+        with contextlib.suppress(BackendUnavailable):
+            await self._flush_gone()
         with contextlib.suppress(RedisError, OSError):
             pipe = self.redis.pipeline(transaction=False)
             pipe.delete(self.keys.gateway(self.gateway_id))
@@ -117,6 +108,8 @@ class Backplane:
                 await task
         with contextlib.suppress(Exception):
             await self.redis.aclose()
+        if self._store.pipelined is not None:
+            self._store.pipelined.close()
         if self._pubsub is not None:
             self._pubsub.close()
 
@@ -126,7 +119,7 @@ class Backplane:
         """Write our registry entry; True if it had vanished (Redis restarted or flushed, or
         we were silent so long that it expired) and our connections must be re-registered."""
         s = self.settings
-        load = self._load()
+        load = self.events.load()
         now = contract.now_ms()
         key = self.keys.gateway(self.gateway_id)
         pipe = self.redis.pipeline(transaction=False)
@@ -151,7 +144,8 @@ class Backplane:
         pipe.zadd(self.keys.gateways(), {self.gateway_id: now})
         pipe.publish(self.keys.gateway_channel(self.gateway_id),
                      contract.pack_control(OP_PING, now))
-        results = await pipe.execute()
+        with unavailable("heartbeat"):
+            results = await pipe.execute()
         return int(results[0]) > 0  # HSET counts the fields it created
 
     async def _heartbeat_loop(self) -> None:
@@ -160,15 +154,15 @@ class Backplane:
         while True:
             try:
                 vanished = await self.heartbeat()
-                if vanished and not first and self.on_redis_back is not None:
+                if vanished and not first:
                     # Publishers no longer find our connections (Redis restarted empty, or
                     # they dropped our map entries while we were silent): put them back
                     # before we say we are ready again.
                     log.warning("registry entry was gone: re-registering connections")
-                    await self.on_redis_back()
+                    await self.events.registry_lost()
                 first = False
                 self.registered = True
-            except (RedisError, OSError) as exc:
+            except BackendUnavailable as exc:
                 self.registered = False
                 self.metrics.redis_error("heartbeat")
                 log.warning("heartbeat failed: %s", exc)
@@ -226,8 +220,9 @@ class Backplane:
                 pipe.hset(self.keys.presence(channel), reg.conn_id,
                           f"{self.gateway_id} {reg.user}")
         try:
-            results = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            with unavailable("register"):
+                results = await pipe.execute()
+        except BackendUnavailable as exc:
             self.metrics.redis_error("register")
             for _, _, fut in batch:
                 if not fut.done():
@@ -253,8 +248,9 @@ class Backplane:
             client=pipe,
         )
         try:
-            results = await pipe.execute()
-        except (RedisError, OSError):
+            with unavailable("join"):
+                results = await pipe.execute()
+        except BackendUnavailable:
             self.metrics.redis_error("join")
             raise
         raw = results[1]
@@ -262,8 +258,9 @@ class Backplane:
 
     async def leave(self, reg: Registration, channel: str) -> None:
         try:
-            await self.redis.hdel(self.keys.presence(channel), reg.conn_id)
-        except (RedisError, OSError):
+            with unavailable("leave"):
+                await self.redis.hdel(self.keys.presence(channel), reg.conn_id)
+        except BackendUnavailable:
             self.metrics.redis_error("leave")  # the entry dies with our heartbeat anyway
 
     async def read_logs(self, ranges: list[tuple[str, int, int]]) -> dict[str, list[Message]]:
@@ -274,8 +271,9 @@ class Backplane:
         for key, first, last in ranges:
             pipe.xrange(self.keys.log(key), f"{first}-0", f"{last}-0", count=last - first + 1)
         try:
-            results = await pipe.execute()
-        except (RedisError, OSError):
+            with unavailable("read_log"):
+                results = await pipe.execute()
+        except BackendUnavailable:
             self.metrics.redis_error("read_log")
             raise
         logs: dict[str, list[Message]] = {}
@@ -296,7 +294,8 @@ class Backplane:
         pipe = self.redis.pipeline(transaction=False)
         for key in stream_keys:
             pipe.hmget(self.keys.meta(key), "epoch", "offset")
-        results = await pipe.execute()
+        with unavailable("read_tops"):
+            results = await pipe.execute()
         return {
             key: Position(text(epoch), int(offset))
             for key, (epoch, offset) in zip(stream_keys, results, strict=True)
@@ -306,9 +305,10 @@ class Backplane:
     async def retire_epoch(self, stream_key: str, epoch: str) -> bool:
         """Forget ``stream_key``'s position if it is still in ``epoch`` (see the script)."""
         try:
-            retired = await self._retire_epoch(
-                keys=[self.keys.meta(stream_key), self.keys.log(stream_key)], args=[epoch])
-        except (RedisError, OSError):
+            with unavailable("retire_epoch"):
+                retired = await self._retire_epoch(
+                    keys=[self.keys.meta(stream_key), self.keys.log(stream_key)], args=[epoch])
+        except BackendUnavailable:
             self.metrics.redis_error("retire_epoch")
             raise
         return bool(retired)
@@ -324,7 +324,8 @@ class Backplane:
                 for channel in reg.channels:
                     pipe.hset(self.keys.presence(channel), reg.conn_id,
                               f"{self.gateway_id} {reg.user}")
-            await pipe.execute()
+            with unavailable("reregister"):
+                await pipe.execute()
 
     def unregister(self, reg: Registration) -> None:
         """Queued and flushed in batches: a reconnect storm must not cost a round trip each."""
@@ -345,8 +346,9 @@ class Backplane:
             for channel in reg.channels:
                 pipe.hdel(self.keys.presence(channel), reg.conn_id)
         try:
-            await pipe.execute()
-        except (RedisError, OSError):
+            with unavailable("unregister"):
+                await pipe.execute()
+        except BackendUnavailable:
             self.metrics.redis_error("unregister")
             self._gone = batch + self._gone  # retried; stale entries are harmless meanwhile
             raise
@@ -357,9 +359,19 @@ class Backplane:
             self._gone_event.clear()
             try:
                 await self._flush_gone()
-            except (RedisError, OSError):
+            except BackendUnavailable:
                 await asyncio.sleep(1.0)
                 self._gone_event.set()
+
+    # -- client publishes and the registry --------------------------------------------------
+
+    async def publish(self, channel: str, data: Any) -> Published:
+        with unavailable("publish"):
+            return await self._store.publish(Target("c", channel), data)
+
+    async def gateways(self) -> list[GatewayInfo]:
+        with unavailable("gateways"):
+            return await self._store.gateways()
 
     # -- channel subscriptions ----------------------------------------------------------------
 
@@ -425,8 +437,8 @@ class Backplane:
                     client_name=f"{self.settings.prefix}pubsub:{self.gateway_id}",
                     on_message=self._dispatch, on_subscribed=on_subscribed,
                 )
-                if not first and self.on_reconnecting is not None:
-                    self.on_reconnecting()
+                if not first:
+                    self.events.reconnecting()
                 # Wanted channels get fresh confirmations from this connection.
                 for name, fut in list(self._channels.items()):
                     if fut.done():
@@ -442,9 +454,8 @@ class Backplane:
                 if not first:
                     self.metrics.pubsub_reconnected()
                     log.info("pub/sub resubscribed")
-                    if self.on_resubscribed is not None:
-                        # Envelopes published while we were away are in the logs only.
-                        self.on_resubscribed()
+                    # Envelopes published while we were away are in the logs only.
+                    self.events.resubscribed()
                 first = False
                 attempt = 0
                 self._listener_reset.clear()
@@ -474,8 +485,8 @@ class Backplane:
             log.warning("dropping malformed envelope: %s", exc)
             return
         if isinstance(envelope, Message):
-            self._on_message(envelope)
+            self.events.message(envelope)
         elif envelope.op == OP_PING:
             self._last_ping = time.monotonic()
         else:
-            self._on_control(envelope)
+            self.events.control(envelope)

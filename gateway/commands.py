@@ -9,20 +9,15 @@ Denied or malformed requests get an ``error`` message; the connection stays.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from redis.exceptions import RedisError
-
-from gateway import resume
-from gateway.backplane import ChannelUnavailable, Registration
+from gateway import hub
+from gateway.attach import attach
+from gateway.errors import BackendUnavailable
+from gateway.ports import Client, Registration, Services
 from gateway.wire import Outgoing
 from switchboard import streams, untrusted
-from switchboard.store import Target
 from switchboard.streams import Position
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-    from gateway.server import Connection
 
 log = logging.getLogger("switchboard.gateway")
 
@@ -40,16 +35,33 @@ def echo(value: Any) -> str | int | None:
     return None
 
 
-def error(conn: Connection, code: str, message: str, **extra: Any) -> None:
+def error(conn: Client, code: str, message: str, **extra: Any) -> None:
     safe = {k: echo(v) for k, v in extra.items()}
     conn.transport.send_obj({"type": "error", "code": code,
                              "message": untrusted.quotable(message), **safe})
 
 
-def registration(conn: Connection) -> Registration:
+def registration(conn: hub.Client) -> Registration:
     s = conn.session
     names = tuple(k[2:] for k in s.channels)
     return Registration(s.user, conn.conn_id, s.session_id, names)
+
+
+def channel_left(svc: Services, conn: Client, key: str) -> None:
+    if svc.hub.unsubscribe(conn, key):
+        release_channel(svc, key)
+
+
+def release_channel(svc: Services, key: str) -> None:
+    """No local subscriber left: stop receiving the channel (DESIGN 6)."""
+    svc.tracker.forget(key)
+    svc.spawn(_unsubscribe_channel(svc, key))
+
+
+async def _unsubscribe_channel(svc: Services, key: str) -> None:
+    # A subscribe that came in since the last one left owns the Redis subscription now.
+    if not svc.hub.has_channel(key):
+        await svc.backplane.unsubscribe_channel(key[2:])
 
 
 def parse_channel_cursor(value: object) -> Position | None:
@@ -70,7 +82,7 @@ def parse_channel_cursor(value: object) -> Position | None:
     return Position(epoch, offset)
 
 
-def check_channel(conn: Connection, msg: dict[str, Any], publish: bool = False) -> str | None:
+def check_channel(conn: Client, msg: dict[str, Any], publish: bool = False) -> str | None:
     channel = msg.get("channel")
     if not streams.valid_channel(channel):
         error(conn, "bad_request", "channel must match [A-Za-z0-9_-]{1,64}", channel=channel)
@@ -86,14 +98,14 @@ def check_channel(conn: Connection, msg: dict[str, Any], publish: bool = False) 
     return channel
 
 
-def handle(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
+def handle(svc: Services, conn: Client, msg: dict[str, Any]) -> None:
     kind = msg["type"]
     if kind == "ping":
         conn.transport.send_obj({"type": "pong"})
     elif kind == "subscribe":
-        subscribe(app, conn, msg)
+        subscribe(svc, conn, msg)
     elif kind == "unsubscribe":
-        unsubscribe(app, conn, msg)
+        unsubscribe(svc, conn, msg)
     elif kind == "publish":
         channel = check_channel(conn, msg, publish=True)
         if channel is not None:
@@ -112,13 +124,13 @@ def handle(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
                 error(conn, "bad_request", "data holds NaN or Infinity, which JSON clients "
                       "cannot read", channel=channel, id=msg_id)
                 return
-            app.spawn(publish(app, conn, channel, msg["data"], msg_id))
+            svc.spawn(publish(svc, conn, channel, msg["data"], msg_id))
     else:
-        app.metrics.client_error()
+        svc.metrics.client_error()
         error(conn, "unknown_type", f"unknown type {kind!r}")
 
 
-def subscribe(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
+def subscribe(svc: Services, conn: Client, msg: dict[str, Any]) -> None:
     channel = check_channel(conn, msg)
     if channel is None:
         return
@@ -132,18 +144,18 @@ def subscribe(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
     if session.follows(key) or key in session.joining:
         error(conn, "already_subscribed", f"already subscribed to {channel!r}", channel=channel)
         return
-    if len(session.channels) >= app.settings.max_channels:
+    if len(session.channels) >= svc.settings.max_channels:
         error(conn, "too_many_channels",
-              f"at most {app.settings.max_channels} channels per connection", channel=channel)
+              f"at most {svc.settings.max_channels} channels per connection", channel=channel)
         return
     session.begin_join(key)
-    app.hub.subscribe(conn, key)
+    svc.hub.subscribe(conn, key)
     # The token is taken now: by the time the task runs, an unsubscribe + subscribe of the
     # same channel may have replaced it, and this join must know it is the old one.
-    app.spawn(join(app, conn, channel, cursor, session.joining[key]))
+    svc.spawn(join(svc, conn, channel, cursor, session.joining[key]))
 
 
-async def join(app: Gateway, conn: Connection, channel: str, cursor: Position | None,
+async def join(svc: Services, conn: Client, channel: str, cursor: Position | None,
                token: list[Outgoing]) -> None:
     """Finish a subscribe. Runs under the connection's channel lock, so its presence write
     and a later unsubscribe's presence removal reach Redis in the order the client asked.
@@ -152,7 +164,7 @@ async def join(app: Gateway, conn: Connection, channel: str, cursor: Position | 
     session = conn.session
 
     def current() -> bool:
-        return session.joining.get(key) is token and conn in app.hub
+        return session.joining.get(key) is token and conn in svc.hub
 
     async with conn.channel_lock():
         if not current():
@@ -160,18 +172,15 @@ async def join(app: Gateway, conn: Connection, channel: str, cursor: Position | 
             return
         reg = registration(conn)
         try:
-            await app.backplane.subscribe_channel(channel)
-            top = await app.backplane.join(reg, channel)
-            app.tracker.follow(key, top)
+            await svc.backplane.subscribe_channel(channel)
+            top = await svc.backplane.join(reg, channel)
             requested = {streams.wire_name(key): cursor} if cursor else {}
-            plans = resume.plan(requested, {key: top}, app.settings.replay_limit)
-            ranges = [(p.key, p.replay_from, p.top.offset) for p in plans if p.needs_log]
-            logs = await app.backplane.read_logs(ranges)
-        except (RedisError, OSError, ChannelUnavailable) as exc:
+            outcome = await attach(svc, requested, {key: top})
+        except BackendUnavailable as exc:
             log.warning("subscribe to %s failed: %s", channel, exc)
             if current():
                 session.leave(key)
-                app.channel_left(conn, key)
+                channel_left(svc, conn, key)
                 error(conn, "unavailable", f"cannot subscribe to {channel!r} right now",
                       channel=channel)
             else:
@@ -181,25 +190,24 @@ async def join(app: Gateway, conn: Connection, channel: str, cursor: Position | 
             # Unsubscribed meanwhile: take back our presence entry unless a newer subscribe
             # of the same channel is under way (it writes its own after us).
             if not session.follows(key) and key not in session.joining:
-                await app.backplane.leave(reg, channel)
+                await svc.backplane.leave(reg, channel)
             superseded(conn, channel)
             return
-    outcome = resume.settle(plans, logs)
     start = outcome.start[key]
     if cursor is not None:
-        app.metrics.resumed(outcome.recovered)
+        svc.metrics.resumed(outcome.recovered)
     conn.transport.send_obj({"type": "subscribed", "channel": channel, "epoch": start.epoch,
                              "offset": start.offset, "recovered": outcome.recovered})
     await conn.send_replay(session.finish_join(key, start, [Outgoing(m) for m in outcome.replay]))
 
 
-def superseded(conn: Connection, channel: str) -> None:
+def superseded(conn: Client, channel: str) -> None:
     """Every subscribe gets an answer, also one overtaken by an unsubscribe."""
     error(conn, "superseded", f"unsubscribed from {channel!r} before the subscribe completed",
           channel=channel)
 
 
-def unsubscribe(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
+def unsubscribe(svc: Services, conn: Client, msg: dict[str, Any]) -> None:
     channel = msg.get("channel")
     session = conn.session
     key = streams.channel_key(channel) if isinstance(channel, str) else ""
@@ -209,29 +217,29 @@ def unsubscribe(app: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
     assert isinstance(channel, str)
     reg = registration(conn)
     session.leave(key)
-    app.channel_left(conn, key)
-    app.spawn(leave_presence(app, conn, reg, channel))
+    channel_left(svc, conn, key)
+    svc.spawn(leave_presence(svc, conn, reg, channel))
     conn.transport.send_obj({"type": "unsubscribed", "channel": channel})
 
 
-async def leave_presence(app: Gateway, conn: Connection, reg: Registration,
+async def leave_presence(svc: Services, conn: Client, reg: Registration,
                          channel: str) -> None:
     key = streams.channel_key(channel)
     async with conn.channel_lock():
         # A subscribe sent right after the unsubscribe owns the entry now.
         if not conn.session.follows(key) and key not in conn.session.joining:
-            await app.backplane.leave(reg, channel)
+            await svc.backplane.leave(reg, channel)
 
 
-async def publish(app: Gateway, conn: Connection, channel: str, data: Any, msg_id: Any) -> None:
+async def publish(svc: Services, conn: Client, channel: str, data: Any, msg_id: Any) -> None:
     try:
-        result = await app.store.publish(Target("c", channel), data)
+        result = await svc.backplane.publish(channel, data)
     except (ValueError, TypeError, OverflowError) as exc:
         # msgpack refuses what it cannot carry (nesting past 512, integers past 64 bits).
         error(conn, "bad_request", f"data cannot be published: {exc}", channel=channel,
               id=msg_id)
         return
-    except (RedisError, OSError) as exc:
+    except BackendUnavailable as exc:
         log.warning("client publish to %s failed: %s", channel, exc)
         error(conn, "unavailable", "message not stored, try again", channel=channel, id=msg_id)
         return

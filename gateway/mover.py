@@ -10,18 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING
-
-from redis.exceptions import RedisError
 
 from gateway import balance
+from gateway.errors import BackendUnavailable
+from gateway.hub import Client
+from gateway.ports import Services
 from switchboard import contract
 from switchboard.closecodes import Close
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-    from gateway.hub import Client
-    from switchboard.store import GatewayInfo
+from switchboard.store import GatewayInfo
 
 log = logging.getLogger("switchboard.gateway")
 
@@ -49,51 +45,51 @@ async def spread(clients: list[Client], window: float, code: int, reason: str) -
             await asyncio.sleep(TICK)
 
 
-async def drain(app: Gateway) -> None:
-    clients = list(app.hub)
+async def drain(svc: Services) -> None:
+    clients = list(svc.hub)
     random.shuffle(clients)
-    window = app.settings.drain_window
+    window = svc.settings.drain_window
     log.info("draining %d clients over %.1fs", len(clients), window)
     await spread(clients, window, Close.SERVICE_RESTART, "drain")
 
 
-async def _registry(app: Gateway) -> list[GatewayInfo] | None:
+async def _registry(svc: Services) -> list[GatewayInfo] | None:
     """The registry, or None when this gateway should not move anyone now."""
-    if app.draining or not app.backplane.ready:
+    if svc.backplane.draining or not svc.backplane.ready:
         return None
     try:
-        return await app.store.gateways()
-    except (RedisError, OSError):
+        return await svc.backplane.gateways()
+    except BackendUnavailable:
         return None
 
 
-async def rebalance_loop(app: Gateway) -> None:
-    s = app.settings
+async def rebalance_loop(svc: Services) -> None:
+    s = svc.settings
     confirm = balance.confirm_window(s.heartbeat_interval)
     while True:
         # Two registry reads a confirm window apart, the round still about one interval long:
         # a peer counts only if it heartbeated between them (see balance.alive).
         period = s.rebalance_interval * random.uniform(0.8, 1.2)
         await asyncio.sleep(max(0.0, period - confirm))
-        before = await _registry(app)
+        before = await _registry(svc)
         await asyncio.sleep(confirm)
         if before is None:
             continue
-        now = await _registry(app)
+        now = await _registry(svc)
         if now is None:
             continue
-        mine = len(app.hub)
+        mine = len(svc.hub)
         decision = balance.plan(
-            app.gateway_id, mine, before, now, now_ms=contract.now_ms(),
+            svc.gateway_id, mine, before, now, now_ms=contract.now_ms(),
             heartbeat_interval=s.heartbeat_interval, margin=s.rebalance_margin,
             max_moves=int(s.rebalance_rate * s.rebalance_interval),
             max_connections=s.max_connections,
         )
-        app.metrics.rebalance_checked()
+        svc.metrics.rebalance_checked()
         if decision.moves <= 0:
             continue
         log.info("rebalancing: moving %d of %d clients (cluster loads %s)", decision.moves, mine,
                  decision.loads)
-        app.metrics.rebalanced(decision.moves)
-        chosen = random.sample(list(app.hub), min(decision.moves, len(app.hub)))
+        svc.metrics.rebalanced(decision.moves)
+        chosen = random.sample(list(svc.hub), min(decision.moves, len(svc.hub)))
         await spread(chosen, s.rebalance_interval / 2, Close.REBALANCE, "rebalance")

@@ -14,7 +14,7 @@ import asyncio
 import enum
 import logging
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.exceptions import NegotiationError
 from websockets.frames import Frame, Opcode
@@ -24,6 +24,8 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from gateway import http
+from gateway.errors import HandshakeRefused
+from gateway.ports import NO_REQUEST, ConnectionHooks, ConnectRequest, Services
 from gateway.ratelimit import TokenBucket
 from gateway.session import Session
 from gateway.transport import SseTransport, Transport, Writer, WsTransport
@@ -37,12 +39,8 @@ from gateway.wire import (
     decode_client,
 )
 from switchboard import closecodes, streams
-from switchboard.auth import Claims, TokenError
+from switchboard.auth import Claims
 from switchboard.closecodes import Close
-from switchboard.streams import Position
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
 
 log = logging.getLogger("switchboard.gateway")
 
@@ -54,17 +52,6 @@ class Phase(enum.Enum):
     WS = 1
     SSE = 2
     CLOSED = 3
-
-
-class Refused(Exception):
-    """A handshake refusal, answered with an HTTP status and a JSON message."""
-
-    def __init__(self, status: int, code: str, message: str,
-                 headers: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.headers = headers or []
 
 
 def _select_subprotocol(
@@ -82,7 +69,6 @@ def _select_subprotocol(
     return None
 
 
-_NO_CURSOR: dict[str, Position] = {}  # shared, never mutated
 _WS_LOG = logging.getLogger("websockets.server")
 
 
@@ -91,19 +77,20 @@ class Connection(asyncio.Protocol):
     # connection small (see BENCHMARKS.md, idle memory).
     __slots__ = (
         "_bucket", "_channel_lock", "_close_code", "_drained", "_fragment_binary",
-        "_fragments", "_resume_session", "_tcp", "_timer", "_welcome_task", "app", "claims",
-        "conn_id", "last_seen", "pending_commands", "phase", "ping_sent", "requested_channels",
-        "requested_cursor", "session", "transport", "writer", "ws",
+        "_fragments", "_tcp", "_timer", "_welcome_task", "claims", "conn_id", "hooks",
+        "last_seen", "pending_commands", "phase", "ping_sent", "request", "session", "svc",
+        "transport", "writer", "ws",
     )
 
-    def __init__(self, app: Gateway) -> None:
-        self.app = app
+    def __init__(self, svc: Services, hooks: ConnectionHooks) -> None:
+        self.svc = svc
+        self.hooks = hooks
         self.phase = Phase.HANDSHAKE
         self.conn_id = streams.random_id(10)
         self.ws = ServerProtocol(
             subprotocols=SUBPROTOCOLS,
             select_subprotocol=_select_subprotocol,
-            max_size=app.settings.max_message_size,
+            max_size=svc.settings.max_message_size,
             logger=_WS_LOG,
         )
         self.transport: Transport = None  # type: ignore[assignment]  # set on handshake
@@ -118,9 +105,7 @@ class Connection(asyncio.Protocol):
         self._welcome_task: asyncio.Task[None] | None = None
         self.last_seen = 0.0
         self.ping_sent: float | None = None
-        self._resume_session: str | None = None
-        self.requested_cursor = _NO_CURSOR
-        self.requested_channels: list[str] = []  # asked for at connect
+        self.request: ConnectRequest = NO_REQUEST  # what the client asked for at connect
         self.pending_commands: list[dict[str, Any]] | None = None
         self.claims: Claims = None  # type: ignore[assignment]  # set on handshake
         self._drained: asyncio.Future[None] | None = None  # set while the socket is paused
@@ -130,15 +115,15 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._tcp = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
-        loop = self.app.loop
+        loop = self.hooks.loop
         self.last_seen = loop.time()
-        self._timer = loop.call_later(self.app.settings.handshake_timeout, self._abort)
-        self.app.tcp_opened(self)
+        self._timer = loop.call_later(self.svc.settings.handshake_timeout, self._abort)
+        self.hooks.tcp_opened(self)
 
     def data_received(self, data: bytes) -> None:
         if self.phase is Phase.SSE or self.phase is Phase.CLOSED:
             return  # an event stream is one-way; anything the client sends is ignored
-        self.last_seen = self.app.loop.time()
+        self.last_seen = self.hooks.loop.time()
         self.ws.receive_data(data)
         for event in self.ws.events_received():
             if isinstance(event, Request):
@@ -156,7 +141,7 @@ class Connection(asyncio.Protocol):
         return self._channel_lock
 
     def pause_writing(self) -> None:
-        self._drained = self.app.loop.create_future()
+        self._drained = self.hooks.loop.create_future()
 
     def resume_writing(self) -> None:
         if self._drained is not None and not self._drained.done():
@@ -183,7 +168,7 @@ class Connection(asyncio.Protocol):
                 while self._drained is not None and not self.is_closed():
                     try:
                         await asyncio.wait_for(asyncio.shield(self._drained),
-                                               self.app.settings.replay_stall_timeout)
+                                               self.svc.settings.replay_stall_timeout)
                     except TimeoutError:
                         self.close(Close.SLOW_CONSUMER, "slow consumer")
                         return False
@@ -220,9 +205,10 @@ class Connection(asyncio.Protocol):
         if previous in (Phase.WS, Phase.SSE):
             if self._close_code is None:
                 # Closed by the client (or the network): count it with the code it gave.
-                self.app.client_closing(self, self.ws.close_code if previous is Phase.WS else None)
-            self.app.client_gone(self)
-        self.app.tcp_closed(self)
+                code = self.ws.close_code if previous is Phase.WS else None
+                self.hooks.client_closing(self, code)
+            self.hooks.client_gone(self)
+        self.hooks.tcp_closed(self)
 
     def is_closed(self) -> bool:
         return self.phase is Phase.CLOSED
@@ -240,16 +226,12 @@ class Connection(asyncio.Protocol):
             elif path == "/sse":
                 self._open_sse(request, params)
             else:
-                self._respond(self.app.plain_http(request, path))
-        except Refused as refusal:
-            self.app.metrics.rejected(refusal.status)
+                self._respond(self.hooks.plain_http(request, path))
+        except HandshakeRefused as refusal:
+            self.svc.metrics.rejected(refusal.status)
             # CORS on refusals of both endpoints, so a page can read why (401, 429, 503...).
-            origin = request.headers.get("Origin")
-            headers = refusal.headers + http.cors_headers(
-                origin if origin and self.app.origins.allows(origin, request.headers.get("Host"))
-                else None
-            )
-            self._respond(http.error_response(refusal.status, refusal.code, str(refusal),
+            headers = refusal.headers + http.cors_headers(self.hooks.cors_origin(request))
+            self._respond(http.error_response(refusal.status, refusal.code, refusal.message,
                                               headers))
 
     def _respond(self, response: Response) -> None:
@@ -257,53 +239,17 @@ class Connection(asyncio.Protocol):
         self._write_protocol_data()
 
     def _authorize(self, request: Request, params: dict[str, str]) -> Claims:
-        app = self.app
-        if request.method != "GET":
-            raise Refused(405, "method_not_allowed", "use GET", [("Allow", "GET")])
-        origin = request.headers.get("Origin")
-        if not app.origins.allows(origin, request.headers.get("Host")):
-            raise Refused(403, "origin_forbidden", f"origin {origin!r} is not allowed")
-        # Before the token: refusing a flood must not cost a signature check per attempt.
-        refusal = app.admit()
-        if refusal is not None:
-            raise Refused(refusal.status, refusal.code, refusal.message,
-                          [("Retry-After", str(refusal.retry_after))])
-        try:
-            claims = app.authenticate(request, params)
-        except TokenError as exc:
-            raise Refused(401, "unauthorized", str(exc),
-                          [("WWW-Authenticate", 'Bearer realm="switchboard"')]) from None
-        self._parse_resume(request, params)
-        return claims
-
-    def _parse_resume(self, request: Request, params: dict[str, str]) -> None:
-        session = params.get("session") or None
-        if session is not None and not streams.EPOCH_RE.fullmatch(session):
-            raise Refused(400, "bad_session", "session must be 1-32 letters or digits")
-        # EventSource resends the last event id by itself on its own reconnects, to the URL it
-        # was created with: that header is always newer than a cursor in that URL.
-        cursor = request.headers.get("Last-Event-ID") or params.get("cursor") or ""
-        try:
-            self.requested_cursor = streams.parse_cursor(cursor)
-        except streams.CursorError as exc:
-            raise Refused(400, "bad_cursor", str(exc)) from None
-        self._resume_session = session
-        names = [n for n in params.get("channels", "").split(",") if n]
-        bad = [n for n in names if not streams.valid_channel(n)]
-        if bad:
-            raise Refused(400, "bad_channel", f"invalid channel name {bad[0]!r}")
-        if len(set(names)) > self.app.settings.max_channels:
-            raise Refused(400, "too_many_channels",
-                          f"at most {self.app.settings.max_channels} channels per connection")
-        self.requested_channels = list(dict.fromkeys(names))
+        accepted = self.hooks.accept(request, params)
+        self.request = accepted.request
+        return accepted.claims
 
     def _open_ws(self, request: Request, params: dict[str, str]) -> None:
         claims = self._authorize(request, params)
         response = self.ws.accept(request)
         if response.status_code != 101:
-            self.app.metrics.rejected(response.status_code)
-            origin = request.headers.get("Origin")
-            if origin and self.app.origins.allows(origin, request.headers.get("Host")):
+            self.svc.metrics.rejected(response.status_code)
+            origin = self.hooks.cors_origin(request)
+            if origin:
                 for name, value in http.cors_headers(origin):
                     response.headers[name] = value
             self._respond(response)
@@ -312,10 +258,10 @@ class Connection(asyncio.Protocol):
         assert self._tcp is not None
         fmt = Wire.MSGPACK if self.ws.subprotocol == SUBPROTOCOL_MSGPACK else Wire.JSON
         self._swap_to_open_protocol()
-        self.writer = self.app.new_writer(self._tcp, self._slow_consumer)
+        self.writer = self.hooks.new_writer(self._tcp, self._slow_consumer)
         self.transport = WsTransport(self.writer, fmt, self.close)
-        self._bucket = TokenBucket(self.app.settings.inbound_rate,
-                                   self.app.settings.inbound_burst, self.app.loop.time())
+        self._bucket = TokenBucket(self.svc.settings.inbound_rate,
+                                   self.svc.settings.inbound_burst, self.hooks.loop.time())
         self.phase = Phase.WS
         self._begin(claims)
 
@@ -328,7 +274,7 @@ class Connection(asyncio.Protocol):
         """
         handshake = self.ws
         leftover = bytes(handshake.reader.buffer)
-        opened = ServerProtocol(state=State.OPEN, max_size=self.app.settings.max_message_size,
+        opened = ServerProtocol(state=State.OPEN, max_size=self.svc.settings.max_message_size,
                                 logger=_WS_LOG)
         opened.subprotocol = handshake.subprotocol
         self.ws = opened
@@ -343,7 +289,7 @@ class Connection(asyncio.Protocol):
         # EventSource retries after `retry` ms; a jittered value keeps the clients of a dead
         # gateway from all coming back at the same instant.
         self._tcp.write(b"retry: %d\n\n" % random.randint(1000, 5000))
-        self.writer = self.app.new_writer(self._tcp, self._slow_consumer)
+        self.writer = self.hooks.new_writer(self._tcp, self._slow_consumer)
         self.phase = Phase.SSE
         self.transport = SseTransport(self.writer, lambda: self.session.cursor(), self.close)
         self._begin(claims)
@@ -353,15 +299,15 @@ class Connection(asyncio.Protocol):
     def _begin(self, claims: Claims) -> None:
         """Join the hub first (live messages are held), then register and welcome."""
         self.claims = claims
-        session_id = self._resume_session or streams.random_id(16)
+        session_id = self.request.session or streams.random_id(16)
         self.session = Session(session_id=session_id, user=claims.user)
-        self.app.hub.add(self)
-        for name in self.requested_channels:
+        self.svc.hub.add(self)
+        for name in self.request.channels:
             if claims.may_subscribe(name):
                 self.session.begin_join(streams.channel_key(name))
-                self.app.hub.subscribe(self, streams.channel_key(name))
-        self.app.client_joined(self)
-        task = self.app.loop.create_task(welcome(self))
+                self.svc.hub.subscribe(self, streams.channel_key(name))
+        self.hooks.client_joined(self)
+        task = self.hooks.loop.create_task(welcome(self.svc, self))
         self._welcome_task = task
         # A finished task is ~1 KiB we would otherwise keep for the connection's lifetime.
         task.add_done_callback(self._welcomed)
@@ -397,7 +343,7 @@ class Connection(asyncio.Protocol):
         if self.phase is not Phase.WS or self.session is None:
             return
         assert self._bucket is not None
-        if not self._bucket.take(self.app.loop.time()):
+        if not self._bucket.take(self.hooks.loop.time()):
             self.close(Close.RATE_LIMITED, "inbound rate limit")
             return
         if not binary:
@@ -410,7 +356,7 @@ class Connection(asyncio.Protocol):
         try:
             msg = decode_client(payload, binary)
         except ClientMessageError as exc:
-            self.app.metrics.client_error()
+            self.svc.metrics.client_error()
             self.transport.send_obj({"type": "error", "code": "bad_request", "message": str(exc)})
             return
         if not self.session.ready:
@@ -420,7 +366,7 @@ class Connection(asyncio.Protocol):
             self.pending_commands.append(msg)
             return
         try:
-            self.app.client_message(self, msg)
+            self.hooks.client_message(self, msg)
         except Exception:
             # Whatever a client sends must never take the process down or leave a socket
             # half-handled: log it and close with the documented internal-error code.
@@ -438,7 +384,7 @@ class Connection(asyncio.Protocol):
             return
         self._close_code = code
         if self.phase is not Phase.HANDSHAKE:
-            self.app.client_closing(self, code)
+            self.hooks.client_closing(self, code)
         reason = reason or closecodes.reason(code)
         if code == Close.SLOW_CONSUMER and self.writer is not None:
             self.writer.discard()
@@ -471,7 +417,7 @@ class Connection(asyncio.Protocol):
 
     def _arm_close_timer(self) -> None:
         if self._timer is None and self.phase is not Phase.CLOSED:
-            self._timer = self.app.loop.call_later(self.app.settings.close_timeout, self._abort)
+            self._timer = self.hooks.loop.call_later(self.svc.settings.close_timeout, self._abort)
 
     def _abort(self) -> None:
         self._timer = None
@@ -507,7 +453,7 @@ class Connection(asyncio.Protocol):
                 if timeout is not None and now - self.ping_sent > timeout:
                     log.info("ping timeout, closing %s", self.conn_id)
                     self._close_code = Close.INTERNAL_ERROR  # what websockets uses here too
-                    self.app.client_closing(self, self._close_code)
+                    self.hooks.client_closing(self, self._close_code)
                     self._abort()
             elif interval is not None and now - self.last_seen >= interval:
                 self.ping_sent = now
@@ -516,7 +462,7 @@ class Connection(asyncio.Protocol):
         elif (
             self.phase is Phase.SSE
             and isinstance(self.transport, SseTransport)
-            and now - self.last_seen >= self.app.settings.sse_ping_interval
+            and now - self.last_seen >= self.svc.settings.sse_ping_interval
         ):
             self.last_seen = now
             self.transport.comment(b"ping")

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
-from gateway import resume
-from gateway.backplane import ChannelUnavailable, Registration
+from gateway import commands, resume
+from gateway.attach import attach
+from gateway.errors import BackendUnavailable
+from gateway.ports import Client, Registration, Services
 from gateway.wire import Outgoing
 from switchboard import contract, streams
 from switchboard.closecodes import Close
 
-if TYPE_CHECKING:
-    from gateway.server import Connection
-
 log = logging.getLogger("switchboard.gateway")
 
 
-async def welcome(conn: Connection) -> None:
+async def welcome(svc: Services, conn: Client) -> None:
     """Register, replay from the cursor, welcome, then release held live messages."""
-    app = conn.app
     session = conn.session
     channels = [k[2:] for k in session.channels]
     reg = Registration(session.user, conn.conn_id, session.session_id, tuple(channels))
@@ -37,30 +32,25 @@ async def welcome(conn: Connection) -> None:
     keys += [streams.channel_key(c) for c in channels]
     try:
         # Our Redis subscription to each channel must be live before we read its top.
-        await asyncio.gather(*(app.backplane.subscribe_channel(c) for c in channels))
-        claim, tops = await app.backplane.register(reg, keys)
+        await asyncio.gather(*(svc.backplane.subscribe_channel(c) for c in channels))
+        claim, tops = await svc.backplane.register(reg, keys)
         if conn.is_closed():
             # Gone while we registered: our unregister may have reached Redis before this
             # registration did, so queue another now that the registration is done.
-            app.backplane.unregister(reg)
+            svc.backplane.unregister(reg)
             return
         if claim == contract.SESSION_FOREIGN:
             conn.close(Close.SESSION_UNKNOWN, "session belongs to another user")
             return
-        for key, top in tops.items():
-            app.tracker.follow(key, top)
-        plans = resume.plan(conn.requested_cursor, tops, app.settings.replay_limit)
-        ranges = [(p.key, p.replay_from, p.top.offset) for p in plans if p.needs_log]
-        logs = await app.backplane.read_logs(ranges)
-    except (RedisError, OSError, ChannelUnavailable) as exc:
+        outcome = await attach(svc, conn.request.cursor, tops)
+    except BackendUnavailable as exc:
         log.warning("cannot register connection: %s", exc)
         conn.close(Close.TRY_AGAIN_LATER, "redis unavailable")
         return
     if conn.is_closed():
         return
-    outcome = resume.settle(plans, logs)
-    if conn.requested_cursor:
-        app.metrics.resumed(outcome.recovered)
+    if conn.request.cursor:
+        svc.metrics.resumed(outcome.recovered)
     for key, pos in outcome.start.items():
         session.follow(key, pos)
     session.joining.clear()
@@ -68,7 +58,7 @@ async def welcome(conn: Connection) -> None:
         {
             "type": "welcome",
             "session": session.session_id,
-            "gateway": app.gateway_id,
+            "gateway": svc.gateway_id,
             "user": session.user,
             "resumed": claim == contract.SESSION_RESUMED,
             "recovered": outcome.recovered,
@@ -80,11 +70,11 @@ async def welcome(conn: Connection) -> None:
         return
     pending, conn.pending_commands = conn.pending_commands or [], None
     for msg in pending:
-        app.client_message(conn, msg)
+        commands.handle(svc, conn, msg)
 
 
-def announce_channels(conn: Connection, outcome: resume.Outcome) -> None:
-    for name in conn.requested_channels:
+def announce_channels(conn: Client, outcome: resume.Outcome) -> None:
+    for name in conn.request.channels:
         key = streams.channel_key(name)
         start = outcome.start.get(key)
         if start is None:
@@ -93,6 +83,6 @@ def announce_channels(conn: Connection, outcome: resume.Outcome) -> None:
                 "message": f"your token does not allow you to subscribe to {name!r}"})
             continue
         wire = streams.wire_name(key)
-        recovered = wire in conn.requested_cursor and wire not in outcome.unrecovered
+        recovered = wire in conn.request.cursor and wire not in outcome.unrecovered
         conn.transport.send_obj({"type": "subscribed", "channel": name, "epoch": start.epoch,
                                  "offset": start.offset, "recovered": recovered})

@@ -39,13 +39,11 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect as sync_connect
 
+from gateway import memory
 from gateway.app import Gateway
 from gateway.server import Connection
-from switchboard import contract
 from switchboard.auth import mint
 from switchboard.config import GatewaySettings
-from switchboard.store import Published
-from switchboard.streams import Position
 from tests.fuzz import wsmodel
 from tests.fuzz.wsmodel import FINAL_PING, Item
 from tests.support import API_KEY, JWT_SECRET, Proc, RedisServer, start_gateway, start_router
@@ -152,42 +150,6 @@ class FakeTransport:
         pass
 
 
-def fake_redis(gw: Gateway) -> None:
-    """Replace every Redis call the connection path makes; the rest of the gateway is real."""
-    bp: Any = gw.backplane
-    bp.registered = True
-    bp.subscribed = True
-    top = Position("fuzzepoch", 0)
-    published = [0]
-
-    async def register(reg: Any, keys: list[str]) -> tuple[int, dict[str, Position]]:
-        return contract.SESSION_NEW, dict.fromkeys(keys, top)
-
-    async def read_logs(ranges: Any) -> dict[str, list[Any]]:
-        return {}
-
-    async def nothing(*args: Any) -> None:
-        return None
-
-    async def join(reg: Any, channel: str) -> Position:
-        return top
-
-    async def publish(target: Any, data: Any, *args: Any, **kwargs: Any) -> Published:
-        published[0] += 1
-        return Published(stream=f"ch.{target.name}", epoch="fuzzepoch", offset=published[0],
-                         recipients=0, duplicate=False)
-
-    bp.register = register
-    bp.read_logs = read_logs
-    bp.subscribe_channel = nothing
-    bp.unsubscribe_channel = nothing
-    bp.join = join
-    bp.leave = nothing
-    bp.unregister = lambda reg: None
-    store: Any = gw.store
-    store.publish = publish
-
-
 @pytest.fixture
 def in_process() -> Iterator[tuple[Gateway, asyncio.AbstractEventLoop, list[dict[str, Any]]]]:
     loop = asyncio.new_event_loop()
@@ -198,8 +160,9 @@ def in_process() -> Iterator[tuple[Gateway, asyncio.AbstractEventLoop, list[dict
         inbound_burst=10**9, ping_interval=None, ping_timeout=None, handshake_timeout=60,
         close_timeout=60, redis_url="redis://127.0.0.1:9/0", host="127.0.0.1",
     )
-    gw = Gateway(gw_settings, loop)
-    fake_redis(gw)
+    # The real gateway on the in-memory backplane (gateway.memory): no Redis, nothing patched.
+    gw = Gateway(gw_settings, loop, backplane=memory.factory(memory.MemoryCluster()))
+    gw.backplane.start(gw.delivery)
     try:
         yield gw, loop, loop_errors
     finally:
@@ -228,7 +191,7 @@ def test_gateway_connection_in_process(
     def run(case: tuple[bool, list[Item], list[int]]) -> None:
         msgpack_wire, items, cuts = case
         note(f"msgpack={msgpack_wire} items={items!r} cuts={cuts}")
-        conn = Connection(gw)
+        conn = Connection(gw.services, gw)
         tcp = FakeTransport(loop, conn)
         conn.connection_made(tcp)  # type: ignore[arg-type]
         try:
@@ -440,7 +403,7 @@ def test_text_frame_with_invalid_utf8_fails_the_connection_1007(
 ) -> None:
     """RFC 6455 8.1. The gateway used to hand such text to its JSON decoder (bad_request)."""
     gw, loop, _ = in_process
-    conn = Connection(gw)
+    conn = Connection(gw.services, gw)
     tcp = FakeTransport(loop, conn)
     conn.connection_made(tcp)  # type: ignore[arg-type]
     conn.data_received(handshake(8080, False))
@@ -489,7 +452,7 @@ def test_a_failure_in_the_same_read_as_a_gateway_close_still_sends_everything(
     in_process: tuple[Gateway, asyncio.AbstractEventLoop, list[dict[str, Any]]],
 ) -> None:
     gw, loop, _ = in_process
-    conn = Connection(gw)
+    conn = Connection(gw.services, gw)
     tcp = FakeTransport(loop, conn)
     conn.connection_made(tcp)  # type: ignore[arg-type]
     conn.data_received(handshake(8080, False))
