@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from gateway import retry
 from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.metrics import GatewayMetrics
 from gateway.ports import BackplaneEvents, Registration
@@ -108,8 +108,7 @@ class RedisBackplane:
                 await task
         with contextlib.suppress(Exception):
             await self.redis.aclose()
-        if self._store.pipelined is not None:
-            self._store.pipelined.close()
+        self._store.pipelined.close()
         if self._pubsub is not None:
             self._pubsub.close()
 
@@ -140,7 +139,7 @@ class RedisBackplane:
             },
         )
         # Three missed heartbeats and the key is gone: publishers then treat us as dead.
-        pipe.pexpire(key, contract.ms(s.heartbeat_interval * 3 + 1))
+        pipe.pexpire(key, contract.registry_ttl_ms(s.heartbeat_interval))
         pipe.zadd(self.keys.gateways(), {self.gateway_id: now})
         pipe.publish(self.keys.gateway_channel(self.gateway_id),
                      contract.pack_control(OP_PING, now))
@@ -204,21 +203,18 @@ class RedisBackplane:
                           asyncio.Future[tuple[int, dict[str, Position]]]]],
     ) -> None:
         s = self.settings
-        session_ttl = contract.ms(s.history_ttl + s.heartbeat_interval * 3)
+        session_ttl = contract.session_ttl_ms(s.history_ttl, s.heartbeat_interval)
         pipe = self.redis.pipeline(transaction=False)
+        # Per registration, in this order (the replies are read back by position): the map
+        # entry, the session claim, the top of each stream, a presence entry per channel.
         for reg, stream_keys, _ in batch:
             pipe.hset(self.keys.conns(reg.user), reg.conn_id, self.gateway_id)
             await self._claim_session(keys=[self.keys.session(reg.session_id)],
                                       args=[reg.user, session_ttl], client=pipe)
             for key in stream_keys:
-                await self._ensure_meta(
-                    keys=[self.keys.meta(key), self.keys.log(key)],
-                    args=[streams.random_id(), contract.ms(s.meta_ttl)],
-                    client=pipe,
-                )
+                await self._top(pipe, key)
             for channel in reg.channels:
-                pipe.hset(self.keys.presence(channel), reg.conn_id,
-                          f"{self.gateway_id} {reg.user}")
+                self._present(pipe, reg, channel)
         try:
             with unavailable("register"):
                 results = await pipe.execute()
@@ -237,16 +233,22 @@ class RedisBackplane:
                 fut.set_result((claim, {key: Position(text(raw[0]), int(raw[1]))
                                         for key, raw in zip(stream_keys, tops, strict=True)}))
 
+    def _present(self, pipe: Any, reg: Registration, channel: str) -> None:
+        pipe.hset(self.keys.presence(channel), reg.conn_id,
+                  contract.presence_value(self.gateway_id, reg.user))
+
+    async def _top(self, pipe: Any, key: str) -> None:
+        """Queue the read of a stream's top, creating its epoch if it has none yet."""
+        await self._ensure_meta(keys=[self.keys.meta(key), self.keys.log(key)],
+                                args=[streams.random_id(), contract.ms(self.settings.meta_ttl)],
+                                client=pipe)
+
     async def join(self, reg: Registration, channel: str) -> Position:
         """Presence entry for one channel and the top of its stream, in one round trip."""
         key = streams.channel_key(channel)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.presence(channel), reg.conn_id, f"{self.gateway_id} {reg.user}")
-        await self._ensure_meta(
-            keys=[self.keys.meta(key), self.keys.log(key)],
-            args=[streams.random_id(), contract.ms(self.settings.meta_ttl)],
-            client=pipe,
-        )
+        self._present(pipe, reg, channel)
+        await self._top(pipe, key)
         try:
             with unavailable("join"):
                 results = await pipe.execute()
@@ -315,15 +317,15 @@ class RedisBackplane:
 
     async def reregister(self, regs: list[Registration], chunk: int = 1000) -> None:
         """Write the map, session and presence entries of live connections again."""
-        ttl = contract.ms(self.settings.history_ttl + self.settings.heartbeat_interval * 3)
+        ttl = contract.session_ttl_ms(self.settings.history_ttl,
+                                      self.settings.heartbeat_interval)
         for start in range(0, len(regs), chunk):
             pipe = self.redis.pipeline(transaction=False)
             for reg in regs[start : start + chunk]:
                 pipe.hset(self.keys.conns(reg.user), reg.conn_id, self.gateway_id)
                 pipe.set(self.keys.session(reg.session_id), reg.user, px=ttl)
                 for channel in reg.channels:
-                    pipe.hset(self.keys.presence(channel), reg.conn_id,
-                              f"{self.gateway_id} {reg.user}")
+                    self._present(pipe, reg, channel)
             with unavailable("reregister"):
                 await pipe.execute()
 
@@ -476,7 +478,7 @@ class RedisBackplane:
             attempt += 1
             # Full jitter, capped low: delivery must resume within seconds of Redis returning,
             # and a connect attempt per gateway per second is nothing for Redis.
-            await asyncio.sleep(random.uniform(0, min(1.0, 0.1 * 2**attempt)))
+            await asyncio.sleep(retry.backoff(attempt, base=0.1, cap=1.0, floor=0.0))
 
     def _dispatch(self, raw: bytes) -> None:
         try:

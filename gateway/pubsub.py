@@ -22,48 +22,38 @@ class PubSubError(ConnectionError):
     """The pub/sub connection failed or was refused (bad password, lost connection...)."""
 
 
-class _Protocol(resp.Requester):
+class _Protocol(resp.RespProtocol):
     def __init__(self, on_message: Callable[[bytes], None],
                  on_subscribed: Callable[[bytes], None]) -> None:
-        self._reader = hiredis.Reader()
+        super().__init__()
         self._on_message = on_message
         self._on_subscribed = on_subscribed
-        self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._replies: list[asyncio.Future[Any]] = []  # pending replies to setup commands
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def protocol_error(self, exc: hiredis.ProtocolError) -> Exception:
+        return PubSubError(f"protocol error: {exc}")
 
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        reader.feed(data)
-        while True:
-            try:
-                reply = reader.gets()
-            except hiredis.ProtocolError as exc:
-                self._fail(PubSubError(f"protocol error: {exc}"))
-                return
-            if reply is False:
-                return
-            if isinstance(reply, list) and reply:
-                kind = reply[0]
-                if kind == b"message":
-                    self._on_message(reply[2])
-                    continue
-                if kind == b"subscribe":
-                    self._on_subscribed(reply[1])
-                    continue
-                if kind in (b"unsubscribe", b"pong"):
-                    continue
-            # A reply to AUTH / SELECT / CLIENT SETNAME.
-            if self._replies:
-                fut = self._replies.pop(0)
-                if not fut.done():
-                    if isinstance(reply, hiredis.ReplyError):
-                        fut.set_exception(PubSubError(str(reply)))
-                    else:
-                        fut.set_result(reply)
+    def reply(self, reply: Any) -> bool:
+        if isinstance(reply, list) and reply:
+            kind = reply[0]
+            if kind == b"message":
+                self._on_message(reply[2])
+                return True
+            if kind == b"subscribe":
+                self._on_subscribed(reply[1])
+                return True
+            if kind in (b"unsubscribe", b"pong"):
+                return True
+        # A reply to AUTH / SELECT / CLIENT SETNAME.
+        if self._replies:
+            fut = self._replies.pop(0)
+            if not fut.done():
+                if isinstance(reply, hiredis.ReplyError):
+                    fut.set_exception(PubSubError(str(reply)))
+                else:
+                    fut.set_result(reply)
+        return True
 
     def request(self, *args: str | bytes) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -76,11 +66,7 @@ class _Protocol(resp.Requester):
             raise PubSubError("pub/sub connection is closed")
         self.transport.write(resp.command(*args))
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _fail(self, exc: Exception) -> None:
+    def fail(self, exc: Exception) -> None:
         for fut in self._replies:
             if not fut.done():
                 fut.set_exception(exc)
@@ -90,7 +76,7 @@ class _Protocol(resp.Requester):
         self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(PubSubError(f"connection lost: {exc}"))
+        self.fail(PubSubError(f"connection lost: {exc}"))
 
 
 class PubSubConnection:

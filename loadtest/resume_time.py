@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from switchboard.auth import mint
 from switchboard.config import RedisSettings
-from switchboard.store import Store, Target, connect
+from switchboard.store import Store, Target
 from tests.support import JWT_SECRET, start_gateway, start_redis
 
 
@@ -69,13 +69,13 @@ async def main_async(messages: int, runs: int) -> dict[str, Any]:
     redis = start_redis()
     logdir = Path(tempfile.mkdtemp(prefix="sb-bench-"))
     gateway = start_gateway(redis, logdir, SWITCHBOARD_REPLAY_LIMIT=str(max(1000, messages)))
-    store = Store(connect(redis.url, 5), RedisSettings(redis_url=redis.url,
-                                                       history_size=messages * 2))
+    store = Store.open(RedisSettings(redis_url=redis.url, redis_timeout=5,
+                                     history_size=messages * 2), "bench-resume")
     try:
         url = f"ws://127.0.0.1:{gateway.port}/ws"
         results = [await one_run(url, store, f"bench{r}", messages) for r in range(runs)]
     finally:
-        await store.redis.aclose()
+        await store.aclose()
         gateway.stop()
         redis.stop()
 

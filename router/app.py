@@ -17,7 +17,7 @@ from router.metrics import RouterMetrics
 from router.middleware import RequestMetrics
 from switchboard import __version__
 from switchboard.config import RouterSettings
-from switchboard.store import Store, connect, pipelined
+from switchboard.store import Store
 
 DESCRIPTION = """\
 Publish to Switchboard's WebSocket and SSE clients, and ask about users and the cluster.
@@ -47,17 +47,14 @@ def create_app(settings: RouterSettings, store: Store | None = None) -> FastPubl
         raise ValueError("the router needs at least one API key (api_keys)")
     owned = store is None
     if store is None:
-        store = Store(connect(settings.redis_url, settings.redis_timeout), settings,
-                      pipelined(settings, "switchboard-router"))
+        store = Store.open(settings, "switchboard-router")
     ctx = Context(settings, store, RouterMetrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         if owned:
-            if ctx.store.pipelined is not None:
-                ctx.store.pipelined.close()
-            await ctx.store.redis.aclose()
+            await ctx.store.aclose()
 
     app = RouterApp(
         title="Switchboard router",

@@ -223,6 +223,24 @@ return 2
 SESSION_FOREIGN, SESSION_RESUMED, SESSION_NEW = 0, 1, 2
 
 
+def presence_value(gateway_id: str, user: str) -> str:
+    """A presence hash value, ``"GATEWAY USER"``: PRESENCE_LUA splits it at the first space
+    (gateway ids have none) to drop the entries of dead gateways."""
+    return f"{gateway_id} {user}"
+
+
+def registry_ttl_ms(heartbeat_interval: float) -> int:
+    """A gateway's registry key outlives its last heartbeat by three missed ones: then
+    publishers treat it as dead (and drop its map entries)."""
+    return ms(heartbeat_interval * 3 + 1)
+
+
+def session_ttl_ms(history_ttl: float, heartbeat_interval: float) -> int:
+    """A live connection's session key: the replay window, plus the heartbeats its gateway may
+    miss before the connection counts as gone. A closed one gets ``history_ttl`` alone."""
+    return ms(history_ttl + heartbeat_interval * 3)
+
+
 def ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 

@@ -53,21 +53,17 @@ def reply_error(message: str) -> exceptions.ResponseError:
     return exceptions.ResponseError(message)
 
 
-class _Connection(resp.Requester):
+class _Connection(resp.RespProtocol):
     """One socket; replies are matched to requests by order."""
 
     def __init__(self, timeout: float) -> None:
+        super().__init__()
         self._loop = asyncio.get_running_loop()
-        self._reader = hiredis.Reader()
         self._timeout = timeout
         # (future, deadline) of every command sent and not yet answered, oldest first
         self._pending: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._timer: asyncio.TimerHandle | None = None
-        self.transport: asyncio.Transport | None = None
         self.failed: Exception | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def send(self, commands: Sequence[bytes]) -> list[asyncio.Future[Any]]:
         """Write ``commands`` in one go; their replies' futures, in the same order."""
@@ -86,28 +82,22 @@ class _Connection(resp.Requester):
     def request(self, *args: str | bytes) -> asyncio.Future[Any]:
         return self.send([resp.command(*args)])[0]
 
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        reader.feed(data)
+    def protocol_error(self, exc: hiredis.ProtocolError) -> Exception:
+        return exceptions.ConnectionError(f"Redis protocol error: {exc}")
+
+    def reply(self, reply: Any) -> bool:
         pending = self._pending
-        while True:
-            try:
-                reply = reader.gets()
-            except hiredis.ProtocolError as exc:
-                self.fail(exceptions.ConnectionError(f"Redis protocol error: {exc}"))
-                return
-            if reply is False:
-                return
-            if not pending:
-                self.fail(exceptions.ConnectionError("Redis sent a reply nobody asked for"))
-                return
-            fut, _ = pending.popleft()
-            if fut.done():  # its caller gave up (cancelled)
-                continue
-            if isinstance(reply, hiredis.ReplyError):
-                fut.set_exception(reply_error(str(reply)))
-            else:
-                fut.set_result(reply)
+        if not pending:
+            self.fail(exceptions.ConnectionError("Redis sent a reply nobody asked for"))
+            return False
+        fut, _ = pending.popleft()
+        if fut.done():  # its caller gave up (cancelled)
+            return True
+        if isinstance(reply, hiredis.ReplyError):
+            fut.set_exception(reply_error(str(reply)))
+        else:
+            fut.set_result(reply)
+        return True
 
     def _check_deadline(self) -> None:
         self._timer = None
@@ -131,10 +121,6 @@ class _Connection(resp.Requester):
             self._timer.cancel()
             self._timer = None
         self.abort()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(exceptions.ConnectionError(f"Redis connection lost: {exc or 'closed'}"))

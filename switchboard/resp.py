@@ -34,6 +34,48 @@ class Requester(asyncio.Protocol):
         raise NotImplementedError
 
 
+class RespProtocol(Requester):
+    """One socket whose replies hiredis parses: the base of both lean connections.
+
+    ``data_received`` feeds the parser and hands each complete reply to :meth:`reply`, with
+    no await per reply; a protocol error goes to :meth:`fail`, which subclasses extend to fail
+    whatever waits on the connection.
+    """
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.fail(self.protocol_error(exc))
+                return
+            if reply is False or not self.reply(reply):
+                return
+
+    def reply(self, reply: Any) -> bool:
+        """Handle one reply; False when the connection failed and parsing must stop."""
+        raise NotImplementedError
+
+    def protocol_error(self, exc: hiredis.ProtocolError) -> Exception:
+        return ConnectionError(f"Redis protocol error: {exc}")
+
+    def fail(self, exc: Exception) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
 P = TypeVar("P", bound=Requester)
 
 # rediss:// query options we honour; anything else starting ssl_ is refused, so a TLS setting

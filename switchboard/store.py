@@ -19,7 +19,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from switchboard import contract, streams
 from switchboard.config import RedisSettings
 from switchboard.pipelined import PipelinedRedis, Script
-from switchboard.streams import Position
 
 TargetKind = Literal["u", "b", "c"]
 
@@ -106,19 +105,29 @@ def pipelined(settings: RedisSettings, client_name: str) -> PipelinedRedis:
 
 
 class Store:
-    """``pipelined``: when given, publishing goes through it instead of redis-py (the router's
-    hot path; see :mod:`switchboard.pipelined`). The caller closes it."""
+    """The Redis contract for publishers and cluster queries (the router, tools, tests).
+
+    Publishing goes through ``pipelined`` (:mod:`switchboard.pipelined`, the router's hot
+    path); everything else through the redis-py ``client``. :meth:`open` builds both and
+    :meth:`aclose` closes both; a caller that passes its own closes them itself."""
 
     def __init__(self, client: aioredis.Redis, settings: RedisSettings,
-                 pipelined: PipelinedRedis | None = None) -> None:
+                 pipelined: PipelinedRedis) -> None:
         self.redis = client
         self.settings = settings
         self.pipelined = pipelined
         self.keys = contract.Keys(settings.prefix)
-        self._publish = client.register_script(contract.PUBLISH_LUA)
-        self._ensure_meta = client.register_script(contract.ENSURE_META_LUA)
         self._route_to_user = client.register_script(contract.ROUTE_TO_USER_LUA)
         self._presence = client.register_script(contract.PRESENCE_LUA)
+
+    @classmethod
+    def open(cls, settings: RedisSettings, client_name: str) -> Store:
+        return cls(connect(settings.redis_url, settings.redis_timeout), settings,
+                   pipelined(settings, client_name))
+
+    async def aclose(self) -> None:
+        self.pipelined.close()
+        await self.redis.aclose()
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -173,10 +182,7 @@ class Store:
         idempotency_ttl: float = 3600.0,
     ) -> Published:
         keys, args = self._publish_args(target, data, idempotency_key, idempotency_ttl)
-        if self.pipelined is not None:
-            raw = await self.pipelined.run_script(PUBLISH_SCRIPT, keys, args)
-        else:
-            raw = await self._publish(keys=keys, args=args)
+        raw = await self.pipelined.run_script(PUBLISH_SCRIPT, keys, args)
         return self._result(target, raw)
 
     async def publish_many(
@@ -187,30 +193,8 @@ class Store:
         """One round trip for many messages; each still runs its own atomic script."""
         calls = [self._publish_args(target, data, idem, idempotency_ttl)
                  for target, data, idem in items]
-        if self.pipelined is not None:
-            raws = await self.pipelined.run_script_many(PUBLISH_SCRIPT, calls)
-        else:
-            pipe = self.redis.pipeline(transaction=False)
-            for keys, args in calls:
-                await self._publish(keys=keys, args=args, client=pipe)
-            raws = await pipe.execute()
+        raws = await self.pipelined.run_script_many(PUBLISH_SCRIPT, calls)
         return [self._result(t, r) for (t, _, _), r in zip(items, raws, strict=True)]
-
-    # -- positions ----------------------------------------------------------------------------
-
-    async def ensure_positions(self, stream_keys: list[str]) -> dict[str, Position]:
-        pipe = self.redis.pipeline(transaction=False)
-        for key in stream_keys:
-            await self._ensure_meta(
-                keys=[self.keys.meta(key), self.keys.log(key)],
-                args=[streams.random_id(), contract.ms(self.settings.meta_ttl)],
-                client=pipe,
-            )
-        raws = await pipe.execute()
-        return {
-            key: Position(text(raw[0]), int(raw[1]))
-            for key, raw in zip(stream_keys, raws, strict=True)
-        }
 
     # -- connections and sessions -------------------------------------------------------------
 
@@ -234,12 +218,6 @@ class Store:
             user = text(raw)
             counts[user] = counts.get(user, 0) + 1
         return counts
-
-    async def session_user(self, session_id: str) -> str | None:
-        raw = await self.redis.get(self.keys.session(session_id))
-        return text(raw) if raw is not None else None
-
-    # -- gateway registry ---------------------------------------------------------------------
 
     async def gateways(self) -> list[GatewayInfo]:
         ids = [text(g) for g in await self.redis.zrange(self.keys.gateways(), 0, -1)]

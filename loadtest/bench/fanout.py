@@ -34,7 +34,6 @@ from loadtest.bench.workers import Pool, workers_for
 from switchboard.config import RedisSettings
 from switchboard.store import Store
 from switchboard.store import Target as StreamTarget
-from switchboard.store import connect as redis_connect
 
 TARGET_RATIO = 3.0  # the issue: deliveries per gateway CPU-second >= 3x the baseline's
 BROADCAST = StreamTarget("b")
@@ -116,8 +115,8 @@ async def run(connections: int = 10_000, rate: float = 2.0, duration: float = 10
               gateways: int = 2, profile_dir: str | None = None) -> dict[str, Any]:
     cluster = start_cluster(gateways=gateways, baseline=True, SWITCHBOARD_REBALANCE="0")
     pool = Pool(workers or workers_for(connections, 2))
-    store = Store(redis_connect(cluster.redis.url, 10),
-                  RedisSettings(redis_url=cluster.redis.url))
+    store = Store.open(RedisSettings(redis_url=cluster.redis.url, redis_timeout=10),
+                       "bench-fanout")
     plain = aioredis.Redis.from_url(cluster.redis.url)
 
     async def sb_one(seq: int, ts: float) -> None:
@@ -146,7 +145,7 @@ async def run(connections: int = 10_000, rate: float = 2.0, duration: float = 10
                              burst=burst, sample_conns=sample_conns, publish_one=base_one,
                              publish_many=base_many, profile_out=None)
     finally:
-        await store.redis.aclose()
+        await store.aclose()
         await plain.aclose()
         pool.close()
         cluster.stop()

@@ -36,7 +36,6 @@ from loadtest.bench.workers import Pool, workers_for
 from switchboard.config import RedisSettings
 from switchboard.store import Store
 from switchboard.store import Target as StreamTarget
-from switchboard.store import connect as redis_connect
 
 BROADCAST = StreamTarget("b")
 
@@ -98,8 +97,8 @@ async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
     # no rebalancing: it would move clients before the kill, muddying who was dropped
     cluster = start_cluster(gateways=2, baseline=False, SWITCHBOARD_REBALANCE="0")
     pool = Pool(workers or workers_for(connections, 2))
-    store = Store(redis_connect(cluster.redis.url, 10),
-                  RedisSettings(redis_url=cluster.redis.url))
+    store = Store.open(RedisSettings(redis_url=cluster.redis.url, redis_timeout=10),
+                       "bench-storm")
     publisher = Publisher(store, rate, pad)
     pub_task: asyncio.Task[None] | None = None
     try:
@@ -137,7 +136,7 @@ async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
         publisher.stop()
         if pub_task is not None:
             await asyncio.wait([pub_task], timeout=10)
-        await store.redis.aclose()
+        await store.aclose()
         pool.close()
         cluster.stop()
     totals: Counter[str] = Counter()

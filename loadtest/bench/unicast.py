@@ -307,9 +307,7 @@ async def run(users: int = 2000, rates: tuple[float, ...] = (500, 1000, 2000),
         await common.disconnect(pool)
         raw = await redis_publish_max(cluster.redis.url, duration, concurrency, pad)
     finally:
-        if store.pipelined is not None:
-            store.pipelined.close()
-        await store.redis.aclose()
+        await store.aclose()
         pool.close()
         cluster.stop()
     at_target = next((f for f in fixed if f["rate"] == TARGET_RATE), None)

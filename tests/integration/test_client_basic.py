@@ -12,7 +12,7 @@ import pytest
 from client import AuthError, Client, Message
 from switchboard.auth import mint
 from switchboard.config import RedisSettings
-from switchboard.store import Store, Target, connect
+from switchboard.store import Store, Target
 from tests.clients import until
 from tests.integration.sdk import collecting
 from tests.support import JWT_SECRET, Proc, RedisServer, start_gateway
@@ -31,11 +31,11 @@ def gateway(redis_server: RedisServer, logdir: Path) -> Iterator[Proc]:
 
 @pytest.fixture
 async def store(redis_server: RedisServer) -> AsyncIterator[Store]:
-    redis = connect(redis_server.url, 2)
+    store = Store.open(RedisSettings(redis_url=redis_server.url, redis_timeout=2), "test")
     try:
-        yield Store(redis, RedisSettings(redis_url=redis_server.url))
+        yield store
     finally:
-        await redis.aclose()
+        await store.aclose()
 
 
 def ws_url(proc: Proc) -> str:

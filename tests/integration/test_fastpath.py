@@ -77,9 +77,7 @@ async def make_apps(settings: RouterSettings) -> AsyncIterator[Apps]:
     try:
         yield Apps(fast, behind, store)
     finally:
-        assert store.pipelined is not None
-        store.pipelined.close()
-        await store.redis.aclose()
+        await store.aclose()
 
 
 def normalized(response: httpx.Response) -> tuple[int, dict[str, str], Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from switchboard.config import RedisSettings
-from switchboard.store import Store, Target, connect
+from switchboard.store import Store, Target
 from tests.clients import Recorder, SseClient, WsClient, until
 from tests.integration.cluster import Cluster, cluster, token
 from tests.support import RedisServer, wait_until
@@ -174,7 +174,7 @@ async def test_pubsub_connection_killed_nothing_lost_after_catch_up(
     with cluster(redis_server, logdir, gateways=1) as c:
         client = await WsClient(c.ws_url(0, "kp")).start()
         gw_id = client.welcome["gateway"]  # type: ignore[index]
-        store = Store(connect(redis_server.url, 2), RedisSettings(redis_url=redis_server.url))
+        store = Store.open(RedisSettings(redis_url=redis_server.url, redis_timeout=2), "test")
         published: list[int] = []
 
         async def burst(start: int, n: int) -> None:
@@ -193,7 +193,7 @@ async def test_pubsub_connection_killed_nothing_lost_after_catch_up(
         assert client.data("user") == published
         offsets = [m["offset"] for m in client.messages("user")]
         assert offsets == list(range(offsets[0], offsets[0] + 40))
-        await store.redis.aclose()
+        await store.aclose()
         await client.close()
 
 
