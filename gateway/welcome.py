@@ -15,7 +15,7 @@ import logging
 from gateway import commands, resume
 from gateway.attach import attach
 from gateway.errors import BackendUnavailable
-from gateway.ports import Client, Registration, Services
+from gateway.ports import Client, Services
 from gateway.wire import Outgoing
 from switchboard import contract, streams
 from switchboard.closecodes import Close
@@ -26,8 +26,8 @@ log = logging.getLogger("switchboard.gateway")
 async def welcome(svc: Services, conn: Client) -> None:
     """Register, replay from the cursor, welcome, then release held live messages."""
     session = conn.session
-    channels = [k[2:] for k in session.channels]
-    reg = Registration(session.user, conn.conn_id, session.session_id, tuple(channels))
+    reg = commands.registration(conn)
+    channels = list(reg.channels)
     keys = [streams.user_key(session.user), streams.BROADCAST_KEY]
     keys += [streams.channel_key(c) for c in channels]
     try:

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import orjson
 
+from gateway.errors import BadClientRequest
 from switchboard import streams
 from switchboard.contract import Message
 
@@ -140,8 +141,11 @@ class Outgoing:
         return self._sse_tail
 
 
-class ClientMessageError(ValueError):
-    """A client frame that is not a valid protocol message (answered with an error)."""
+class ClientMessageError(BadClientRequest):
+    """A client frame that is not a valid protocol message (answered ``bad_request``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("bad_request", message)
 
 
 def decode_client(payload: bytes, binary: bool) -> dict[str, Any]:
