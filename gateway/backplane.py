@@ -323,7 +323,8 @@ class RedisBackplane:
             pipe = self.redis.pipeline(transaction=False)
             for reg in regs[start : start + chunk]:
                 pipe.hset(self.keys.conns(reg.user), reg.conn_id, self.gateway_id)
-                pipe.set(self.keys.session(reg.session_id), reg.user, px=ttl)
+                await self._claim_session(keys=[self.keys.session(reg.session_id)],
+                                          args=[reg.user, ttl], client=pipe)
                 for channel in reg.channels:
                     self._present(pipe, reg, channel)
             with unavailable("reregister"):
@@ -342,9 +343,12 @@ class RedisBackplane:
         pipe = self.redis.pipeline(transaction=False)
         for reg in batch:
             pipe.hdel(self.keys.conns(reg.user), reg.conn_id)
-            # The session outlives the connection by the replay window, for resume. SET, not
-            # PEXPIRE: a connection older than the window has let its session key lapse.
-            pipe.set(self.keys.session(reg.session_id), reg.user, px=ttl)
+            # The session outlives the connection by the replay window, for resume: set again,
+            # not PEXPIRE (a connection older than the window has let its key lapse), and by
+            # the claim script, so a connection refused another user's session (4004) never
+            # makes that session its own.
+            await self._claim_session(keys=[self.keys.session(reg.session_id)],
+                                      args=[reg.user, ttl], client=pipe)
             for channel in reg.channels:
                 pipe.hdel(self.keys.presence(channel), reg.conn_id)
         try:

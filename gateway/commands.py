@@ -189,7 +189,9 @@ async def join(svc: Services, conn: Client, channel: str, cursor: Position | Non
         if not current():
             # Unsubscribed meanwhile: take back our presence entry unless a newer subscribe
             # of the same channel is under way (it writes its own after us).
-            if not session.follows(key) and key not in session.joining:
+            # A closed connection's unregister may have overtaken our presence write.
+            gone = conn not in svc.hub
+            if gone or (not session.follows(key) and key not in session.joining):
                 await svc.backplane.leave(reg, channel)
             superseded(conn, channel)
             return

@@ -66,6 +66,11 @@ class MemoryCluster:
         for table in (self.streams, self.conns, self.sessions, self.presence, self.registry):
             table.clear()
 
+    def expire(self, key: str) -> None:
+        """Stream ``key``'s position and log expired (``meta_ttl``): its next message starts a
+        new epoch, as after a restart, but nothing else is lost."""
+        self.streams.pop(key, None)
+
     def drop_envelopes(self, n: int) -> None:
         """The next ``n`` envelopes are lost on their way to the gateways (pub/sub is
         at-most-once); what they carried is still in the logs."""
@@ -120,14 +125,23 @@ class MemoryBackplane:
     """One gateway's view of a :class:`MemoryCluster`."""
 
     def __init__(self, cluster: MemoryCluster, gateway_id: str, *,
-                 max_connections: int | None = None) -> None:
+                 max_connections: int | None = None,
+                 heartbeat_interval: float | None = None) -> None:
+        """``heartbeat_interval``: heartbeat in the background as the Redis backplane does
+        (and report :meth:`BackplaneEvents.registry_lost` when the entry had vanished);
+        None: only at :meth:`start` and when the gateway calls :meth:`heartbeat`."""
         self.cluster = cluster
         self.gateway_id = gateway_id
         self.max_connections = max_connections
+        self.heartbeat_interval = heartbeat_interval
         self.draining = False
         self.subscribed = False
         self._events: BackplaneEvents | None = None
         self._channels: set[str] = set()
+        self._beats: asyncio.Task[None] | None = None
+        # Unregistrations that found the backend down, applied when it answers again (the
+        # Redis backplane queues and retries them the same way).
+        self._gone: list[Registration] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -142,21 +156,45 @@ class MemoryBackplane:
         return self._events
 
     def start(self, events: BackplaneEvents) -> None:
+        """With a ``heartbeat_interval``, call it with the loop running."""
         self._events = events
         self.cluster.members[self.gateway_id] = self
         self.subscribed = True
         self._beat()
+        if self.heartbeat_interval is not None:
+            self._beats = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
     async def stop(self) -> None:
+        self.hang()
         self.cluster.members.pop(self.gateway_id, None)
         self.cluster.registry.pop(self.gateway_id, None)
         self.subscribed = False
 
+    def hang(self) -> None:
+        """Stop heartbeating and leave the registry entry behind, as a hung or crashed
+        gateway's entry stays until its TTL: peers see it, but it no longer advances."""
+        if self._beats is not None:
+            self._beats.cancel()
+            self._beats = None
+
     def reconnect(self) -> None:
         """Pub/sub came back after an outage: what a new subscription tells the gateway."""
+        self._flush_gone()
         self.events.reconnecting()
         self.subscribed = True
         self.events.resubscribed()
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.heartbeat_interval is not None
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                if await self.heartbeat():
+                    # The backend lost its data (FLUSHALL, a restart) while pub/sub stayed up:
+                    # publishers find none of our connections until we write them again.
+                    await self.events.registry_lost()
+            except BackendUnavailable:
+                pass  # tried again next beat, as the Redis backplane does
 
     def deliver(self, msg: Message) -> None:
         if self.subscribed and self._events is not None:
@@ -175,6 +213,7 @@ class MemoryBackplane:
 
     async def heartbeat(self) -> bool:
         self.cluster.check()
+        self._flush_gone()
         return self._beat()
 
     # -- connections ----------------------------------------------------------------------------
@@ -186,7 +225,7 @@ class MemoryBackplane:
 
     def _present(self, reg: Registration, channel: str) -> None:
         self.cluster.presence.setdefault(channel, {})[reg.conn_id] = \
-            f"{self.gateway_id} {reg.user}"
+            contract.presence_value(self.gateway_id, reg.user)
 
     async def register(self, reg: Registration,
                        stream_keys: list[str]) -> tuple[int, dict[str, Position]]:
@@ -210,17 +249,27 @@ class MemoryBackplane:
             self.cluster.presence.get(channel, {}).pop(reg.conn_id, None)
 
     def unregister(self, reg: Registration) -> None:
-        if self.cluster.down:
-            return  # the entries die with the registry in Redis; here they stay harmlessly
-        self.cluster.conns.get(reg.user, {}).pop(reg.conn_id, None)
-        for channel in reg.channels:
-            self.cluster.presence.get(channel, {}).pop(reg.conn_id, None)
+        self._gone.append(reg)
+        if not self.cluster.down:
+            self._flush_gone()
+
+    def _flush_gone(self) -> None:
+        batch, self._gone = self._gone, []
+        for reg in batch:
+            self.cluster.conns.get(reg.user, {}).pop(reg.conn_id, None)
+            self._claim(reg)  # the session outlives the connection, for resume
+            for channel in reg.channels:
+                self.cluster.presence.get(channel, {}).pop(reg.conn_id, None)
 
     async def reregister(self, regs: list[Registration]) -> None:
         self.cluster.check()
         for reg in regs:
             self._map(reg)
-            self.cluster.sessions[reg.session_id] = reg.user
+            self._claim(reg)
+
+    def _claim(self, reg: Registration) -> None:
+        """Bind the session to its user unless another user owns it (CLAIM_SESSION_LUA)."""
+        self.cluster.sessions.setdefault(reg.session_id, reg.user)
 
     # -- logs -----------------------------------------------------------------------------------
 
