@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -376,8 +377,16 @@ class RedisBackplane:
             return await self._store.publish(Target("c", channel), data)
 
     async def gateways(self) -> list[GatewayInfo]:
+        """The registry, each entry with whether its gateway's pub/sub channel is listened
+        to right now (``listening``): evidence of life that does not lag a heartbeat."""
         with unavailable("gateways"):
-            return await self._store.gateways()
+            infos = await self._store.gateways()
+            if not infos:
+                return infos
+            counts = await self.redis.pubsub_numsub(
+                *(self.keys.gateway_channel(g.gateway_id) for g in infos))
+        return [dataclasses.replace(g, listening=int(n) > 0)
+                for g, (_, n) in zip(infos, counts, strict=True)]
 
     # -- channel subscriptions ----------------------------------------------------------------
 

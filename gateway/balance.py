@@ -66,10 +66,13 @@ def alive(info: GatewayInfo, before: GatewayInfo | None, *, now_ms: int,
     ``before``: its entry as read one :func:`confirm_window` earlier. A registry entry outlives
     a crashed gateway by about three heartbeats and its last heartbeat can be a fraction of a
     second old when it dies, so age alone proves nothing: the heartbeat must have *advanced*
-    between the two reads (it was written after the first one) and be recent. A draining
-    gateway, or one whose entry says it is not ready, takes nobody.
+    between the two reads (it was written after the first one) and be recent. Even that leaves
+    a window (it heartbeated, then died), so a gateway whose own pub/sub channel has no
+    subscriber at the second read (``listening`` False: a killed process's connections close
+    with it) is dead too. A draining gateway, or one whose entry says it is not ready, takes
+    nobody.
     """
-    if info.draining or info.ready is False:
+    if info.draining or info.ready is False or info.listening is False:
         return False
     if before is None or info.heartbeat_ms <= before.heartbeat_ms:
         return False

@@ -12,6 +12,7 @@ resume, drain, rebalance, and the backend's failures (:meth:`MemoryCluster.go_do
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -313,7 +314,10 @@ class MemoryBackplane:
 
     async def gateways(self) -> list[GatewayInfo]:
         self.cluster.check()
-        return list(self.cluster.registry.values())
+        members = self.cluster.members
+        return [dataclasses.replace(g, listening=g.gateway_id in members and
+                                    members[g.gateway_id].subscribed)
+                for g in self.cluster.registry.values()]
 
 
 def factory(cluster: MemoryCluster, **kwargs: Any) -> Callable[[str, Any], MemoryBackplane]:

@@ -61,6 +61,10 @@ class GatewayInfo:
     # readiness, and its connection limit (0: no limit).
     ready: bool | None = None
     max_connections: int | None = None
+    # Whether the gateway's own pub/sub channel has a subscriber right now (None: not asked).
+    # A killed process's connections are closed by its kernel at once, so this turns False
+    # long before its registry entry expires.
+    listening: bool | None = None
 
 
 def text(value: object) -> str:

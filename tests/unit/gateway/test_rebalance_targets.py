@@ -92,3 +92,13 @@ def test_alive_needs_an_advanced_and_recent_heartbeat() -> None:
     assert not ok(NOW - 100, NOW - 200)  # went backwards: a different writer, no evidence
     assert not ok(NOW - 3000, NOW - 1600)  # 1.6 s > 2 heartbeats + 0.5 s
     assert ok(NOW - 3000, NOW - 1400)
+
+
+def test_a_peer_that_heartbeated_then_died_is_dead_once_nobody_listens_on_its_channel() -> None:
+    # Its heartbeat advanced between the reads (it beat, then was killed): only the fact that
+    # its pub/sub channel lost its subscriber tells it apart from a live peer.
+    before = [gw("me", 60, NOW - 900), gw("peer", 30, NOW - 1500)]
+    beat_then_died = gw("peer", 30, NOW - 300, listening=False)
+    assert decide(before, [gw("me", 60, NOW - 100), beat_then_died]).moves == 0
+    alive = dataclasses.replace(beat_then_died, listening=True)
+    assert decide(before, [gw("me", 60, NOW - 100), alive]).moves > 0
