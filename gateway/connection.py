@@ -150,7 +150,7 @@ class BaseConnection(asyncio.Protocol):
         message, with the session holding live messages until it is out, then those."""
         session = self.session
         if len(outs) > 1 and session.ready:
-            session.ready = False  # live messages wait behind the paced replay
+            session.hold()  # live messages wait behind the paced replay
             if not await self.send_paced(outs):
                 return False
             outs = session.start()

@@ -100,6 +100,11 @@ class Session:
         self._offsets[key] = offset
         return NEXT + offset - last - 1
 
+    def hold(self) -> None:
+        """Hold live messages again (a paced replay is going out); :meth:`start` releases
+        them behind it."""
+        self.ready = False
+
     def start(self, replay: list[Outgoing] | None = None) -> list[Outgoing]:
         """Welcome sent: the replay, then the held live messages that are still news."""
         self.ready = True
