@@ -44,6 +44,7 @@ from gateway.app import Gateway
 from gateway.server import Connection
 from switchboard.auth import mint
 from switchboard.config import GatewaySettings
+from tests.fake_tcp import FakeTcp
 from tests.fuzz import wsmodel
 from tests.fuzz.wsmodel import FINAL_PING, Item
 from tests.support import API_KEY, JWT_SECRET, Proc, RedisServer, start_gateway, start_router
@@ -109,45 +110,15 @@ case_strategy = st.tuples(
 # -- in process --------------------------------------------------------------------------------
 
 
-class FakeTransport:
+class FakeTransport(FakeTcp):
     """The asyncio transport a Connection writes to; records the bytes."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, protocol: Connection) -> None:
-        self.loop = loop
-        self.protocol = protocol
+        super().__init__(protocol, loop)
         self.out = bytearray()
-        self.closing = False
 
-    def write(self, data: bytes) -> None:
-        if not self.closing:
-            self.out += data
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.write(chunk)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        if not self.closing:
-            self.closing = True
-            self.loop.call_soon(self.protocol.connection_lost, None)
-
-    abort = close
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(
-            name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+    def received(self, data: bytes) -> None:
+        self.out += data
 
 
 @pytest.fixture

@@ -217,7 +217,9 @@ async def test_sse_subscribes_at_connect(redis_server: RedisServer, logdir: Path
 async def test_subscribe_unsubscribe_subscribe_back_to_back_ends_subscribed_and_present(
     redis_server: RedisServer, logdir: Path
 ) -> None:
-    with cluster(redis_server, logdir, gateways=1) as c:
+    # 60 commands in quick bursts: more than the default inbound burst (50) allows when the
+    # loop runs faster than the refill, which would close the client 4129 instead.
+    with cluster(redis_server, logdir, gateways=1, SWITCHBOARD_INBOUND_BURST="1000") as c:
         cl = await WsClient(ws_url(c, 0, "flip")).start()
         assert cl.ws is not None
         for i in range(20):

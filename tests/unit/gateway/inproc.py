@@ -32,6 +32,7 @@ from switchboard.auth import mint
 from switchboard.config import GatewaySettings
 from switchboard.contract import Message
 from switchboard.streams import Position
+from tests.fake_tcp import FakeTcp
 
 JWT_SECRET = "inproc-test-secret-of-at-least-32-bytes"
 TIMEOUT = 3.0  # seconds any single wait may take before the test fails
@@ -149,10 +150,11 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-class Client:
+class Client(FakeTcp):
     """One client connection: the asyncio transport of a gateway Connection, and its peer."""
 
     def __init__(self, node: Node, conn: Connection, sse: bool) -> None:
+        super().__init__(conn, node.loop)
         self.node = node
         self.conn = conn
         self.sse = sse
@@ -165,45 +167,15 @@ class Client:
         self.close_code: int | None = None
         self.close_reason = ""
         self.closed_at: float | None = None
-        self.tcp_closed = False
         self.sent_close = False
         # Our position in every stream, as a client keeps it (for a resume's cursor).
         self.positions: dict[str, Position] = {}
 
     # -- asyncio.Transport (what the gateway calls) -------------------------------------------
 
-    def write(self, data: bytes) -> None:
-        if self.tcp_closed:
-            return
+    def received(self, data: bytes) -> None:
         self._buf += data
         self._parse()
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.write(chunk)
-
-    def is_closing(self) -> bool:
-        return self.tcp_closed
-
-    def close(self) -> None:
-        if not self.tcp_closed:
-            self.tcp_closed = True
-            self.loop.call_soon(self.conn.connection_lost, None)
-
-    abort = close
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(
-            name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
     # -- parsing what the gateway wrote -------------------------------------------------------
 
@@ -345,7 +317,7 @@ class Client:
         self.conn.data_received(data)
 
     def _send_close(self, code: bytes) -> None:
-        if self.sent_close or self.tcp_closed:
+        if self.sent_close or self.closing:
             return
         self.sent_close = True
         self.conn.data_received(client_frame(CLOSE, code))

@@ -16,7 +16,6 @@ import base64
 import json
 import os
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from websockets.frames import Close, Frame, Opcode
@@ -28,46 +27,29 @@ from gateway.server import Connection
 from switchboard.auth import mint
 from switchboard.closecodes import Close as Code
 from switchboard.config import GatewaySettings
+from tests.fake_tcp import FakeTcp
 
 SECRET = "transport-close-test-secret-of-32-bytes+"
 PING_INTERVAL, PING_TIMEOUT, SSE_PING_INTERVAL = 20.0, 10.0, 15.0
 
 
-class FakeTcp:
-    """The asyncio transport a Connection writes to: records the bytes and how it ended."""
+class Tcp(FakeTcp):
+    """Records the bytes and how the connection ended; nothing may be written after closing."""
 
     def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self.out = bytearray()
-        self.closed = False
-        self.aborted = False
-        self.buffer_size = 0  # what the kernel would not take (a stalled reader)
+
+    @property
+    def closed(self) -> bool:
+        return self.closing
 
     def write(self, data: bytes) -> None:
-        assert not self.closed, "wrote after closing"
+        assert not self.closing, "wrote after closing"
+        self.received(data)
+
+    def received(self, data: bytes) -> None:
         self.out += data
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.write(chunk)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            asyncio.get_running_loop().call_soon(self.conn.connection_lost, None)
-
-    def abort(self) -> None:
-        self.aborted = True
-        self.close()
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffer_size
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
 
     def take(self) -> bytes:
         """What was written since the last take."""
@@ -138,9 +120,9 @@ def sse_events(data: bytes) -> list[dict[str, str]]:
     return events
 
 
-async def open_ws(gw: Gateway) -> tuple[Connection, FakeTcp]:
+async def open_ws(gw: Gateway) -> tuple[Connection, Tcp]:
     conn = Connection(gw.services, gw)
-    tcp = FakeTcp(conn)
+    tcp = Tcp(conn)
     conn.connection_made(tcp)  # type: ignore[arg-type]
     key = base64.b64encode(os.urandom(16)).decode()
     conn.data_received(
@@ -154,9 +136,9 @@ async def open_ws(gw: Gateway) -> tuple[Connection, FakeTcp]:
     return conn, tcp
 
 
-async def open_sse(gw: Gateway) -> tuple[Connection, FakeTcp]:
+async def open_sse(gw: Gateway) -> tuple[Connection, Tcp]:
     conn = Connection(gw.services, gw)
-    tcp = FakeTcp(conn)
+    tcp = Tcp(conn)
     conn.connection_made(tcp)  # type: ignore[arg-type]
     conn.data_received(
         f"GET /sse?token={mint(SECRET, 'bob')} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
@@ -322,7 +304,7 @@ async def test_sse_ping_comment_every_sse_ping_interval(gateway: Gateway) -> Non
 
 async def test_keepalive_before_the_handshake_does_nothing(gateway: Gateway) -> None:
     conn = Connection(gateway.services, gateway)
-    tcp = FakeTcp(conn)
+    tcp = Tcp(conn)
     conn.connection_made(tcp)  # type: ignore[arg-type]
     conn.keepalive(conn.last_seen + 10**6, PING_INTERVAL, PING_TIMEOUT)
     assert tcp.take() == b"" and not tcp.closed
