@@ -30,8 +30,8 @@ from gateway.ports import BackplaneEvents, Registration
 from gateway.pubsub import PubSubConnection, PubSubError
 from switchboard import contract, resp, streams
 from switchboard.config import GatewaySettings
-from switchboard.contract import Message
-from switchboard.store import GatewayInfo, Published, Store, Target, connect, pipelined, text
+from switchboard.contract import GatewayInfo, Message
+from switchboard.store import Published, Store, Target, connect, pipelined, text
 from switchboard.streams import Position
 
 log = logging.getLogger("switchboard.gateway")
@@ -123,22 +123,13 @@ class RedisBackplane:
         now = contract.now_ms()
         key = self.keys.gateway(self.gateway_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(
-            key,
-            mapping={
-                "host": s.advertise_host or s.host,
-                "port": s.port,
-                "connections": load.get("connections", 0),
-                "ws": load.get("ws", 0),
-                "sse": load.get("sse", 0),
-                "draining": "1" if self.draining else "0",
-                # for peers deciding where clients may be moved (gateway.balance.plan)
-                "ready": "1" if self.subscribed and not self.draining else "0",
-                "max_connections": s.max_connections or 0,  # 0: no limit
-                "started": self.started_ms,
-                "heartbeat": now,
-            },
-        )
+        entry: dict[Any, Any] = contract.registry_entry(GatewayInfo(
+            gateway_id=self.gateway_id, host=s.advertise_host or s.host, port=s.port,
+            connections=load.get("connections", 0), ws=load.get("ws", 0),
+            sse=load.get("sse", 0), draining=self.draining, started_ms=self.started_ms,
+            heartbeat_ms=now, ready=self.subscribed and not self.draining,
+            max_connections=s.max_connections or 0))
+        pipe.hset(key, mapping=entry)
         # Three missed heartbeats and the key is gone: publishers then treat us as dead.
         pipe.pexpire(key, contract.registry_ttl_ms(s.heartbeat_interval))
         pipe.zadd(self.keys.gateways(), {self.gateway_id: now})

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from switchboard.store import GatewayInfo
+from switchboard.contract import GatewayInfo
 
 
 def moves(mine: int, loads: list[int], *, margin: float, max_moves: int,

@@ -20,8 +20,8 @@ from typing import Any
 from gateway.errors import BackendUnavailable, ChannelUnavailable
 from gateway.ports import BackplaneEvents, Registration
 from switchboard import contract, streams
-from switchboard.contract import Message
-from switchboard.store import GatewayInfo, Published
+from switchboard.contract import GatewayInfo, Message
+from switchboard.store import Published
 from switchboard.streams import Position
 
 

@@ -17,7 +17,7 @@ from gateway.hub import Client
 from gateway.ports import Services
 from switchboard import contract
 from switchboard.closecodes import Close
-from switchboard.store import GatewayInfo
+from switchboard.contract import GatewayInfo
 
 log = logging.getLogger("switchboard.gateway")
 

@@ -28,8 +28,8 @@ from gateway.transport import Transport, Writer
 from gateway.wire import Outgoing
 from switchboard.auth import Claims
 from switchboard.config import GatewaySettings
-from switchboard.contract import Control, Message
-from switchboard.store import GatewayInfo, Published
+from switchboard.contract import Control, GatewayInfo, Message
+from switchboard.store import Published
 from switchboard.streams import Position
 
 

@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 
 from router import models
 from router.context import Context
-from switchboard.store import GatewayInfo, heartbeat_age
+from switchboard.contract import GatewayInfo
+from switchboard.store import heartbeat_age
 
 
 def imbalance(gateways: list[GatewayInfo]) -> float:

@@ -48,6 +48,57 @@ class Control:
     args: tuple[Any, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayInfo:
+    """A gateway's registry entry (``sb:gw:ID``), as heartbeats write it."""
+
+    gateway_id: str
+    host: str
+    port: int
+    connections: int
+    ws: int
+    sse: int
+    draining: bool
+    started_ms: int
+    heartbeat_ms: int
+    # Optional registry fields (None when the entry does not carry them): the gateway's own
+    # readiness, and its connection limit (0: no limit).
+    ready: bool | None = None
+    max_connections: int | None = None
+    # Whether the gateway's own pub/sub channel has a subscriber right now (None: not asked).
+    # A killed process's connections are closed by its kernel at once, so this turns False
+    # long before its registry entry expires.
+    listening: bool | None = None
+
+
+def registry_entry(info: GatewayInfo) -> dict[str, str | int]:
+    """The ``sb:gw:ID`` hash fields of an entry (the gateway id is the key's, not a field)."""
+    entry: dict[str, str | int] = {
+        "host": info.host, "port": info.port, "connections": info.connections,
+        "ws": info.ws, "sse": info.sse, "draining": "1" if info.draining else "0",
+        "started": info.started_ms, "heartbeat": info.heartbeat_ms,
+    }
+    # for peers deciding where clients may be moved (gateway.balance.plan)
+    if info.ready is not None:
+        entry["ready"] = "1" if info.ready else "0"
+    if info.max_connections is not None:
+        entry["max_connections"] = info.max_connections  # 0: no limit
+    return entry
+
+
+def parse_registry_entry(gateway_id: str, f: dict[str, str]) -> GatewayInfo:
+    """Read back what :func:`registry_entry` wrote (older gateways may lack fields)."""
+    limit = f.get("max_connections")
+    return GatewayInfo(
+        gateway_id=gateway_id, host=f.get("host", ""), port=int(f.get("port", 0)),
+        connections=int(f.get("connections", 0)), ws=int(f.get("ws", 0)),
+        sse=int(f.get("sse", 0)), draining=f.get("draining") == "1",
+        started_ms=int(f.get("started", 0)), heartbeat_ms=int(f.get("heartbeat", 0)),
+        ready=f["ready"] == "1" if "ready" in f else None,
+        max_connections=int(limit) if limit and limit.isdigit() else None,
+    )
+
+
 class Keys:
     """Builds every key and pub/sub channel name under one prefix."""
 

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from switchboard import contract, streams
 from switchboard.config import RedisSettings
+from switchboard.contract import GatewayInfo
 from switchboard.pipelined import PipelinedRedis, Script
 
 TargetKind = Literal["u", "b", "c"]
@@ -44,27 +45,6 @@ class Published:
     offset: int
     recipients: int
     duplicate: bool
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayInfo:
-    gateway_id: str
-    host: str
-    port: int
-    connections: int
-    ws: int
-    sse: int
-    draining: bool
-    started_ms: int
-    heartbeat_ms: int
-    # Optional registry fields (None when the entry does not carry them): the gateway's own
-    # readiness, and its connection limit (0: no limit).
-    ready: bool | None = None
-    max_connections: int | None = None
-    # Whether the gateway's own pub/sub channel has a subscriber right now (None: not asked).
-    # A killed process's connections are closed by its kernel at once, so this turns False
-    # long before its registry entry expires.
-    listening: bool | None = None
 
 
 def text(value: object) -> str:
@@ -237,34 +217,11 @@ class Store:
             if not row:
                 stale.append(gid)  # its registry hash expired: the gateway is dead
                 continue
-            f = {text(k): text(v) for k, v in row.items()}
-            result.append(
-                GatewayInfo(
-                    gateway_id=gid,
-                    host=f.get("host", ""),
-                    port=int(f.get("port", 0)),
-                    connections=int(f.get("connections", 0)),
-                    ws=int(f.get("ws", 0)),
-                    sse=int(f.get("sse", 0)),
-                    draining=f.get("draining") == "1",
-                    started_ms=int(f.get("started", 0)),
-                    heartbeat_ms=int(f.get("heartbeat", 0)),
-                    ready=f["ready"] == "1" if "ready" in f else None,
-                    max_connections=_optional_int(f.get("max_connections")),
-                )
-            )
+            result.append(contract.parse_registry_entry(
+                gid, {text(k): text(v) for k, v in row.items()}))
         if stale:
             await self.redis.zrem(self.keys.gateways(), *stale)
         return result
-
-
-def _optional_int(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return max(0, int(value))
-    except ValueError:
-        return 0 if value == "" else None
 
 
 def heartbeat_age(info: GatewayInfo) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from gateway import balance
-from switchboard.store import GatewayInfo
+from switchboard.contract import GatewayInfo
 
 HB = 0.5  # heartbeat interval, seconds
 NOW = 1_000_000_000  # ms

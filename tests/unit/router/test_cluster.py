@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from router.cluster import imbalance, summarize
-from switchboard.store import GatewayInfo
+from switchboard.contract import GatewayInfo
 
 
 def gw(gid: str, connections: int, draining: bool = False) -> GatewayInfo:
