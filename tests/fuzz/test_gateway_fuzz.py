@@ -443,3 +443,31 @@ def test_a_failure_in_the_same_read_as_a_gateway_close_still_sends_everything(
     assert frames and frames[0].payload == b'{"type":"pong"}', kinds
     assert frames[-1].opcode == wsmodel.CLOSE, kinds
     assert wsmodel.close_code(frames[-1].payload) in (1002, 1007), kinds
+
+
+@pytest.mark.parametrize("first", [MAX_SIZE - 1, MAX_SIZE])
+def test_a_ping_between_fragments_counts_against_the_message_size(
+    in_process: tuple[Gateway, asyncio.AbstractEventLoop, list[dict[str, Any]]], first: int,
+) -> None:
+    """Found by the raw-socket run: websockets checks a control frame between fragments
+    against what the message has left, so a first fragment of exactly max_size leaves no room
+    for a 1-byte ping (1009, no pong), one byte less does. The model predicts both."""
+    gw, loop, _ = in_process
+    conn = Connection(gw.services, gw)
+    tcp = FakeTransport(loop, conn)
+    conn.connection_made(tcp)  # type: ignore[arg-type]
+    conn.data_received(handshake(8080, False))
+    settle(loop)
+    start = len(tcp.out)
+    payload = b'{"type":"ping","pad":"' + b"p" * (first + 2 - 24) + b'"}'
+    items: list[Item] = [wsmodel.Msg(False, payload, cuts=(first,), ping_between=b"\x00")]
+    conn.data_received(wsmodel.stream_bytes(items))
+    settle(loop)
+    frames, _ = wsmodel.parse_server_frames(bytes(tcp.out[start:]))
+    if not tcp.closing:
+        tcp.close()
+        settle(loop)
+    obs = wsmodel.observe(frames, False, skip_welcome=False)
+    exp = wsmodel.expect(items, MAX_SIZE)
+    assert obs.control_pongs == exp.control_pongs == ([] if first == MAX_SIZE else [b"\x00"])
+    assert wsmodel.close_code(obs.close or b"") == 1009

@@ -254,10 +254,12 @@ def expect(items: list[Item], max_size: int, utf8_closes: bool = TEXT_UTF8_CLOSE
             cuts = sorted({c for c in item.cuts if 0 < c < len(item.payload)})
             first = item.payload[:cuts[0]] if cuts else item.payload
             pinged = item.ping_between is not None and bool(cuts)
-            # websockets checks the size as each frame header arrives (fragments add up);
-            # the gateway checks the UTF-8 of a whole text message.
-            if len(item.payload) > max_size:
-                if pinged and len(first) <= max_size:
+            # websockets checks the size as each frame header arrives (fragments add up, and
+            # a ping between fragments counts against what the message has left); the
+            # gateway checks the UTF-8 of a whole text message.
+            ping_fits = pinged and len(first) + len(item.ping_between or b"") <= max_size
+            if len(item.payload) > max_size or (pinged and not ping_fits):
+                if ping_fits:
                     exp.control_pongs.append(item.ping_between or b"")
                 if closing:
                     exp.racy = True

@@ -20,7 +20,7 @@ import itertools
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,18 @@ async def wait_acked(ledger: Ledger, more_than: int, timeout: float = 15) -> Non
                 f"more than {more_than} acknowledged broadcasts")
 
 
+async def under_faults(c: Cluster, fault: Callable[[], Awaitable[None]], times: int,
+                       spacing: Callable[[], int] = lambda: 10) -> Ledger:
+    """Steady traffic with ``fault`` injected ``times``, each after ``spacing()`` more
+    acknowledged broadcasts, then 30 more: the ledger of everything acknowledged."""
+    async with traffic(c) as ledger:
+        for _ in range(times):
+            await wait_acked(ledger, len(ledger.acks.get("b", [])) + spacing())
+            await fault()
+        await wait_acked(ledger, len(ledger.acks.get("b", [])) + 30)
+    return ledger
+
+
 def epochs(ledger: Ledger, key: str) -> list[str]:
     return list(dict.fromkeys(e for e, _, _ in ledger.acks.get(key, [])))
 
@@ -186,13 +198,14 @@ async def test_redis_restarted_empty_under_traffic_loses_nothing_silently(
     rng = random.Random(seed)
     with cluster(redis_server, logdir) as c:
         watched = await connect_all(c)
-        async with traffic(c) as ledger:
-            for _ in range(3):  # the restart lands at a different moment each time
-                await wait_acked(ledger, len(ledger.acks.get("b", [])) + rng.randint(3, 30))
-                redis_server.stop()  # SIGTERM, no persistence: it comes back empty
-                await asyncio.sleep(rng.uniform(0.2, 2.0))  # the outage itself
-                redis_server.start()
-            await wait_acked(ledger, len(ledger.acks.get("b", [])) + 30)
+
+        async def restart() -> None:
+            redis_server.stop()  # SIGTERM, no persistence: it comes back empty
+            await asyncio.sleep(rng.uniform(0.2, 2.0))  # the outage itself
+            redis_server.start()
+
+        # the restart lands at a different moment each time
+        ledger = await under_faults(c, restart, 3, lambda: rng.randint(3, 30))
         await settle(watched, ledger)
         assert len(epochs(ledger, "b")) == 4, "every restart started a new epoch"
         assert ledger.refused > 0, "publishes during the outages were refused, not acked"
@@ -209,11 +222,11 @@ async def test_flushall_under_traffic_loses_nothing_silently(
 ) -> None:
     with cluster(redis_server, logdir) as c:
         watched = await connect_all(c)
-        async with traffic(c) as ledger:
-            for _ in range(2):
-                await wait_acked(ledger, len(ledger.acks.get("b", [])) + 10)
-                redis_server.cli("FLUSHALL")  # connections stay up; every key is gone
-            await wait_acked(ledger, len(ledger.acks.get("b", [])) + 30)
+
+        async def flush() -> None:
+            redis_server.cli("FLUSHALL")  # connections stay up; every key is gone
+
+        ledger = await under_faults(c, flush, 2)
         await settle(watched, ledger)
         assert len(epochs(ledger, f"u:{USERS[0]}")) == 3
         for w in watched:
@@ -225,11 +238,11 @@ async def test_killed_pubsub_connections_lose_nothing_under_traffic(
 ) -> None:
     with cluster(redis_server, logdir) as c:
         watched = await connect_all(c)
-        async with traffic(c) as ledger:
-            for _ in range(3):
-                await wait_acked(ledger, len(ledger.acks.get("b", [])) + 10)
-                redis_server.cli("CLIENT", "KILL", "TYPE", "pubsub")
-            await wait_acked(ledger, len(ledger.acks.get("b", [])) + 30)
+
+        async def kill_pubsub() -> None:
+            redis_server.cli("CLIENT", "KILL", "TYPE", "pubsub")
+
+        ledger = await under_faults(c, kill_pubsub, 3)
         await settle(watched, ledger)
         # Redis kept its data: one epoch, and nothing at all may be missing.
         assert len(epochs(ledger, "b")) == 1

@@ -23,15 +23,6 @@ from tests.unit.gateway.inproc import Client, Env, Node, publish, settle, until
 
 
 @pytest.fixture
-async def env() -> AsyncIterator[Env]:
-    e = Env()
-    try:
-        yield e
-    finally:
-        await e.close()
-
-
-@pytest.fixture
 async def small_env() -> AsyncIterator[Env]:
     e = Env(history_size=3)
     try:

@@ -10,7 +10,7 @@ backplane) to check the same order as HTTP statuses a client gets.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -151,15 +151,6 @@ def test_last_event_id_is_the_sse_cursor_and_wins_over_the_query() -> None:
 
 
 # -- the same order as HTTP statuses, through the real gateway --------------------------------
-
-
-@pytest.fixture
-async def env() -> AsyncIterator[Env]:
-    e = Env()
-    try:
-        yield e
-    finally:
-        await e.close()
 
 
 async def status_of(connect: Callable[[], Client]) -> tuple[int, dict[str, str]]:
