@@ -12,10 +12,11 @@ Redis losing data shows up here too (DESIGN 7):
   before this gateway was subscribed or registered again: the new epoch is filled from offset 1;
 - after a pub/sub reconnect every followed stream is held (:meth:`Tracker.hold_all`) until its
   top has been read (:meth:`Tracker.catch_up`). A top in the same epoch but *below* what we
-  already delivered means Redis came back with older data (a restart from a stale snapshot, a
-  failover to a replica that missed writes): offsets are being reused for other messages, so
-  nothing of that epoch can be trusted any more. Such a stream is reported as regressed; the
-  gateway retires its epoch and moves its followers, whose resume then says
+  already delivered, or a held envelope at or below it, means Redis came back with older data
+  (a restart from a stale snapshot, a failover to a replica that missed writes): offsets are
+  being reused for other messages, so nothing of that epoch can be trusted any more. Such a
+  stream is reported as regressed; the gateway retires its epoch and moves its followers,
+  whose resume then says
   ``recovered:false``.
 """
 
@@ -134,7 +135,8 @@ class Tracker:
             held = key in self._unverified
             self._unverified.discard(key)
             top = tops.get(key)
-            if top is not None and top.epoch == pos.epoch and top.offset < pos.offset:
+            if top is not None and top.epoch == pos.epoch and (
+                    top.offset < pos.offset or (held and self._reused(key, pos))):
                 # Offsets we delivered are being reused: no message of this epoch is
                 # trustworthy for our followers, held ones included.
                 steps.regressed.append((key, pos.epoch))
@@ -157,6 +159,13 @@ class Tracker:
             elif held:
                 steps.add(*self._release(key))
         return steps
+
+    def _reused(self, key: str, pos: Position) -> bool:
+        """Did the new subscription bring an offset we had delivered already? It only carries
+        what was published after it, and an intact stream only grows: so that offset was
+        used again, even if the top has since grown past our position."""
+        return any(m.epoch == pos.epoch and m.offset <= pos.offset
+                   for m in self._waiting.get(key, ()))
 
     def release_all(self) -> Steps:
         """The tops could not be read: stop holding and let live gap detection take over."""

@@ -87,6 +87,26 @@ def test_offsets_going_back_in_the_same_epoch_are_reported_not_dropped() -> None
     assert t.position(U) is None and not t.holding(U)
 
 
+def test_a_reused_offset_held_after_reconnect_is_a_regression_even_below_the_top() -> None:
+    # The reused offsets overtook our position before the tops were read: the top alone
+    # (E, 14) looks like a plain gap, but the new subscription brought offset 9 again.
+    t = Tracker()
+    t.follow(U, Position("E", 10))
+    t.hold_all()
+    t.live(m(U, "E", 9))
+    steps = t.catch_up({U: Position("E", 14)})
+    assert steps.regressed == [(U, "E")] and steps.fills == [] and steps.ready == []
+
+
+def test_held_offsets_above_our_position_are_a_plain_catch_up() -> None:
+    t = Tracker()
+    t.follow(U, Position("E", 10))
+    t.hold_all()
+    t.live(m(U, "E", 13))
+    steps = t.catch_up({U: Position("E", 13)})
+    assert steps.regressed == [] and steps.fills == [Fill(U, "E", 11, 13)]
+
+
 def test_release_all_gives_back_what_was_held_when_tops_cannot_be_read() -> None:
     t = Tracker()
     t.follow(U, Position("E", 1))
