@@ -149,6 +149,25 @@ def settle(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_until_complete(turns())
 
 
+def one_read(gw: Gateway, loop: asyncio.AbstractEventLoop,
+             data: bytes) -> list[wsmodel.ServerFrame]:
+    """A fresh in-process connection past its welcome gets ``data`` in one read: the frames
+    the gateway wrote back, after the connection was left to close."""
+    conn = Connection(gw.services, gw)
+    tcp = FakeTransport(loop, conn)
+    conn.connection_made(tcp)  # type: ignore[arg-type]
+    conn.data_received(handshake(8080, False))
+    settle(loop)
+    start = len(tcp.out)
+    conn.data_received(data)
+    settle(loop)
+    frames, _ = wsmodel.parse_server_frames(bytes(tcp.out[start:]))
+    if not tcp.closing:
+        tcp.close()
+        settle(loop)
+    return frames
+
+
 def test_gateway_connection_in_process(
     in_process: tuple[Gateway, asyncio.AbstractEventLoop, list[dict[str, Any]]],
 ) -> None:
@@ -374,18 +393,9 @@ def test_text_frame_with_invalid_utf8_fails_the_connection_1007(
 ) -> None:
     """RFC 6455 8.1. The gateway used to hand such text to its JSON decoder (bad_request)."""
     gw, loop, _ = in_process
-    conn = Connection(gw.services, gw)
-    tcp = FakeTransport(loop, conn)
-    conn.connection_made(tcp)  # type: ignore[arg-type]
-    conn.data_received(handshake(8080, False))
-    settle(loop)
-    conn.data_received(wsmodel.client_frame(wsmodel.TEXT, b'{"type":"ping","x":"\xff"}'))
-    settle(loop)
-    frames, _ = wsmodel.parse_server_frames(bytes(tcp.out).partition(b"\r\n\r\n")[2])
-    if not tcp.closing:
-        tcp.close()
-        settle(loop)
-    assert frames[-1].opcode == wsmodel.CLOSE, [f.payload[:60] for f in frames[1:]]
+    frames = one_read(gw, loop, wsmodel.client_frame(wsmodel.TEXT,
+                                                     b'{"type":"ping","x":"\xff"}'))
+    assert frames[-1].opcode == wsmodel.CLOSE, [f.payload[:60] for f in frames]
     assert wsmodel.close_code(frames[-1].payload) == 1007
 
 
@@ -423,22 +433,11 @@ def test_a_failure_in_the_same_read_as_a_gateway_close_still_sends_everything(
     in_process: tuple[Gateway, asyncio.AbstractEventLoop, list[dict[str, Any]]],
 ) -> None:
     gw, loop, _ = in_process
-    conn = Connection(gw.services, gw)
-    tcp = FakeTransport(loop, conn)
-    conn.connection_made(tcp)  # type: ignore[arg-type]
-    conn.data_received(handshake(8080, False))
-    settle(loop)
-    start = len(tcp.out)
     # one read: a ping, a text frame that is not UTF-8 (gateway: 1007), a reserved opcode
     # (websockets: 1002)
-    conn.data_received(wsmodel.stream_bytes([
+    frames = one_read(gw, loop, wsmodel.stream_bytes([
         wsmodel.Msg(False, b'{"type":"ping"}'), wsmodel.Msg(False, b"\xff"),
         wsmodel.Violation("reserved_opcode")]))
-    settle(loop)
-    frames, _ = wsmodel.parse_server_frames(bytes(tcp.out[start:]))
-    if not tcp.closing:
-        tcp.close()
-        settle(loop)
     kinds = [(f.opcode, f.payload[:30]) for f in frames]
     assert frames and frames[0].payload == b'{"type":"pong"}', kinds
     assert frames[-1].opcode == wsmodel.CLOSE, kinds
@@ -453,20 +452,9 @@ def test_a_ping_between_fragments_counts_against_the_message_size(
     against what the message has left, so a first fragment of exactly max_size leaves no room
     for a 1-byte ping (1009, no pong), one byte less does. The model predicts both."""
     gw, loop, _ = in_process
-    conn = Connection(gw.services, gw)
-    tcp = FakeTransport(loop, conn)
-    conn.connection_made(tcp)  # type: ignore[arg-type]
-    conn.data_received(handshake(8080, False))
-    settle(loop)
-    start = len(tcp.out)
     payload = b'{"type":"ping","pad":"' + b"p" * (first + 2 - 24) + b'"}'
     items: list[Item] = [wsmodel.Msg(False, payload, cuts=(first,), ping_between=b"\x00")]
-    conn.data_received(wsmodel.stream_bytes(items))
-    settle(loop)
-    frames, _ = wsmodel.parse_server_frames(bytes(tcp.out[start:]))
-    if not tcp.closing:
-        tcp.close()
-        settle(loop)
+    frames = one_read(gw, loop, wsmodel.stream_bytes(items))
     obs = wsmodel.observe(frames, False, skip_welcome=False)
     exp = wsmodel.expect(items, MAX_SIZE)
     assert obs.control_pongs == exp.control_pongs == ([] if first == MAX_SIZE else [b"\x00"])
