@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import socket
@@ -20,7 +21,7 @@ from typing import Any
 
 from websockets.http11 import Request, Response
 
-from gateway import commands, handshake, http, mover
+from gateway import commands, handshake, http, mover, shutdown
 from gateway.admission import Admission, refusal
 from gateway.backplane import RedisBackplane
 from gateway.delivery import Delivery
@@ -247,8 +248,7 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), self.settings.close_timeout + 1)
         await self.backplane.stop()
-        for task in self._tasks:
-            task.cancel()
+        await shutdown.stop_tasks(self._tasks, 1.0)
         log.info("gateway %s stopped", self.gateway_id)
 
 
@@ -275,6 +275,12 @@ def run(settings: GatewaySettings) -> int:
             loop.add_signal_handler(sig, gateway.request_stop)
         await gateway.start()
         await gateway.run_until_stopped()
+        # Whatever is left (connection tasks, fills) ends here, within a bound: asyncio.run
+        # would wait for it without one. The drain is complete by now (clients moved, entry
+        # deregistered), so a task that ignores its cancellation is no reason to hang.
+        if not await shutdown.stop_others(2.0):
+            logging.shutdown()
+            os._exit(0)
 
     try:
         import uvloop

@@ -28,6 +28,7 @@ from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.metrics import GatewayMetrics
 from gateway.ports import BackplaneEvents, Registration
 from gateway.pubsub import PubSubConnection, PubSubError
+from gateway.shutdown import stop_tasks
 from switchboard import contract, resp, streams
 from switchboard.config import GatewaySettings
 from switchboard.contract import GatewayInfo, Message
@@ -68,6 +69,7 @@ class RedisBackplane:
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: PubSubConnection | None = None
         self._listener_reset = asyncio.Event()
+        self._stopped = False
         # Channel name -> confirmation of our SUBSCRIBE to sb:ch:NAME (shared by joiners).
         self._channels: dict[str, asyncio.Future[None]] = {}
         self._joining: list[tuple[Registration, list[str],
@@ -102,13 +104,15 @@ class RedisBackplane:
             pipe.delete(self.keys.gateway(self.gateway_id))
             pipe.zrem(self.keys.gateways(), self.gateway_id)
             await pipe.execute()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # The loops also check this flag: a cancellation that lands while redis-py is inside
+        # a command can be swallowed there (the task then waits for its next event forever),
+        # and shutdown must not depend on it.
+        self._stopped = True
+        self._gone_event.set()
+        self._listener_reset.set()
+        await stop_tasks(self._tasks, self.settings.redis_timeout + 1)
         with contextlib.suppress(Exception):
-            await self.redis.aclose()
+            await asyncio.wait_for(self.redis.aclose(), self.settings.redis_timeout)
         self._store.pipelined.close()
         if self._pubsub is not None:
             self._pubsub.close()
@@ -142,7 +146,7 @@ class RedisBackplane:
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
         first = True
-        while True:
+        while not self._stopped:
             try:
                 vanished = await self.heartbeat()
                 if vanished and not first:
@@ -354,6 +358,8 @@ class RedisBackplane:
     async def _unregister_loop(self) -> None:
         while True:
             await self._gone_event.wait()
+            if self._stopped:
+                return
             self._gone_event.clear()
             try:
                 await self._flush_gone()
@@ -424,7 +430,7 @@ class RedisBackplane:
         first = True
         core = {self.keys.gateway_channel(self.gateway_id).encode(),
                 self.keys.broadcast_channel().encode()}
-        while True:
+        while not self._stopped:
             loop = asyncio.get_running_loop()
             confirmed: set[bytes] = set()
             ready: asyncio.Future[None] = loop.create_future()
