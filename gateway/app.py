@@ -122,9 +122,7 @@ class Gateway:
         """Why this gateway is not ready (readyz 503), or None."""
         if self.draining:
             return "gateway is draining"
-        if not self.backplane.ready:
-            return "gateway cannot reach Redis"
-        return None
+        return self.backplane.unready
 
     def admit(self) -> HandshakeRefused | None:
         """May a new client connect now? 503 not ready or full, 429 over the accept rate."""

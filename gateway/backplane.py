@@ -18,12 +18,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from gateway import retry
+from gateway.canary import Canary
 from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.metrics import GatewayMetrics
 from gateway.ports import BackplaneEvents, Registration
@@ -63,12 +63,15 @@ class RedisBackplane:
         self.subscribed = False
         self.draining = False
         self.started_ms = contract.now_ms()
-        self._last_ping = time.monotonic()
+        # Proves the pub/sub path end to end (readiness); shortly after Redis's own deadline.
+        self.canary = Canary(deadline=max(1.0, settings.redis_timeout))
+        self._subscription = 0  # counts subscriptions made, so a ping sent on an old one is ignored
         self._gone: list[Registration] = []
         self._gone_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: PubSubConnection | None = None
         self._listener_reset = asyncio.Event()
+        self._beat_now = asyncio.Event()  # a new subscription wants its proving ping at once
         self._stopped = False
         # Channel name -> confirmation of our SUBSCRIBE to sb:ch:NAME (shared by joiners).
         self._channels: dict[str, asyncio.Future[None]] = {}
@@ -77,8 +80,14 @@ class RedisBackplane:
         self._inflight: set[asyncio.Task[None]] = set()
 
     @property
-    def ready(self) -> bool:
-        return self.registered and self.subscribed
+    def unready(self) -> str | None:
+        if not self.registered:
+            return "gateway cannot reach Redis"
+        if not self.subscribed:
+            return "gateway is not subscribed to Redis pub/sub"
+        if (lost := self.canary.failed) is not None:
+            return f"pub/sub path not proven: {lost}"
+        return None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -110,6 +119,7 @@ class RedisBackplane:
         self._stopped = True
         self._gone_event.set()
         self._listener_reset.set()
+        self._beat_now.set()
         await stop_tasks(self._tasks, self.settings.redis_timeout + 1)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.redis.aclose(), self.settings.redis_timeout)
@@ -139,8 +149,11 @@ class RedisBackplane:
         pipe.zadd(self.keys.gateways(), {self.gateway_id: now})
         pipe.publish(self.keys.gateway_channel(self.gateway_id),
                      contract.pack_control(OP_PING, now))
+        subscription = self._subscription if self.subscribed else None
         with unavailable("heartbeat"):
             results = await pipe.execute()
+        if subscription is not None and subscription == self._subscription and self.subscribed:
+            self.canary.sent(now, int(results[3]))  # PUBLISH answers how many it reached
         return int(results[0]) > 0  # HSET counts the fields it created
 
     async def _heartbeat_loop(self) -> None:
@@ -161,12 +174,14 @@ class RedisBackplane:
                 self.registered = False
                 self.metrics.redis_error("heartbeat")
                 log.warning("heartbeat failed: %s", exc)
-            if time.monotonic() - self._last_ping > interval * 3 + 1 and self.subscribed:
-                # Our own pings stopped arriving: the pub/sub connection is dead or deaf.
-                log.warning("pub/sub silent for %.1fs, reconnecting",
-                            time.monotonic() - self._last_ping)
+            if self.subscribed and (lost := self.canary.failed) is not None:
+                # The connection may look fine: it is deaf, or Redis dropped our subscription.
+                log.warning("pub/sub subscription lost (%s): subscribing again", lost)
+                self.metrics.subscription_lost("canary")
                 self._listener_reset.set()
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), interval)
+            self._beat_now.clear()
 
     # -- connections --------------------------------------------------------------------------
 
@@ -461,8 +476,10 @@ class RedisBackplane:
                 # after that point reaches us live.
                 await asyncio.wait_for(asyncio.shield(ready), self.settings.redis_timeout)
                 self._pubsub = conn
+                self._subscription += 1
+                self.canary.reset()
                 self.subscribed = True
-                self._last_ping = time.monotonic()
+                self._beat_now.set()
                 if not first:
                     self.metrics.pubsub_reconnected()
                     log.info("pub/sub resubscribed")
@@ -476,7 +493,9 @@ class RedisBackplane:
                     await asyncio.wait([reset, conn.lost], return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     reset.cancel()
-                log.warning("pub/sub connection lost or silent, reconnecting")
+                if conn.lost.done() and not self._stopped:
+                    self.metrics.subscription_lost("connection")
+                    log.warning("pub/sub connection lost, reconnecting")
             except (PubSubError, OSError, TimeoutError) as exc:
                 self.metrics.redis_error("pubsub")
                 log.warning("pub/sub connection failed: %s", exc)
@@ -499,6 +518,7 @@ class RedisBackplane:
         if isinstance(envelope, Message):
             self.events.message(envelope)
         elif envelope.op == OP_PING:
-            self._last_ping = time.monotonic()
+            if envelope.args and isinstance(envelope.args[0], int):
+                self.canary.received(envelope.args[0])
         else:
             self.events.control(envelope)

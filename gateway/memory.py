@@ -147,9 +147,12 @@ class MemoryBackplane:
     # -- lifecycle ------------------------------------------------------------------------------
 
     @property
-    def ready(self) -> bool:
-        return self.subscribed and not self.cluster.down and self.gateway_id in \
-            self.cluster.registry
+    def unready(self) -> str | None:
+        if self.cluster.down or self.gateway_id not in self.cluster.registry:
+            return "gateway cannot reach the backend"
+        if not self.subscribed:
+            return "gateway is not subscribed"
+        return None
 
     @property
     def events(self) -> BackplaneEvents:

@@ -61,6 +61,11 @@ class GatewayMetrics:
             "switchboard_gateway_gap_fills", "Live gaps and pub/sub catch-ups read from the log",
             ["outcome"], registry=r,
         )
+        self._subscriptions_lost = Counter(
+            "switchboard_gateway_subscriptions_lost",
+            "Pub/sub subscriptions found lost and made again, by how: the connection dropped, "
+            "or the canary (our own pings) stopped coming back", ["reason"], registry=r,
+        )
         self._history_lost = Counter(
             "switchboard_gateway_history_lost",
             "Streams whose offsets went back within an epoch (Redis came back with older "
@@ -75,7 +80,9 @@ class GatewayMetrics:
             registry=r,
         )
         self.ready = Gauge(
-            "switchboard_gateway_ready", "1 when Redis is reachable and not draining", registry=r
+            "switchboard_gateway_ready",
+            "1 when Redis is reachable, our own pub/sub pings come back, and not draining",
+            registry=r,
         )
         info = Gauge("switchboard_gateway_info", "Gateway identity", ["gateway"], registry=r)
         info.labels(gateway_id).set(1)
@@ -128,6 +135,9 @@ class GatewayMetrics:
 
     def redis_error(self, op: str) -> None:
         self._redis_errors.labels(op).inc()
+
+    def subscription_lost(self, reason: str) -> None:
+        self._subscriptions_lost.labels(reason).inc()
 
     def pubsub_reconnected(self) -> None:
         self._pubsub_reconnects.inc()

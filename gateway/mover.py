@@ -55,7 +55,7 @@ async def drain(svc: Services) -> None:
 
 async def _registry(svc: Services) -> list[GatewayInfo] | None:
     """The registry, or None when this gateway should not move anyone now."""
-    if svc.backplane.draining or not svc.backplane.ready:
+    if svc.backplane.draining or svc.backplane.unready is not None:
         return None
     try:
         return await svc.backplane.gateways()

@@ -74,8 +74,9 @@ class Backplane(Protocol):
     draining: bool
 
     @property
-    def ready(self) -> bool:
-        """Registered and subscribed: publishers route to us and we hear them."""
+    def unready(self) -> str | None:
+        """Why publishers cannot route to us or we cannot hear them (None: registered and
+        subscribed, the subscription proven end to end)."""
 
     def start(self, events: BackplaneEvents) -> None: ...
 

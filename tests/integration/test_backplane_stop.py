@@ -47,7 +47,7 @@ async def test_stop_returns_although_the_unregister_task_swallowed_its_cancel(
                                redis_timeout=1.0)
     bp = RedisBackplane(settings, "gw-stop", GatewayMetrics("gw-stop"))
     bp.start(Events())
-    await until(lambda: bp.ready, 10, "the backplane to be registered and subscribed")
+    await until(lambda: bp.unready is None, 10, "the backplane to be registered and subscribed")
     inside = asyncio.Event()
     real_flush = bp._flush_gone
 

@@ -499,7 +499,7 @@ async def test_redis_restarting_empty_delivers_every_later_message_once_from_off
         want = [1, 2, 3] if stream == "user" else [1, 2]
         assert groups[1][1] == want, (stream, groups)
     assert client.close_code is None
-    assert node.backplane.ready
+    assert node.backplane.unready is None
     assert c.presence["room"] == {client.conn.conn_id: presence_value(node.gateway_id, "alice")}
 
 
@@ -569,7 +569,7 @@ async def test_a_client_publish_while_the_backend_is_down_gets_unavailable(env: 
     assert json.loads(refused.body)["error"] == "unavailable"
 
     c.come_back()
-    await until(lambda: node.backplane.ready, "the gateway to be ready again")
+    await until(lambda: (node.backplane.unready is None), "the gateway to be ready again")
     client.send({"type": "publish", "channel": "room", "data": "stored", "id": 8})
     await client.wait_offset("ch.room", 1)
     await client.wait(lambda cl: bool(cl.of_type("published")), "published")
@@ -600,7 +600,7 @@ async def test_a_connection_closed_while_the_backend_is_down_leaves_no_presence(
     client.disconnect()
     await client.wait_gone()
     c.come_back()
-    await until(lambda: node.backplane.ready, "the gateway to be ready again")
+    await until(lambda: (node.backplane.unready is None), "the gateway to be ready again")
     await settle()
     assert not c.presence["room"]
     assert not c.conns.get("alice")

@@ -186,7 +186,7 @@ async def test_the_gateway_answers_in_the_same_order(env: Env) -> None:
         "alice", token="forged", headers={"Origin": BAD_ORIGIN}))
     assert status == 403
     env.cluster.come_back()
-    await until(lambda: node.backplane.ready, "the gateway to be ready again")
+    await until(lambda: node.backplane.unready is None, "the gateway to be ready again")
 
     ok = node.connect("alice", headers={"Origin": GOOD_ORIGIN})
     assert (await ok.welcomed())["user"] == "alice"

@@ -1,0 +1,58 @@
+"""Readiness proven end to end: pings a gateway publishes to its own subscription.
+
+Redis answering PING says nothing about whether our subscriptions still deliver (a pub/sub
+connection can stay open and deliver nothing; a cluster node can drop a sharded subscription
+when its slot moves). So each heartbeat publishes a ping to a channel this gateway is
+subscribed to, and the gateway is ready only while every ping comes back in time. Two ways to
+notice a lost subscription:
+
+- the publish itself reports no receiver (Redis counts the subscribers it delivered to): the
+  subscription is gone now, whatever the connection looks like;
+- a ping is not back within ``deadline`` seconds of its publish: the path is deaf.
+
+Either makes :attr:`Canary.failed` say why until the subscription is made again
+(:meth:`reset`), and a new subscription is not proven before its first ping is back.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class Canary:
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._oldest_unanswered: tuple[float, int] | None = None  # (monotonic sent, ping ms)
+        self._no_receiver = False
+        self._proven = False
+
+    def sent(self, ping_ms: int, receivers: int) -> None:
+        """A ping went out; ``receivers`` is what the publish said it reached."""
+        if receivers <= 0:
+            self._no_receiver = True
+        if self._oldest_unanswered is None:
+            self._oldest_unanswered = (time.monotonic(), ping_ms)
+
+    def received(self, ping_ms: int) -> None:
+        self._proven = True
+        pending = self._oldest_unanswered
+        if pending is not None and ping_ms >= pending[1]:
+            self._oldest_unanswered = None
+
+    def reset(self) -> None:
+        """Subscribed afresh: what was outstanding belonged to the old subscription."""
+        self._oldest_unanswered = None
+        self._no_receiver = False
+        self._proven = False
+
+    @property
+    def failed(self) -> str | None:
+        """Why the subscription path is not proven (None while it is)."""
+        if self._no_receiver:
+            return "a ping to our own channel reached no subscriber"
+        pending = self._oldest_unanswered
+        if pending is not None and time.monotonic() - pending[0] > self.deadline:
+            return f"a ping to our own channel is not back after {self.deadline:g}s"
+        if not self._proven:
+            return "no ping to our own channel is back yet"
+        return None

@@ -1,0 +1,58 @@
+"""The readiness canary: when a gateway's own pings prove its subscription, and when not."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gateway.canary import Canary
+
+
+def test_a_new_subscription_is_unproven_until_its_first_ping_is_back() -> None:
+    c = Canary(deadline=5)
+    assert c.failed == "no ping to our own channel is back yet"
+    c.sent(100, receivers=1)
+    assert c.failed is not None
+    c.received(100)
+    assert c.failed is None
+
+
+def test_a_publish_that_reached_nobody_fails_at_once_until_reset() -> None:
+    c = Canary(deadline=5)
+    c.sent(1, 1)
+    c.received(1)
+    c.sent(2, receivers=0)
+    assert c.failed == "a ping to our own channel reached no subscriber"
+    c.received(2)  # a late echo does not undo "nobody was subscribed"
+    assert c.failed is not None
+    c.reset()
+    c.sent(3, 1)
+    c.received(3)
+    assert c.failed is None
+
+
+def test_a_ping_not_back_within_the_deadline_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    c = Canary(deadline=2)
+    c.sent(1, 1)
+    c.received(1)
+    c.sent(2, 1)
+    now[0] += 1.9
+    assert c.failed is None
+    c.sent(3, 1)  # the oldest unanswered ping is what counts
+    now[0] += 0.2
+    assert c.failed is not None and "not back after 2s" in c.failed
+    c.received(3)  # a later ping back answers the earlier ones too
+    assert c.failed is None
+
+
+def test_an_older_echo_does_not_answer_a_newer_ping(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [50.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    c = Canary(deadline=1)
+    c.sent(10, 1)
+    c.received(9)
+    now[0] += 1.5
+    assert c.failed is not None and "not back" in c.failed
