@@ -142,6 +142,17 @@ class Keys:
     def gateway_channel(self, gateway_id: str) -> str:
         return self.gateway(gateway_id)
 
+    # Redis Cluster mode (docs/scaling.md): sharded pub/sub channels live in the slot of the
+    # stream they carry, so the publish script's SPUBLISH stays in the slot it writes.
+
+    def live_channel(self, stream_key: str) -> str:
+        """Cluster mode: the sharded channel of one stream (user, broadcast or channel)."""
+        return f"{self.prefix}{{{stream_key}}}:live"
+
+    def canary_channel(self, gateway_id: str, tag: str) -> str:
+        """Cluster mode: a gateway's canary on one node (``tag`` hashes to a slot it owns)."""
+        return f"{self.prefix}canary:{gateway_id}:{{{tag}}}"
+
 
 # Lua shared by the scripts that need gateway liveness. A gateway's registry key (also the
 # name of its pub/sub channel) expires three heartbeats after it stopped beating.
@@ -182,7 +193,7 @@ end
 #       5 history ttl ms, 6 meta ttl ms, 7 candidate epoch, 8 key prefix,
 #       9 "1" if idempotent, 10 idempotency ttl ms, 11 pub/sub channel (b|c)
 # Returns {epoch, offset, recipients (gateways or subscribers), duplicate 0|1}
-PUBLISH_LUA = _GATEWAYS_LUA + r"""
+_STORE_LUA = r"""
 if ARGV[9] == '1' then
   local seen = redis.call('GET', KEYS[3])
   if seen then
@@ -206,6 +217,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 if ARGV[9] == '1' then
   redis.call('SET', KEYS[3], epoch .. ':' .. offset, 'PX', ARGV[10])
 end
+"""
+
+PUBLISH_LUA = _GATEWAYS_LUA + _STORE_LUA + r"""
 local n
 if ARGV[1] == 'u' then
   n = route_to_user(KEYS[4], ARGV[8], env)
@@ -213,6 +227,13 @@ else
   n = redis.call('PUBLISH', ARGV[11], env)
 end
 return {epoch, offset, n, 0}
+"""
+
+# Redis Cluster mode: the same arguments, and KEYS without conns. Every stream has its own
+# sharded channel in its own slot (ARGV[11], Keys.live_channel), so no key of another slot is
+# read: no user map, no gateway liveness. Gateways holding the user subscribe to it.
+CLUSTER_PUBLISH_LUA = _STORE_LUA + r"""
+return {epoch, offset, redis.call('SPUBLISH', ARGV[11], env), 0}
 """
 
 # KEYS: meta, log. ARGV: candidate epoch, meta ttl ms. Returns {epoch, offset}.

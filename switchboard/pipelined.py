@@ -25,6 +25,7 @@ from typing import Any
 
 import hiredis
 from redis import exceptions
+from redis._parsers.base import BaseParser
 
 from switchboard import resp
 
@@ -48,9 +49,12 @@ class Script:
 
 
 def reply_error(message: str) -> exceptions.ResponseError:
-    if message.startswith("NOSCRIPT"):
-        return exceptions.NoScriptError(message)
-    return exceptions.ResponseError(message)
+    """redis-py's exception for an error reply (NOSCRIPT, and a cluster's MOVED, ASK,
+    TRYAGAIN, CLUSTERDOWN... with their parsed details), as its own clients raise it."""
+    error: exceptions.ResponseError = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
+    if isinstance(error, exceptions.AskError):  # MOVED too: their details are parsed
+        return error
+    return type(error)(message)  # the whole text, code included, for the 503's message
 
 
 class _Connection(resp.RespProtocol):
@@ -200,6 +204,11 @@ class PipelinedRedis:
         conn = await self._connection()
         return list(await asyncio.gather(*conn.send([resp.command(*c) for c in commands])))
 
+    async def execute_raw(self, commands: Sequence[bytes]) -> list[Any]:
+        """Replies to already-encoded ``commands``, sent in one write; an error reply raises."""
+        conn = await self._connection()
+        return list(await asyncio.gather(*conn.send(commands)))
+
     async def execute(self, *args: Arg) -> Any:
         return await self._request(resp.command(*args))
 
@@ -216,7 +225,8 @@ class PipelinedRedis:
             return await self._request(script.eval(keys, args))
 
     async def run_script_many(self, script: Script,
-                              calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]) -> list[Any]:
+                              calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]], *,
+                              raise_on_error: bool = True) -> list[Any]:
         """``EVALSHA`` per call, all in one write, after a ``SCRIPT LOAD`` in the same write.
 
         Calls that find no script are run again with ``EVAL`` (NOSCRIPT means they did not
@@ -224,11 +234,20 @@ class PipelinedRedis:
         client's ``EVAL`` could cache the script while Redis works through this pipeline, and
         the calls before that point would run again after the ones behind it. Only a
         ``SCRIPT FLUSH`` landing inside the pipeline can still do that.
+
+        ``raise_on_error=False``: a call's error reply is its result (a cluster caller sends
+        the calls a MOVED redirected again, knowing the others ran); a lost connection still
+        raises.
         """
         if not calls:
             return []
         if len(calls) == 1:
-            return [await self.run_script(script, *calls[0])]
+            try:
+                return [await self.run_script(script, *calls[0])]
+            except exceptions.ResponseError as exc:
+                if raise_on_error:
+                    raise
+                return [exc]
         conn = await self._connection()
         futures = conn.send([resp.command("SCRIPT", "LOAD", script.source),
                              *(script.evalsha(keys, args) for keys, args in calls)])
@@ -242,7 +261,8 @@ class PipelinedRedis:
                                 strict=True):
                 replies[i] = reply
         for reply in replies:
-            if isinstance(reply, BaseException):
+            if isinstance(reply, BaseException) and (
+                    raise_on_error or not isinstance(reply, exceptions.ResponseError)):
                 raise reply
         return replies
 

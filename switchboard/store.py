@@ -8,8 +8,9 @@ boundary (the router into HTTP 503, the gateway into readiness).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -19,7 +20,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from switchboard import contract, streams
 from switchboard.config import RedisSettings
 from switchboard.contract import GatewayInfo
-from switchboard.pipelined import PipelinedRedis, Script
+from switchboard.pipelined import Arg, PipelinedRedis, Script
+from switchboard.redisurl import is_cluster
 
 TargetKind = Literal["u", "b", "c"]
 
@@ -88,17 +90,33 @@ def pipelined(settings: RedisSettings, client_name: str) -> PipelinedRedis:
                           client_name=client_name, scripts=[PUBLISH_SCRIPT])
 
 
+class ScriptRunner(Protocol):
+    """What publishing needs of a pipelined connection (one node, or one per master)."""
+
+    async def run_script(self, script: Script, keys: Sequence[Arg],
+                         args: Sequence[Arg]) -> Any: ...
+
+    async def run_script_many(self, script: Script,
+                              calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+                              ) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
 class Store:
     """The Redis contract for publishers and cluster queries (the router, tools, tests).
 
     Publishing goes through ``pipelined`` (:mod:`switchboard.pipelined`, the router's hot
     path); everything else through the redis-py ``client``. :meth:`open` builds both and
-    :meth:`aclose` closes both; a caller that passes its own closes them itself."""
+    :meth:`aclose` closes both; a caller that passes its own closes them itself. On a Redis
+    Cluster URL :meth:`open` gives the second implementation,
+    :class:`switchboard.clusterstore.ClusterStore`."""
 
-    def __init__(self, client: aioredis.Redis, settings: RedisSettings,
-                 pipelined: PipelinedRedis) -> None:
+    def __init__(self, client: Any, settings: RedisSettings,
+                 pipelined: ScriptRunner) -> None:
         self.redis = client
         self.settings = settings
+        self.publish_script = PUBLISH_SCRIPT
         self.pipelined = pipelined
         self.keys = contract.Keys(settings.prefix)
         self._route_to_user = client.register_script(contract.ROUTE_TO_USER_LUA)
@@ -106,6 +124,10 @@ class Store:
 
     @classmethod
     def open(cls, settings: RedisSettings, client_name: str) -> Store:
+        if is_cluster(settings.redis_url):
+            from switchboard.clusterstore import ClusterStore
+
+            return ClusterStore.open(settings, client_name)
         return cls(connect(settings.redis_url, settings.redis_timeout), settings,
                    pipelined(settings, client_name))
 
@@ -124,13 +146,7 @@ class Store:
             self.keys.log(key),
             self.keys.idempotency(key, idempotency_key or "_"),
         ]
-        channel = ""
-        if target.kind == "u":
-            keys.append(self.keys.conns(target.name))
-        elif target.kind == "b":
-            channel = self.keys.broadcast_channel()
-        else:
-            channel = self.keys.channel_channel(target.name)
+        channel = self._route(target, keys)
         s = self.settings
         args: list[Any] = [
             target.kind,
@@ -146,6 +162,16 @@ class Store:
             channel,
         ]
         return keys, args
+
+    def _route(self, target: Target, keys: list[str]) -> str:
+        """Where the script delivers: the channel it PUBLISHes to, or (a user) the map key
+        appended to ``keys``, whose gateways it publishes to."""
+        if target.kind == "u":
+            keys.append(self.keys.conns(target.name))
+            return ""
+        if target.kind == "b":
+            return self.keys.broadcast_channel()
+        return self.keys.channel_channel(target.name)
 
     @staticmethod
     def _result(target: Target, raw: list[Any]) -> Published:
@@ -166,7 +192,7 @@ class Store:
         idempotency_ttl: float = 3600.0,
     ) -> Published:
         keys, args = self._publish_args(target, data, idempotency_key, idempotency_ttl)
-        raw = await self.pipelined.run_script(PUBLISH_SCRIPT, keys, args)
+        raw = await self.pipelined.run_script(self.publish_script, keys, args)
         return self._result(target, raw)
 
     async def publish_many(
@@ -177,7 +203,7 @@ class Store:
         """One round trip for many messages; each still runs its own atomic script."""
         calls = [self._publish_args(target, data, idem, idempotency_ttl)
                  for target, data, idem in items]
-        raws = await self.pipelined.run_script_many(PUBLISH_SCRIPT, calls)
+        raws = await self.pipelined.run_script_many(self.publish_script, calls)
         return [self._result(t, r) for (t, _, _), r in zip(items, raws, strict=True)]
 
     # -- connections and sessions -------------------------------------------------------------

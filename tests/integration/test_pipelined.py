@@ -188,7 +188,7 @@ async def test_password_and_database_from_the_url(redis_server: RedisServer) -> 
         assert await client.execute("CLIENT", "GETNAME") == b"sb-test"
         assert redis_server.cli("-a", "s3cret", "--no-auth-warning", "-n", "3",
                                 "GET", "in-db-3").strip() == "yes"
-        with pytest.raises(exceptions.ResponseError):
+        with pytest.raises(exceptions.AuthenticationError):
             await wrong.execute("PING")
     finally:
         client.close()

@@ -1,0 +1,92 @@
+"""The Redis contract on Redis Cluster: the second implementation of :class:`Store`.
+
+What differs from one node (docs/scaling.md):
+
+- every stream has its own sharded channel in its own slot (``sb:{KEY}:live``), and the publish
+  script SPUBLISHes there, so it never reads a key of another slot: no user→gateway lookup, no
+  gateway liveness check inside the script. The gateways holding a user subscribe to the
+  user's channel; a publish reaches exactly them;
+- gateway liveness is checked outside scripts: presence and a user's connections drop the
+  entries of gateways whose registry key has expired, reading the registry separately;
+- a disconnect is a control envelope on the user's channel.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio.cluster import RedisCluster
+
+from switchboard import contract, streams
+from switchboard.clusterclient import connect_cluster
+from switchboard.clusterpipe import ClusterPipelined
+from switchboard.config import RedisSettings
+from switchboard.pipelined import Script
+from switchboard.store import Store, Target, text
+
+CLUSTER_PUBLISH_SCRIPT = Script(contract.CLUSTER_PUBLISH_LUA)
+
+
+def cluster_pipelined(cluster: RedisCluster, settings: RedisSettings,
+                      client_name: str) -> ClusterPipelined:
+    from switchboard.redisurl import parse_cluster
+
+    return ClusterPipelined(cluster, parse_cluster(settings.redis_url), settings.redis_timeout,
+                            client_name=client_name, scripts=[CLUSTER_PUBLISH_SCRIPT])
+
+
+class ClusterStore(Store):
+    def __init__(self, client: RedisCluster, settings: RedisSettings,
+                 pipelined: ClusterPipelined) -> None:
+        super().__init__(client, settings, pipelined)
+        self.publish_script = CLUSTER_PUBLISH_SCRIPT
+
+    @classmethod
+    def open(cls, settings: RedisSettings, client_name: str) -> ClusterStore:
+        client, _ = connect_cluster(settings.redis_url, settings.redis_timeout)
+        return cls(client, settings, cluster_pipelined(client, settings, client_name))
+
+    def _route(self, target: Target, keys: list[str]) -> str:
+        return self.keys.live_channel(target.stream_key)
+
+    async def _live_gateways(self, gateway_ids: set[str]) -> set[str]:
+        if not gateway_ids:
+            return set()
+        ordered = sorted(gateway_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for gid in ordered:
+            pipe.exists(self.keys.gateway(gid))
+        found = await pipe.execute()
+        return {gid for gid, n in zip(ordered, found, strict=True) if int(n)}
+
+    async def connections(self, user: str) -> dict[str, str]:
+        key = self.keys.conns(user)
+        conns = {text(k): text(v) for k, v in (await self.redis.hgetall(key)).items()}
+        alive = await self._live_gateways(set(conns.values()))
+        dead = [c for c, gw in conns.items() if gw not in alive]
+        if dead:
+            await self.redis.hdel(key, *dead)  # their gateway stopped beating
+        return {c: gw for c, gw in conns.items() if gw in alive}
+
+    async def disconnect(self, user: str, code: int, reason: str) -> int:
+        envelope = contract.pack_control(contract.OP_DISCONNECT, user, code, reason)
+        channel = self.keys.live_channel(streams.user_key(user))
+        return int(await self.redis.spublish(channel, envelope))
+
+    async def presence(self, channel: str) -> dict[str, int]:
+        key = self.keys.presence(channel)
+        entries: dict[str, tuple[str, str]] = {}
+        for conn_id, value in (await self.redis.hgetall(key)).items():
+            gw, _, user = text(value).partition(" ")
+            entries[text(conn_id)] = (gw, user)
+        alive = await self._live_gateways({gw for gw, _ in entries.values()})
+        dead = [c for c, (gw, _) in entries.items() if gw not in alive]
+        if dead:
+            await self.redis.hdel(key, *dead)
+        counts: dict[str, int] = {}
+        for gw, user in entries.values():
+            if gw in alive:
+                counts[user] = counts.get(user, 0) + 1
+        return counts
+
+    async def aclose(self) -> None:
+        self.pipelined.close()
+        await self.redis.aclose()
