@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -32,6 +33,7 @@ from gateway.shutdown import stop_tasks
 from switchboard import contract, resp, streams
 from switchboard.config import GatewaySettings
 from switchboard.contract import GatewayInfo, Message
+from switchboard.pipelined import Script
 from switchboard.store import Published, Store, Target, connect, pipelined, text
 from switchboard.streams import Position
 
@@ -48,17 +50,11 @@ class RedisBackplane:
         self.keys = contract.Keys(settings.prefix)
         self.metrics = metrics
         self._events: BackplaneEvents | None = None
-        # Idempotent writes and reads only (map, sessions, positions, logs): safe to retry.
-        self.redis = connect(settings.redis_url, settings.redis_timeout, reconnect_retry=True)
-        # Client publishes go over a pipelined connection, opened at the first one: redis-py
-        # would cost this event loop ~0.3 ms of CPU per publish, time it delivers nothing.
-        self._store = Store(self.redis, settings,
-                            pipelined(settings, f"{settings.prefix}publish:{gateway_id}"))
-        # read (and refused, ValueError) at start-up, not at the first pub/sub connect
-        self._pubsub_endpoint = resp.Endpoint.from_url(settings.redis_url)
-        self._ensure_meta = self.redis.register_script(contract.ENSURE_META_LUA)
-        self._claim_session = self.redis.register_script(contract.CLAIM_SESSION_LUA)
-        self._retire_epoch = self.redis.register_script(contract.RETIRE_EPOCH_LUA)
+        self._registered: dict[str, Any] = {}  # script sha -> redis-py's script object
+        self.redis, self._store = self._open_clients()
+        self._ensure_meta = Script(contract.ENSURE_META_LUA)
+        self._claim_session = Script(contract.CLAIM_SESSION_LUA)
+        self._retire_epoch = Script(contract.RETIRE_EPOCH_LUA)
         self.registered = False  # our registry key exists: publishers route to us
         self.subscribed = False
         self.draining = False
@@ -78,6 +74,26 @@ class RedisBackplane:
         self._joining: list[tuple[Registration, list[str],
                                   asyncio.Future[tuple[int, dict[str, Position]]]]] = []
         self._inflight: set[asyncio.Task[None]] = set()
+
+    def _open_clients(self) -> tuple[Any, Store]:
+        """The command client and the store for client publishes."""
+        s = self.settings
+        # Idempotent writes and reads only (map, sessions, positions, logs): safe to retry.
+        client = connect(s.redis_url, s.redis_timeout, reconnect_retry=True)
+        # read (and refused, ValueError) at start-up, not at the first pub/sub connect
+        self._pubsub_endpoint = resp.Endpoint.from_url(s.redis_url)
+        # Client publishes go over a pipelined connection, opened at the first one: redis-py
+        # would cost this event loop ~0.3 ms of CPU per publish, time it delivers nothing.
+        return client, Store(client, s, pipelined(s, f"{s.prefix}publish:{self.gateway_id}"))
+
+    async def _script(self, client: Any, script: Script, keys: list[str],
+                      args: list[Any]) -> Any:
+        """Run (or, on a pipeline, queue) ``script``: EVALSHA, loaded again after a flush."""
+        registered = self._registered.get(script.sha)
+        if registered is None:
+            registered = self._registered[script.sha] = self.redis.register_script(
+                script.source)
+        return await registered(keys=keys, args=args, client=client)
 
     @property
     def unready(self) -> str | None:
@@ -141,20 +157,43 @@ class RedisBackplane:
             gateway_id=self.gateway_id, host=s.advertise_host or s.host, port=s.port,
             connections=load.get("connections", 0), ws=load.get("ws", 0),
             sse=load.get("sse", 0), draining=self.draining, started_ms=self.started_ms,
-            heartbeat_ms=now, ready=self.subscribed and not self.draining,
+            heartbeat_ms=now, ready=self.listening and not self.draining,
             max_connections=s.max_connections or 0))
         pipe.hset(key, mapping=entry)
         # Three missed heartbeats and the key is gone: publishers then treat us as dead.
         pipe.pexpire(key, contract.registry_ttl_ms(s.heartbeat_interval))
         pipe.zadd(self.keys.gateways(), {self.gateway_id: now})
+        settle = self._queue_ping(pipe, now)
+        with unavailable("heartbeat"):
+            results = await pipe.execute()
+            await settle(results[3:])
+        return int(results[0]) > 0  # HSET counts the fields it created
+
+    @property
+    def listening(self) -> bool:
+        """Our subscriptions are in place (what the registry entry says as ``ready``)."""
+        return self.subscribed
+
+    def _queue_ping(self, pipe: Any,
+                    now: int) -> Callable[[list[Any]], Coroutine[Any, Any, None]]:
+        """Queue the canary's ping on the heartbeat's pipeline; what to do with its reply."""
         pipe.publish(self.keys.gateway_channel(self.gateway_id),
                      contract.pack_control(OP_PING, now))
         subscription = self._subscription if self.subscribed else None
-        with unavailable("heartbeat"):
-            results = await pipe.execute()
-        if subscription is not None and subscription == self._subscription and self.subscribed:
-            self.canary.sent(now, int(results[3]))  # PUBLISH answers how many it reached
-        return int(results[0]) > 0  # HSET counts the fields it created
+
+        async def settle(replies: list[Any]) -> None:
+            if subscription is not None and subscription == self._subscription \
+                    and self.subscribed:
+                self.canary.sent(now, int(replies[0]))  # PUBLISH answers how many it reached
+        return settle
+
+    def _check_canary(self) -> None:
+        """After a heartbeat: tear down a subscription whose pings stopped coming back."""
+        if self.subscribed and (lost := self.canary.failed) is not None:
+            # The connection may look fine: it is deaf, or Redis dropped our subscription.
+            log.warning("pub/sub subscription lost (%s): subscribing again", lost)
+            self.metrics.subscription_lost("canary")
+            self._listener_reset.set()
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
@@ -174,11 +213,7 @@ class RedisBackplane:
                 self.registered = False
                 self.metrics.redis_error("heartbeat")
                 log.warning("heartbeat failed: %s", exc)
-            if self.subscribed and (lost := self.canary.failed) is not None:
-                # The connection may look fine: it is deaf, or Redis dropped our subscription.
-                log.warning("pub/sub subscription lost (%s): subscribing again", lost)
-                self.metrics.subscription_lost("canary")
-                self._listener_reset.set()
+            self._check_canary()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), interval)
             self._beat_now.clear()
@@ -220,8 +255,8 @@ class RedisBackplane:
         # entry, the session claim, the top of each stream, a presence entry per channel.
         for reg, stream_keys, _ in batch:
             pipe.hset(self.keys.conns(reg.user), reg.conn_id, self.gateway_id)
-            await self._claim_session(keys=[self.keys.session(reg.session_id)],
-                                      args=[reg.user, session_ttl], client=pipe)
+            await self._script(pipe, self._claim_session, [self.keys.session(reg.session_id)],
+                               [reg.user, session_ttl])
             for key in stream_keys:
                 await self._top(pipe, key)
             for channel in reg.channels:
@@ -250,9 +285,8 @@ class RedisBackplane:
 
     async def _top(self, pipe: Any, key: str) -> None:
         """Queue the read of a stream's top, creating its epoch if it has none yet."""
-        await self._ensure_meta(keys=[self.keys.meta(key), self.keys.log(key)],
-                                args=[streams.random_id(), contract.ms(self.settings.meta_ttl)],
-                                client=pipe)
+        await self._script(pipe, self._ensure_meta, [self.keys.meta(key), self.keys.log(key)],
+                           [streams.random_id(), contract.ms(self.settings.meta_ttl)])
 
     async def join(self, reg: Registration, channel: str) -> Position:
         """Presence entry for one channel and the top of its stream, in one round trip."""
@@ -319,8 +353,9 @@ class RedisBackplane:
         """Forget ``stream_key``'s position if it is still in ``epoch`` (see the script)."""
         try:
             with unavailable("retire_epoch"):
-                retired = await self._retire_epoch(
-                    keys=[self.keys.meta(stream_key), self.keys.log(stream_key)], args=[epoch])
+                retired = await self._script(
+                    self.redis, self._retire_epoch,
+                    [self.keys.meta(stream_key), self.keys.log(stream_key)], [epoch])
         except BackendUnavailable:
             self.metrics.redis_error("retire_epoch")
             raise
@@ -334,8 +369,8 @@ class RedisBackplane:
             pipe = self.redis.pipeline(transaction=False)
             for reg in regs[start : start + chunk]:
                 pipe.hset(self.keys.conns(reg.user), reg.conn_id, self.gateway_id)
-                await self._claim_session(keys=[self.keys.session(reg.session_id)],
-                                          args=[reg.user, ttl], client=pipe)
+                await self._script(pipe, self._claim_session,
+                                   [self.keys.session(reg.session_id)], [reg.user, ttl])
                 for channel in reg.channels:
                     self._present(pipe, reg, channel)
             with unavailable("reregister"):
@@ -358,8 +393,8 @@ class RedisBackplane:
             # not PEXPIRE (a connection older than the window has let its key lapse), and by
             # the claim script, so a connection refused another user's session (4004) never
             # makes that session its own.
-            await self._claim_session(keys=[self.keys.session(reg.session_id)],
-                                      args=[reg.user, ttl], client=pipe)
+            await self._script(pipe, self._claim_session, [self.keys.session(reg.session_id)],
+                               [reg.user, ttl])
             for channel in reg.channels:
                 pipe.hdel(self.keys.presence(channel), reg.conn_id)
         try:
