@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from switchboard.autoscale import (
     DEFAULT_MAX,
@@ -99,7 +100,9 @@ class AutoscaleLoop:
         """One look; None when the registry cannot be read (the next look tries again)."""
         try:
             loads = self.read(gateways)
-        except (redis.RedisError, OSError) as exc:
+        # RedisClusterException: a cluster client's "no master for this slot" during a
+        # failover is not a RedisError, and must not end supervise() either.
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
             log.warning("autoscaler cannot read the gateway registry: %s", exc)
             return None
         decision = self.autoscaler.decide(loads, now)

@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run a local cluster: Redis, gateways, router")
     up.add_argument("--redis", default=None, help="use this Redis URL instead of a private one "
                     "(env SWITCHBOARD_REDIS_URL)")
+    up.add_argument("--redis-shards", type=int, default=None, metavar="N",
+                    help="start a private Redis Cluster of N masters and N replicas instead "
+                    "of one redis-server (N >= 3; env SWITCHBOARD_REDIS_SHARDS; default 0: "
+                    "one redis-server)")
     up.add_argument("--host", default="127.0.0.1", help="address to listen on")
     up.add_argument("--port", type=int, default=None, help="gateway port (env SWITCHBOARD_PORT; "
                     "default 8080)")

@@ -1,8 +1,9 @@
 """``switchboard up``: a whole cluster on one machine.
 
-Starts a private ``redis-server`` (unless ``--redis`` or ``SWITCHBOARD_REDIS_URL`` names one),
-the router and N gateways sharing one port through SO_REUSEPORT; prints URLs, an API key, a
-demo token and commands to try; then supervises. A child that dies is restarted, at most
+Starts a private ``redis-server`` (unless ``--redis`` or ``SWITCHBOARD_REDIS_URL`` names one;
+with ``--redis-shards N`` a private Redis Cluster of N masters and N replicas instead), the
+router and N gateways sharing one port through SO_REUSEPORT; prints URLs, an API key, a demo
+token and commands to try; then supervises. A child that dies is restarted, at most
 :data:`~switchboard.children.RESTART_LIMIT` times a minute per child, after which the
 supervisor gives up, stops everything and exits 1. SIGINT (Ctrl-C) or SIGTERM drains the
 gateways, stops the router, then Redis, and exits 0.
@@ -37,8 +38,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from secrets import token_hex, token_urlsafe
 from types import FrameType
+from typing import Any, cast
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import SSLConnection, parse_url
+from redis.exceptions import RedisClusterException
 
 from switchboard import settings_cli
 from switchboard.auth import mint
@@ -59,6 +64,8 @@ from switchboard.children import (
 from switchboard.config import GatewaySettings
 from switchboard.contract import Keys
 from switchboard.limits import raise_nofile_limit
+from switchboard.localcluster import ClusterCancelled, ClusterError, LocalCluster, start_cluster
+from switchboard.redisurl import is_cluster, parse_cluster
 
 log = logging.getLogger("switchboard.supervisor")
 
@@ -70,6 +77,8 @@ DRAIN_GRACE = 30.0  # seconds gateways get to drain before SIGKILL
 REDIS_STOP_GRACE = 10.0
 TICK = 0.2  # how often the supervisor looks at its children
 DEMO_TOKEN_TTL = 24 * 3600.0
+MIN_SHARDS = 3  # redis-cli --cluster create refuses fewer masters
+CLUSTER_NODE_TIMEOUT_MS = 2000
 
 
 # -- pure decisions -------------------------------------------------------------------------
@@ -85,6 +94,7 @@ class UpConfig:
     jwt_secret: str
     api_keys: tuple[str, ...]
     autoscale: Policy | None = None  # None: a fixed number of gateways
+    redis_shards: int = 0  # >= MIN_SHARDS: run a private Redis Cluster, redis_url is None
 
     @property
     def api_key(self) -> str:
@@ -103,6 +113,38 @@ def _port(flag: int | None, environ: Mapping[str, str], name: str, default: int)
         raise SystemExit(f"switchboard: {name} must be a port number, got {raw!r}") from None
 
 
+def _redis_shards(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    # getattr: namespaces built by hand (tests) may not have the flag
+    flag: int | None = getattr(args, "redis_shards", None)
+    if flag is not None:
+        shards, source = flag, "--redis-shards"
+    else:
+        raw = environ.get("SWITCHBOARD_REDIS_SHARDS", "").strip()
+        if not raw:
+            return 0
+        source = "SWITCHBOARD_REDIS_SHARDS"
+        try:
+            shards = int(raw)
+        except ValueError:
+            raise SystemExit(f"switchboard: {source} must be a whole number, got {raw!r}"
+                             ) from None
+    if shards < 0 or 0 < shards < MIN_SHARDS:
+        raise SystemExit(f"switchboard: {source} must be 0 (one private redis-server) or at "
+                         f"least {MIN_SHARDS} (a Redis Cluster needs {MIN_SHARDS} masters), "
+                         f"got {shards}")
+    return shards
+
+
+def _redis_url(args: argparse.Namespace, environ: Mapping[str, str],
+               shards: int) -> str | None:
+    url = args.redis or environ.get("SWITCHBOARD_REDIS_URL") or None
+    if url and shards:
+        given = "--redis" if args.redis else "SWITCHBOARD_REDIS_URL"
+        raise SystemExit(f"switchboard: --redis-shards starts a private Redis Cluster, so it "
+                         f"cannot be combined with {given}: drop one of them")
+    return url
+
+
 def resolve(args: argparse.Namespace, environ: Mapping[str, str],
             new_secret: Callable[[], str] = lambda: token_urlsafe(32)) -> UpConfig:
     """Flags win over SWITCHBOARD_* variables; secrets nobody gave are generated."""
@@ -117,16 +159,18 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str],
         keys = (args.api_key, *(k for k in env_keys if k != args.api_key))
     else:
         keys = env_keys or (new_secret(),)
+    shards = _redis_shards(args, environ)
     return UpConfig(
         host=args.host,
         port=_port(args.port, environ, "SWITCHBOARD_PORT", DEFAULT_PORT),
         router_port=_port(args.router_port, environ, "SWITCHBOARD_ROUTER_PORT",
                           DEFAULT_ROUTER_PORT),
         gateways=gateways,
-        redis_url=args.redis or environ.get("SWITCHBOARD_REDIS_URL") or None,
+        redis_url=_redis_url(args, environ, shards),
         jwt_secret=args.jwt_secret or environ.get("SWITCHBOARD_JWT_SECRET") or new_secret(),
         api_keys=keys,
         autoscale=policy,
+        redis_shards=shards,
     )
 
 
@@ -183,6 +227,59 @@ def redis_argv(exe: str, port: int, workdir: str) -> list[str]:
             "--daemonize", "no"]
 
 
+Registry = redis.Redis | RedisCluster
+
+
+def redis_client(url: str, timeout: float) -> Registry:
+    """A client for ``url``: one server as ``redis.Redis.from_url`` opens it, or a Redis
+    Cluster found from the URL's seeds (raises ValueError for a bad cluster URL)."""
+    if not is_cluster(url):
+        return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    parsed = parse_cluster(url)
+    node: Any = ClusterNode  # unannotated in redis-py
+    return RedisCluster(startup_nodes=[node(h, p) for h, p in parsed.seeds],
+                        socket_timeout=timeout, socket_connect_timeout=timeout,
+                        **_cluster_node_options(parsed.node_template))
+
+
+def _cluster_node_options(node_url: str) -> dict[str, Any]:
+    """The credentials and TLS options of a cluster URL as RedisCluster's keyword arguments
+    (it takes no URL with several hosts). ``parse_url`` is unannotated in redis-py."""
+    options: dict[str, Any] = cast(Any, parse_url)(node_url)
+    for where in ("host", "port", "db"):
+        options.pop(where, None)
+    if options.pop("connection_class", None) is SSLConnection:
+        options["ssl"] = True
+    return options
+
+
+@dataclass(frozen=True)
+class ClusterSummary:
+    """The private Redis Cluster as the banner shows it."""
+
+    masters: tuple[str, ...]  # HOST:PORT
+    replicas: tuple[tuple[str, str], ...]  # (HOST:PORT, HOST:PORT of its master)
+
+
+def summarize(cluster: LocalCluster) -> ClusterSummary:
+    """Roles as the nodes say now (not as they were created)."""
+    replicas = []
+    for node in cluster.replicas():
+        try:
+            master = cluster.master_of(node)
+        except (redis.RedisError, OSError):  # died since: the banner is no place to fail
+            master = None
+        replicas.append((node.addr, master.addr if master else "?"))
+    return ClusterSummary(tuple(n.addr for n in cluster.masters()), tuple(replicas))
+
+
+def _cluster_lines(cluster: ClusterSummary | None) -> list[str]:
+    if cluster is None:
+        return []
+    return [f"  Masters     {', '.join(cluster.masters)}",
+            "  Replicas    " + ", ".join(f"{r} (of {m})" for r, m in cluster.replicas)]
+
+
 def cli_command(argv0: str, python: str) -> str:
     """How to run the switchboard CLI again, so printed commands work even when the console
     script is not on PATH (``make run`` starts ``.venv/bin/switchboard``)."""
@@ -192,12 +289,17 @@ def cli_command(argv0: str, python: str) -> str:
 
 
 def banner(cfg: UpConfig, *, redis_url: str, private_redis: bool, token: str,
-           pids: list[tuple[str, int]], cli: str = "switchboard") -> str:
-    """What ``switchboard up`` prints once the cluster is ready."""
+           pids: list[tuple[str, int]], cli: str = "switchboard",
+           cluster: ClusterSummary | None = None) -> str:
+    """What ``switchboard up`` prints once the cluster is ready; ``cluster``: the private
+    Redis Cluster it started, if any."""
     host = url_host(cfg.host)
     gw, router = f"{host}:{cfg.port}", f"http://{host}:{cfg.router_port}"
     q = shlex.quote
     redis_kind = "private Redis" if private_redis else "Redis"
+    if cluster is not None:
+        redis_kind += (f" Cluster ({len(cluster.masters)} masters, {len(cluster.replicas)} "
+                       "replicas)")
     lines = [
         f"Switchboard is up: {cfg.gateways} gateway(s) on port {cfg.port}, router on port "
         f"{cfg.router_port}, {redis_kind} at {redis_url}",
@@ -206,6 +308,7 @@ def banner(cfg: UpConfig, *, redis_url: str, private_redis: bool, token: str,
         f"  SSE         http://{gw}/sse",
         f"  Demo page   http://{gw}/",
         f"  Router API  {router}  (Authorization: Bearer API_KEY)",
+        *_cluster_lines(cluster),
         f"  API key     {cfg.api_key}",
         f"  Autoscaler  {describe_policy(cfg.autoscale)}",
         f"  Demo token  {token}",
@@ -245,11 +348,12 @@ class Supervisor:
         self.redis_url = cfg.redis_url or ""
         self.redis_dir: str | None = None
         self.redis: Child | None = None
+        self.cluster: LocalCluster | None = None  # with --redis-shards
         self.router: Child | None = None
         self.gateways: list[Child] = []
         self.retiring: list[Child] = []
         self._next_gateway = 1
-        self._registry: redis.Redis | None = None
+        self._registry: Registry | None = None
         self._autoscaler: AutoscaleLoop | None = None
         self._keys = Keys(settings_cli.build(GatewaySettings, argparse.Namespace(),
                                              environ=self.environ).prefix)
@@ -282,19 +386,28 @@ class Supervisor:
             if port_taken(host, port):
                 raise StartError(f"port {port} on {host} is in use (another `switchboard up`?); "
                                  "choose another with --port / --router-port")
-        if self.cfg.redis_url is None:
-            self._start_private_redis()
-        else:
-            self._check_external_redis()
-        self._registry = redis.Redis.from_url(self.redis_url, socket_timeout=1.0,
-                                              socket_connect_timeout=1.0)
+        self.start_redis()
         self.router = Child("router", self._router_command,
                             lambda c: http_ok(f"http://{self._url_host}:{self.cfg.router_port}"
                                               "/healthz"))
         self.start([self.router])
         self.scale_gateways(self.cfg.gateways)
         if self.cfg.autoscale is not None:
-            self._autoscaler = AutoscaleLoop(self.cfg.autoscale, self._registry, self._keys)
+            # cast: AutoscaleLoop is annotated for redis.Redis, but uses only what a
+            # RedisCluster has as well (a non-transactional pipeline of HMGETs)
+            self._autoscaler = AutoscaleLoop(self.cfg.autoscale,
+                                             cast(redis.Redis, self._registry), self._keys)
+
+    def start_redis(self) -> None:
+        """Start the private redis-server or Redis Cluster, or check the given Redis; then
+        open the registry client the readiness probe and the autoscaler read."""
+        if self.cfg.redis_shards:
+            self._start_private_cluster()
+        elif self.cfg.redis_url is None:
+            self._start_private_redis()
+        else:
+            self._check_external_redis()
+        self._registry = redis_client(self.redis_url, 1.0)
 
     @property
     def _url_host(self) -> str:
@@ -312,7 +425,42 @@ class Supervisor:
         self.redis = Child("redis-server", lambda c: (argv, {}), lambda c: redis_pings(port))
         self.start([self.redis], REDIS_START_TIMEOUT)
 
+    def _start_private_cluster(self) -> None:
+        n = self.cfg.redis_shards
+        log.info("starting a Redis Cluster of %d masters and %d replicas", n, n)
+        try:
+            # the stop event: Ctrl-C interrupts the start instead of waiting for it
+            self.cluster = start_cluster(n, 1, node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS,
+                                         start_timeout=START_TIMEOUT + 2.0 * n,
+                                         cancel=self.stop)
+        except ClusterCancelled:
+            raise Interrupted from None
+        except ClusterError as exc:
+            raise StartError(f"the Redis Cluster did not start: {exc}") from None
+        self.redis_url = self.cluster.url
+        for node in self.cluster.nodes:
+            log.info("started redis-server %s (pid %d)", node.addr, node.pid)
+
+    def _check_external_cluster(self) -> None:
+        try:
+            client = redis_client(self.redis_url, 2.0)
+        except ValueError as exc:
+            raise StartError(f"bad Redis Cluster URL: {exc}") from None
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise StartError(f"cannot reach the Redis Cluster at {self.redis_url}: {exc}"
+                             ) from None
+        try:
+            client.ping()
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise StartError(f"cannot reach the Redis Cluster at {self.redis_url}: {exc}"
+                             ) from None
+        finally:
+            client.close()
+
     def _check_external_redis(self) -> None:
+        if is_cluster(self.redis_url):
+            self._check_external_cluster()
+            return
         client = redis.Redis.from_url(self.redis_url, socket_timeout=2.0,
                                       socket_connect_timeout=2.0)
         try:
@@ -337,9 +485,11 @@ class Supervisor:
         # All gateways share the port, so /healthz may be answered by another one: the
         # registry entry under this run's id is what proves this gateway is up.
         assert self._registry is not None
+        # RedisClusterException is not a RedisError: a cluster client's "slot not covered"
+        # while a failover is under way, say
         try:
             registered = bool(self._registry.exists(self._keys.gateway(child.ident)))
-        except redis.RedisError:
+        except (redis.RedisError, RedisClusterException):
             return False
         return registered and http_ok(f"http://{self._url_host}:{self.cfg.port}/healthz")
 
@@ -443,6 +593,9 @@ class Supervisor:
         if self.redis_dir is not None:
             shutil.rmtree(self.redis_dir, ignore_errors=True)
             self.redis_dir = None
+        if self.cluster is not None:
+            self.cluster.stop(0.0 if self.hurry.is_set() else REDIS_STOP_GRACE)
+            self.cluster = None
         log.info("stopped")
 
     def _terminate(self, children: list[Child], grace: float) -> None:
@@ -470,9 +623,14 @@ def run(args: argparse.Namespace) -> int:
             token = mint(cfg.jwt_secret, "demo", ttl=DEMO_TOKEN_TTL, channels=["*"],
                          publish=["*"])
             pids = [(f"{c.name} {c.ident}".strip(), c.pid) for c in sup.children()]
+            summary = None
+            if sup.cluster is not None:
+                summary = summarize(sup.cluster)
+                pids += [(f"redis-server {n.addr}", n.pid) for n in sup.cluster.nodes]
             sys.stdout.write(banner(cfg, redis_url=sup.redis_url,
                                     private_redis=cfg.redis_url is None, token=token, pids=pids,
-                                    cli=cli_command(sys.argv[0], sys.executable)))
+                                    cli=cli_command(sys.argv[0], sys.executable),
+                                    cluster=summary))
             sys.stdout.flush()
             return sup.supervise()
         except Interrupted:

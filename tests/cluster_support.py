@@ -1,0 +1,68 @@
+"""Test support for a real local Redis Cluster (:mod:`switchboard.localcluster`).
+
+A test module gets the ``redis_cluster`` fixture (3 masters, 3 replicas, 1 s node timeout, so
+a failover takes a few seconds) by importing it::
+
+    from tests.cluster_support import redis_cluster  # noqa: F401
+
+Ruff then reports F811 at every test taking ``redis_cluster`` as a parameter; assigning it
+instead keeps ruff quiet without a noqa per test::
+
+    from tests import cluster_support
+    redis_cluster = cluster_support.redis_cluster
+
+Every node is a real ``redis-server`` on a free loopback port, stopped by PID when the test
+ends, its directory removed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis.cluster import ClusterNode, RedisCluster
+
+from switchboard.localcluster import HASH_SLOTS, LocalCluster, start_cluster
+from switchboard.redisurl import parse_cluster
+
+NODE_TIMEOUT_MS = 1000
+START_TIMEOUT = 60.0  # generous: the machine running the tests may be small and busy
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[LocalCluster]:
+    cluster = start_cluster(masters=3, replicas_per_master=1, node_timeout_ms=NODE_TIMEOUT_MS,
+                            start_timeout=START_TIMEOUT)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def cluster_client(cluster: LocalCluster, **kwargs: Any) -> RedisCluster:
+    """A redis-py cluster client seeded from the cluster's URL, as a gateway would be."""
+    seeds = [ClusterNode(host, port) for host, port in parse_cluster(cluster.url).seeds]
+    return RedisCluster(startup_nodes=seeds, decode_responses=True, socket_timeout=5.0,
+                        **kwargs)
+
+
+@functools.cache
+def _slot_tags() -> tuple[str, ...]:
+    """For each slot, a short hash tag that maps to it (found once, by counting up)."""
+    tags: list[str | None] = [None] * HASH_SLOTS
+    missing = HASH_SLOTS
+    for i in range(1_000_000):  # bounded; all slots are covered after about 170 000
+        slot = LocalCluster.slot_of(str(i))
+        if tags[slot] is None:
+            tags[slot] = str(i)
+            missing -= 1
+            if missing == 0:
+                return tuple(t for t in tags if t is not None)
+    raise AssertionError(f"{missing} slots have no tag")
+
+
+def key_in_slot(slot: int, name: str = "k") -> str:
+    """A key that Redis Cluster puts in ``slot``."""
+    return f"{name}{{{_slot_tags()[slot]}}}"
