@@ -35,6 +35,7 @@ from gateway.transport import FlushScheduler, Writer
 from switchboard import streams
 from switchboard.auth import Claims, TokenError, Verifier
 from switchboard.config import GatewaySettings
+from switchboard.redisurl import is_cluster
 
 log = logging.getLogger("switchboard.gateway")
 
@@ -63,7 +64,7 @@ class Gateway:
                 algorithm=settings.jwt_algorithm,
             )
         self.flusher = FlushScheduler(loop)
-        build = backplane or (lambda gw, metrics: RedisBackplane(settings, gw, metrics))
+        build = backplane or redis_backplane(settings)
         self.backplane = build(self.gateway_id, self.metrics)
         self.services = Services(
             settings=settings, gateway_id=self.gateway_id, hub=Hub(), tracker=Tracker(),
@@ -248,6 +249,15 @@ class Gateway:
         await self.backplane.stop()
         await shutdown.stop_tasks(self._tasks, 1.0)
         log.info("gateway %s stopped", self.gateway_id)
+
+
+def redis_backplane(settings: GatewaySettings) -> Callable[[str, GatewayMetrics], Backplane]:
+    """The backplane the Redis URL names: one server, or a Redis Cluster."""
+    if is_cluster(settings.redis_url):
+        from gateway.clusterbackplane import ClusterBackplane
+
+        return lambda gw, metrics: ClusterBackplane(settings, gw, metrics)
+    return lambda gw, metrics: RedisBackplane(settings, gw, metrics)
 
 
 def _read_key(value: str) -> str:

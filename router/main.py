@@ -19,6 +19,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from router.app import create_app
 from switchboard import limits
 from switchboard.config import RouterSettings
+from switchboard.redisurl import is_cluster, parse_cluster
 
 log = logging.getLogger("switchboard.router")
 
@@ -282,7 +283,10 @@ class _Server(uvicorn.Server):
 
 
 def redis_location(url: str) -> str:
-    """host:port/db of a Redis URL, without credentials, for logs."""
+    """host:port/db of a Redis URL (a cluster's seeds), without credentials, for logs."""
+    if is_cluster(url):
+        seeds = parse_cluster(url).seeds
+        return "cluster " + ",".join(f"{h}:{p}" for h, p in seeds)
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path

@@ -1,15 +1,7 @@
 """Test support for a real local Redis Cluster (:mod:`switchboard.localcluster`).
 
-A test module gets the ``redis_cluster`` fixture (3 masters, 3 replicas, 1 s node timeout, so
-a failover takes a few seconds) by importing it::
-
-    from tests.cluster_support import redis_cluster  # noqa: F401
-
-Ruff then reports F811 at every test taking ``redis_cluster`` as a parameter; assigning it
-instead keeps ruff quiet without a noqa per test::
-
-    from tests import cluster_support
-    redis_cluster = cluster_support.redis_cluster
+The ``redis_cluster`` fixture (3 masters, 3 replicas, 1 s node timeout, so a failover takes a
+few seconds) is registered in tests/conftest.py: a test just takes it as a parameter.
 
 Every node is a real ``redis-server`` on a free loopback port, stopped by PID when the test
 ends, its directory removed.

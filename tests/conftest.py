@@ -20,3 +20,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def logdir(tmp_path: Path) -> Path:
     return tmp_path / "logs"
+
+
+# A real 3-master, 3-replica Redis Cluster (tests/cluster_support.py), for any test that asks.
+from tests.cluster_support import redis_cluster  # noqa: E402, F401

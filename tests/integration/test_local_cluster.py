@@ -27,11 +27,9 @@ from switchboard.localcluster import (
 )
 from switchboard.redisurl import is_cluster, parse_cluster
 from switchboard.supervisor import Supervisor, banner, resolve, summarize
-from tests import cluster_support
 from tests.cluster_support import cluster_client, key_in_slot
 
 pytestmark = pytest.mark.integration
-redis_cluster = cluster_support.redis_cluster  # the fixture, by assignment: see cluster_support
 
 
 def node_client(node: Node) -> redis.Redis:

@@ -1,0 +1,197 @@
+"""The gateway's backplane on Redis Cluster: the second implementation of the port.
+
+It is :class:`~gateway.backplane.RedisBackplane` with three parts replaced (docs/scaling.md):
+
+- pub/sub is sharded (:class:`~gateway.sharded.ShardedSubscriber`, one connection per master):
+  the gateway subscribes to the channel of every user it holds a connection of
+  (``sb:{u:USER}:live``), to broadcast (``sb:{b}:live``) and to the channels its clients
+  joined (``sb:{c:NAME}:live``). A user's channel is subscribed, and confirmed, before the
+  registration reads the tops, so everything published after them reaches us;
+- scripts run by EVAL inside pipelines: a promoted replica has an empty script cache, and a
+  cluster pipeline cannot recover from NOSCRIPT;
+- the canary pings every master link through a channel in a slot that master owns; a lost
+  subscription (MOVED, a migrated slot, a dead node, a deaf link) is counted, subscribed again
+  at the slot's new owner and caught up from the logs like a pub/sub reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from redis.asyncio.cluster import ClusterPipeline
+from redis.crc import key_slot
+
+from gateway import sharded
+from gateway.backplane import RedisBackplane
+from gateway.errors import BackendUnavailable, ChannelUnavailable
+from gateway.ports import BackplaneEvents, Registration
+from switchboard import streams
+from switchboard.clusterclient import connect_cluster
+from switchboard.clusterstore import ClusterStore, cluster_pipelined
+from switchboard.contract import GatewayInfo
+from switchboard.pipelined import Script
+from switchboard.streams import Position
+
+log = logging.getLogger("switchboard.gateway")
+
+_TAGS: dict[int, str] = {}
+
+
+def tag_for_slot(slot: int) -> str:
+    """A short string whose hash slot is ``slot`` (found by counting; cached)."""
+    tag = _TAGS.get(slot)
+    if tag is None:
+        i = 0
+        while key_slot(str(i).encode()) != slot:
+            i += 1
+        tag = _TAGS[slot] = str(i)
+    return tag
+
+
+class ClusterBackplane(RedisBackplane):
+    def _open_clients(self) -> tuple[Any, ClusterStore]:
+        s = self.settings
+        client, self._cluster_url = connect_cluster(s.redis_url, s.redis_timeout,
+                                                    max_connections=64)
+        name = f"{s.prefix}publish:{self.gateway_id}"
+        self._users: dict[str, int] = {}  # user -> local registrations holding its channel
+        self._subscriber = sharded.ShardedSubscriber(
+            client, self._cluster_url, client_name=f"{s.prefix}pubsub:{self.gateway_id}",
+            timeout=s.redis_timeout,
+            canary_channel=lambda slot: self.keys.canary_channel(self.gateway_id,
+                                                                 tag_for_slot(slot)),
+            on_message=self._on_message, on_lost=self._on_lost,
+            on_restored=self._on_restored)
+        return client, ClusterStore(client, s, cluster_pipelined(client, s, name))
+
+    async def _script(self, client: Any, script: Script, keys: list[str],
+                      args: list[Any]) -> Any:
+        queued = client.eval(script.source, len(keys), *keys, *args)
+        if isinstance(client, ClusterPipeline):
+            # Queued. Not awaited: awaiting a cluster pipeline (re)initialises it, and that
+            # empties its queue.
+            return None
+        return await queued
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, events: BackplaneEvents) -> None:
+        super().start(events)
+        self._subscriber.start()
+        self.spawn_subscription(self.keys.live_channel(streams.BROADCAST_KEY))
+
+    def _background(self) -> dict[str, Coroutine[Any, Any, None]]:
+        # no single pub/sub connection: the sharded subscriber runs its own repair loop
+        return {"heartbeat": self._heartbeat_loop(), "unregister": self._unregister_loop()}
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self._subscriber.stop()
+
+    def spawn_subscription(self, channel: str) -> None:
+        """Want ``channel`` for as long as we run (broadcast): failures are retried by the
+        subscriber itself, and readiness reports them."""
+        task = asyncio.get_running_loop().create_task(self._want_quietly(channel))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _want_quietly(self, channel: str) -> None:
+        try:
+            await self._subscriber.want(channel)
+        except sharded.ShardedError as exc:
+            log.warning("subscribing %s: %s (retrying in the background)", channel, exc)
+
+    # -- readiness and the canary -------------------------------------------------------------
+
+    @property
+    def unready(self) -> str | None:
+        if not self.registered:
+            return "gateway cannot reach Redis"
+        lost = self._subscriber.unready
+        return None if lost is None else f"sharded pub/sub path not proven: {lost}"
+
+    @property
+    def listening(self) -> bool:
+        return self._subscriber.unready is None
+
+    def _queue_ping(self, pipe: Any,
+                    now: int) -> Callable[[list[Any]], Coroutine[Any, Any, None]]:
+        async def settle(replies: list[Any]) -> None:
+            await self._subscriber.ping(now)
+        return settle
+
+    def _check_canary(self) -> None:
+        self._subscriber.check()
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    def _on_message(self, channel: bytes, payload: bytes) -> None:
+        self._dispatch(payload)
+
+    def _on_lost(self, channels: list[str], reason: str) -> None:
+        self.metrics.subscription_lost(reason)
+        log.warning("%d sharded subscription(s) lost (%s): subscribing again at the slots' "
+                    "owners", len(channels), reason)
+        # Until they are back and caught up, a live offset at or below what we delivered may
+        # be a reused one (a failover lost writes): hold every followed stream.
+        self.events.reconnecting()
+
+    def _on_restored(self, channels: list[str]) -> None:
+        self.metrics.pubsub_reconnected()
+        log.info("%d sharded subscription(s) restored", len(channels))
+        self.events.resubscribed()
+
+    async def _want(self, channel: str, what: str) -> None:
+        try:
+            await self._subscriber.want(channel)
+        except sharded.ShardedError as exc:
+            self.metrics.redis_error(what)
+            raise BackendUnavailable(f"{what}: {exc}") from exc
+
+    async def register(self, reg: Registration,
+                       stream_keys: list[str]) -> tuple[int, dict[str, Position]]:
+        # Subscribed (confirmed) before the tops are read: a message published after them is
+        # then on its way to us, exactly as a map entry makes it on one node.
+        channel = self.keys.live_channel(streams.user_key(reg.user))
+        self._users[reg.user] = self._users.get(reg.user, 0) + 1
+        try:
+            await self._want(channel, "register")
+            return await super().register(reg, stream_keys)
+        except BaseException:
+            self._release_user(reg.user)
+            raise
+
+    def unregister(self, reg: Registration) -> None:
+        self._release_user(reg.user)
+        super().unregister(reg)
+
+    def _release_user(self, user: str) -> None:
+        left = self._users.get(user, 0) - 1
+        if left > 0:
+            self._users[user] = left
+            return
+        self._users.pop(user, None)
+        self._subscriber.drop(self.keys.live_channel(streams.user_key(user)))
+
+    async def subscribe_channel(self, channel: str) -> None:
+        try:
+            await self._subscriber.want(self.keys.live_channel(streams.channel_key(channel)))
+        except sharded.ShardedError:
+            raise ChannelUnavailable(channel) from None
+
+    async def unsubscribe_channel(self, channel: str) -> None:
+        self._subscriber.drop(self.keys.live_channel(streams.channel_key(channel)))
+
+    async def gateways(self) -> list[GatewayInfo]:
+        """The registry; whether a gateway listens is not known here (a gateway's sharded
+        subscriptions are spread over the masters), so ``listening`` stays unknown."""
+        from gateway.errors import unavailable
+
+        with unavailable("gateways"):
+            infos = await self._store.gateways()
+        return [dataclasses.replace(g, listening=None) for g in infos]
+
