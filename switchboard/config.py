@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True, kw_only=True)
 class RedisSettings:
     redis_url: str = field(
-        default="redis://127.0.0.1:6379/0", metadata={"help": "Redis URL shared by the cluster"}
+        default="redis://127.0.0.1:6379/0",
+        metadata={"help": "Redis URL shared by the cluster; redis+cluster://HOST:PORT,... for a "
+                          "Redis Cluster (docs/scaling.md)"},
     )
     prefix: str = field(default="sb:", metadata={"help": "prefix of every Redis key and channel"})
     history_size: int = field(

@@ -145,3 +145,50 @@ def test_up_prints_working_credentials_restarts_and_stops_cleanly(tmp_path: Path
         assert leftovers == [], f"still running: {[cmdline(p) for p in leftovers]}"
     finally:
         terminate(up, 40)  # if the test failed midway: do not leave a cluster running
+
+
+def test_up_with_redis_shards_runs_on_a_local_redis_cluster_and_stops_it(tmp_path: Path) -> None:
+    """``switchboard up --redis-shards 3``: 3 masters and 3 replicas it starts itself; a user
+    message and a broadcast go through sharded pub/sub; Ctrl-C stops every node."""
+    port, router_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    with log.open("wb") as fh:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "switchboard.cli", "up", "--port", str(port),
+             "--router-port", str(router_port), "--gateways", "2", "--redis-shards", "3"],
+            stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+        )
+    started: dict[int, str] = {}
+    try:
+        text = wait_for_banner(up, log, 120)
+        token_match = re.search(r"Demo token\s+(\S+)", text)
+        key_match = re.search(r"export SWITCHBOARD_API_KEY=(\S+)", text)
+        url_match = re.search(r"export SWITCHBOARD_REDIS_URL=(\S+)", text)
+        assert token_match and key_match and url_match, text
+        assert url_match[1].strip("'\"").startswith("redis+cluster://"), url_match[1]
+        token, key = token_match[1], key_match[1]
+        started = children_of(up.pid)
+        kinds = sorted(
+            "redis" if "redis-server" in cmdline(p) else cmdline(p).split()[-1] for p in started
+        )
+        assert kinds == ["gateway", "gateway", "redis", "redis", "redis", "redis", "redis",
+                         "redis", "router"], kinds
+        assert all("cluster" in cmdline(p) for p in started if "redis-server" in cmdline(p))
+
+        publish_url = f"http://127.0.0.1:{router_port}/v1/publish"
+        for body, stream in (({"user": "demo", "data": "to you"}, "user"),
+                             ({"broadcast": True, "data": "to all"}, "broadcast")):
+            welcome, message = asyncio.run(welcome_then_broadcast(
+                f"ws://127.0.0.1:{port}/ws?token={token}",
+                lambda body=body: router_call(publish_url, key, body),  # type: ignore[misc]
+            ))
+            assert welcome["type"] == "welcome"
+            assert message["stream"] == stream and message["data"] == body["data"]
+
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0, log.read_text(errors="replace")
+        leftovers = [p for p, t in started.items() if not gone(p, t)]
+        assert leftovers == [], f"still running: {[cmdline(p) for p in leftovers]}"
+    finally:
+        terminate(up, 60)
