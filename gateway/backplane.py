@@ -114,11 +114,13 @@ class RedisBackplane:
 
     def start(self, events: BackplaneEvents) -> None:
         self._events = events
-        self._tasks = [
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self._listen_loop(), name="pubsub"),
-            asyncio.create_task(self._unregister_loop(), name="unregister"),
-        ]
+        self._tasks = [asyncio.create_task(coro, name=name)
+                       for name, coro in self._background().items()]
+
+    def _background(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """The loops that run from start() to stop(), by name."""
+        return {"heartbeat": self._heartbeat_loop(), "pubsub": self._listen_loop(),
+                "unregister": self._unregister_loop()}
 
     async def stop(self) -> None:
         """Deregister (publishers stop routing to us), then stop background work."""
