@@ -166,9 +166,13 @@ class RedisBackplane:
         pipe.pexpire(key, contract.registry_ttl_ms(s.heartbeat_interval))
         pipe.zadd(self.keys.gateways(), {self.gateway_id: now})
         settle = self._queue_ping(pipe, now)
-        with unavailable("heartbeat"):
-            results = await pipe.execute()
-            await settle(results[3:])
+        try:
+            with unavailable("heartbeat"):
+                results = await pipe.execute()
+        except BackendUnavailable:
+            self.canary.withdraw(now)  # never published: not a verdict on the subscription
+            raise
+        await settle(results[3:])
         return int(results[0]) > 0  # HSET counts the fields it created
 
     @property
@@ -182,11 +186,13 @@ class RedisBackplane:
         pipe.publish(self.keys.gateway_channel(self.gateway_id),
                      contract.pack_control(OP_PING, now))
         subscription = self._subscription if self.subscribed else None
+        if subscription is not None:
+            self.canary.sending(now)
 
         async def settle(replies: list[Any]) -> None:
             if subscription is not None and subscription == self._subscription \
                     and self.subscribed:
-                self.canary.sent(now, int(replies[0]))  # PUBLISH answers how many it reached
+                self.canary.reached(int(replies[0]))  # PUBLISH answers how many it reached
         return settle
 
     def _check_canary(self) -> None:

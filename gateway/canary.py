@@ -26,12 +26,28 @@ class Canary:
         self._no_receiver = False
         self._proven = False
 
-    def sent(self, ping_ms: int, receivers: int) -> None:
-        """A ping went out; ``receivers`` is what the publish said it reached."""
-        if receivers <= 0:
-            self._no_receiver = True
+    def sending(self, ping_ms: int) -> None:
+        """A ping is about to be published. Called before the publish, not after its reply:
+        the ping itself may come back first, and must find itself expected."""
         if self._oldest_unanswered is None:
             self._oldest_unanswered = (time.monotonic(), ping_ms)
+
+    def withdraw(self, ping_ms: int) -> None:
+        """The publish of that ping failed: it will not come back, and that says nothing
+        about the subscription (the failure is reported where it happened)."""
+        pending = self._oldest_unanswered
+        if pending is not None and pending[1] == ping_ms:
+            self._oldest_unanswered = None
+
+    def reached(self, receivers: int) -> None:
+        """What the publish of a ping said it reached."""
+        if receivers <= 0:
+            self._no_receiver = True
+
+    def sent(self, ping_ms: int, receivers: int) -> None:
+        """:meth:`sending` and :meth:`reached` at once (when nothing can arrive between)."""
+        self.sending(ping_ms)
+        self.reached(receivers)
 
     def received(self, ping_ms: int) -> None:
         self._proven = True

@@ -491,17 +491,20 @@ class ShardedSubscriber:
     async def _ping(self, link: _Link, now_ms: int, payload: str) -> None:
         chan, epoch = link.canary_chan, link.canary_epoch
         assert chan is not None
+        # expected before it is published: it may come back before the publish's reply
+        link.canary.sending(now_ms)
         try:
             receivers = await asyncio.wait_for(self._cluster.spublish(chan.name, payload),
                                                self._timeout)
         except Exception as exc:  # RedisError, RedisClusterException, TimeoutError...
             if link.canary_epoch == epoch:
+                link.canary.withdraw(now_ms)
                 link.ping_error = f"canary ping failed: {exc or type(exc).__name__}"
             return
         if link.dead or link.canary_chan is not chan or link.canary_epoch != epoch:
             return  # that subscription is gone: the ping says nothing about the new one
         link.ping_error = None
-        link.canary.sent(now_ms, int(receivers))
+        link.canary.reached(int(receivers))
 
     def check(self) -> None:
         """After a ping round: tear down and repair every link whose canary failed (reason

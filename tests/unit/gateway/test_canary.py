@@ -56,3 +56,33 @@ def test_an_older_echo_does_not_answer_a_newer_ping(monkeypatch: pytest.MonkeyPa
     c.received(9)
     now[0] += 1.5
     assert c.failed is not None and "not back" in c.failed
+
+
+def test_a_ping_back_before_its_publish_answered_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ping reaches our subscription before the heartbeat reads the PUBLISH reply (a busy
+    loop reads the pub/sub socket first). Recorded only after the reply, it found nothing
+    expected, stayed "unanswered", and made the gateway unready and resubscribe for nothing:
+    a connect storm saw 503s."""
+    now = [10.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    c = Canary(deadline=2)
+    c.sending(7)
+    c.received(7)  # back first
+    c.reached(1)  # then the publish's reply
+    now[0] += 5
+    assert c.failed is None
+
+
+def test_a_ping_whose_publish_failed_is_not_awaited(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [10.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    c = Canary(deadline=2)
+    c.sent(1, 1)
+    c.received(1)
+    c.sending(2)
+    c.withdraw(2)  # Redis did not take the publish
+    now[0] += 5
+    assert c.failed is None
+    c.sending(3)
+    now[0] += 3
+    assert c.failed is not None  # a ping that did go out and never came back still counts
