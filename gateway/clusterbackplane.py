@@ -82,7 +82,9 @@ class ClusterBackplane(RedisBackplane):
     def start(self, events: BackplaneEvents) -> None:
         super().start(events)
         self._subscriber.start()
-        self.spawn_subscription(self.keys.live_channel(streams.BROADCAST_KEY))
+        self._broadcasts = self.keys.live_channel(streams.BROADCAST_KEY)
+        self._broadcasts_once = False  # confirmed at least once: the gateway may be ready
+        self._spawn_broadcasts()
 
     def _background(self) -> dict[str, Coroutine[Any, Any, None]]:
         # no single pub/sub connection: the sharded subscriber runs its own repair loop
@@ -92,18 +94,22 @@ class ClusterBackplane(RedisBackplane):
         await super().stop()
         await self._subscriber.stop()
 
-    def spawn_subscription(self, channel: str) -> None:
-        """Want ``channel`` for as long as we run (broadcast): failures are retried by the
-        subscriber itself, and readiness reports them."""
-        task = asyncio.get_running_loop().create_task(self._want_quietly(channel))
+    def _spawn_broadcasts(self) -> None:
+        """Subscribe to broadcasts, retrying until it is confirmed once; later losses the
+        subscriber repairs by itself."""
+        task = asyncio.get_running_loop().create_task(self._want_broadcasts())
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _want_quietly(self, channel: str) -> None:
-        try:
-            await self._subscriber.want(channel)
-        except sharded.ShardedError as exc:
-            log.warning("subscribing %s: %s (retrying in the background)", channel, exc)
+    async def _want_broadcasts(self) -> None:
+        while not self._stopped:
+            try:
+                await self._subscriber.want(self._broadcasts)
+                self._broadcasts_once = True
+                return
+            except sharded.ShardedError as exc:
+                log.warning("subscribing to broadcasts: %s (retrying)", exc)
+                await asyncio.sleep(1.0)
 
     # -- readiness and the canary -------------------------------------------------------------
 
@@ -111,6 +117,8 @@ class ClusterBackplane(RedisBackplane):
     def unready(self) -> str | None:
         if not self.registered:
             return "gateway cannot reach Redis"
+        if not self._broadcasts_once:
+            return "gateway is not subscribed to broadcasts yet"
         lost = self._subscriber.unready
         return None if lost is None else f"sharded pub/sub path not proven: {lost}"
 
@@ -159,6 +167,9 @@ class ClusterBackplane(RedisBackplane):
         channel = self.keys.live_channel(streams.user_key(reg.user))
         self._users[reg.user] = self._users.get(reg.user, 0) + 1
         try:
+            # broadcasts too: after a loss the subscriber restores them by itself, but a
+            # registration must not read the top before they are confirmed again
+            await self._want(self._broadcasts, "register")
             await self._want(channel, "register")
             return await super().register(reg, stream_keys)
         except BaseException:

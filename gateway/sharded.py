@@ -111,8 +111,8 @@ def error_code(text: str) -> str:
 class _Chan:
     """One shard channel we subscribe to (a wanted one, or a link's canary)."""
 
-    __slots__ = ("canary", "confirmed", "ever", "key", "link", "lost", "name", "slot", "waiter",
-                 "waiting")
+    __slots__ = ("canary", "confirmed", "ever", "key", "link", "lost", "name", "pending_since",
+                 "slot", "waiter", "waiting")
 
     def __init__(self, name: str, slot: int, *, canary: bool = False) -> None:
         self.name = name
@@ -125,6 +125,7 @@ class _Chan:
         self.lost = False  # reported through on_lost, on_restored not yet
         self.waiter: asyncio.Future[None] | None = None  # what want() calls wait on
         self.waiting = 0  # how many want() calls wait
+        self.pending_since = 0.0  # monotonic time it became pending (wanted, not confirmed)
 
     def __repr__(self) -> str:
         return f"<channel {self.name} slot {self.slot}>"
@@ -163,6 +164,7 @@ class _Link(resp.RespProtocol):
         self.proven = False  # a ping came back since the canary was confirmed
         self.ping_error: str | None = None
         self.up = False  # connected, set up, assigned channels sent
+        self.created = time.monotonic()
         self.dead = False
         self._batch_kind = ""  # consecutive "restored" / "slot_moved" events, reported together
         self._batch: list[str] = []
@@ -430,6 +432,7 @@ class ShardedSubscriber:
             chan = _Chan(channel, self._cluster.keyslot(channel))
             self._chans[channel] = chan
             self._pending.add(chan)
+            chan.pending_since = time.monotonic()
             self._place(chan)
         if chan.confirmed:
             return
@@ -545,18 +548,28 @@ class ShardedSubscriber:
             return "the sharded subscriber is not started"
         if self._stopped:
             return "the sharded subscriber is stopped"
+        # What is on its way is not a failure: a new user's channel being subscribed, a link
+        # being opened for a node's first channel (a connect storm always has some). Only what
+        # was lost, or is taking longer than a want() waits, is.
+        now = time.monotonic()
+        grace = 2 * self._timeout
         for link in self._links.values():
-            if not link.up:
-                return f"no pub/sub connection to {link.name} yet"
-            if link.canary_since is None:
-                return f"the canary channel at {link.name} is not subscribed"
+            if not link.up or link.canary_since is None:
+                if now - link.created > grace:
+                    return (f"no pub/sub connection to {link.name}" if not link.up else
+                            f"the canary channel at {link.name} is not subscribed")
+                continue
             if link.ping_error is not None:
                 return f"{link.name}: {link.ping_error}"
-            if (failed := self._canary_failed(link, time.monotonic())) is not None:
+            if (failed := self._canary_failed(link, now)) is not None:
                 return f"{link.name}: {failed}"
-        if self._pending:
+        lost = sum(1 for c in self._chans.values() if c.lost)
+        if lost:
+            return f"{lost} subscription(s) lost, being restored"
+        stuck = sum(1 for c in self._pending if now - c.pending_since > grace)
+        if stuck:
             why = f" (last error: {self._last_error})" if self._last_error else ""
-            return f"{len(self._pending)} channel(s) not subscribed{why}"
+            return f"{stuck} channel(s) not subscribed within {grace:g}s{why}"
         return None
 
     # -- what links report (synchronously, from their protocol) ---------------------------
@@ -657,6 +670,7 @@ class ShardedSubscriber:
         chan.confirmed = False
         chan.link = None
         self._pending.add(chan)
+        chan.pending_since = time.monotonic()
         self._homeless.add(chan)
 
     def _report(self, kind: str, names: list[str]) -> None:

@@ -6,6 +6,8 @@ slots spread over the three masters, and every delivery goes through sharded pub
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,37 @@ async def test_resume_after_a_disconnect_recovers_missed_messages_on_a_cluster(
         c.publish(user="cara", data="live")
         await until(lambda: again.data("user")[-1:] == ["live"], 10, "live after resume")
         await again.close()
+
+
+async def test_a_burst_of_new_users_is_welcomed_not_refused_as_unready(
+    redis_cluster: LocalCluster, logdir: Path
+) -> None:
+    """Each new user on a gateway costs an SSUBSCRIBE, and the first channel on a node opens a
+    link: subscriptions on their way are not a failure. Readiness counted them, and a connect
+    burst got 503s from a healthy gateway."""
+    from websockets.asyncio.client import connect
+
+    with cluster(redis_cluster, logdir, gateways=1) as c:  # type: ignore[arg-type]
+        gate = asyncio.Semaphore(50)
+        refused: list[str] = []
+        opened = []
+
+        async def one(i: int) -> None:
+            async with gate:
+                try:
+                    ws = await connect(ws_url(c, 0, f"burst{i}"), open_timeout=20)
+                except Exception as exc:  # InvalidStatus 503 is the bug
+                    refused.append(str(exc))
+                    return
+                welcome = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                assert welcome["type"] == "welcome"
+                opened.append(ws)
+
+        await asyncio.gather(*(one(i) for i in range(300)))
+        try:
+            assert refused == [], refused[:3]
+            assert len(opened) == 300
+            assert c.publish(user="burst7", data="hi")["offset"] == 1
+        finally:
+            for ws in opened:
+                await ws.close()
