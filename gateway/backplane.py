@@ -24,7 +24,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from gateway import retry
-from gateway.canary import Canary
+from gateway.canary import Canary, deadline_for
 from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.metrics import GatewayMetrics
 from gateway.ports import BackplaneEvents, Registration
@@ -59,8 +59,8 @@ class RedisBackplane:
         self.subscribed = False
         self.draining = False
         self.started_ms = contract.now_ms()
-        # Proves the pub/sub path end to end (readiness); shortly after Redis's own deadline.
-        self.canary = Canary(deadline=max(1.0, settings.redis_timeout))
+        # Proves the pub/sub path end to end (readiness).
+        self.canary = Canary(deadline_for(settings.redis_timeout, settings.heartbeat_interval))
         self._subscription = 0  # counts subscriptions made, so a ping sent on an old one is ignored
         self._gone: list[Registration] = []
         self._gone_event = asyncio.Event()

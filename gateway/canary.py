@@ -19,6 +19,13 @@ from __future__ import annotations
 import time
 
 
+def deadline_for(redis_timeout: float, heartbeat_interval: float) -> float:
+    """How long a ping may take to come back: past Redis's own timeout, and past two
+    heartbeats, so that an event loop busy with a connect storm (which reads the ping late)
+    is not taken for a lost subscription, whose repair would add to the storm."""
+    return max(redis_timeout, 2 * heartbeat_interval) + 1.0
+
+
 class Canary:
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline

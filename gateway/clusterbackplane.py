@@ -27,6 +27,7 @@ from redis.crc import key_slot
 
 from gateway import sharded
 from gateway.backplane import RedisBackplane
+from gateway.canary import deadline_for
 from gateway.errors import BackendUnavailable, ChannelUnavailable
 from gateway.ports import BackplaneEvents, Registration
 from switchboard import streams
@@ -65,7 +66,8 @@ class ClusterBackplane(RedisBackplane):
             canary_channel=lambda slot: self.keys.canary_channel(self.gateway_id,
                                                                  tag_for_slot(slot)),
             on_message=self._on_message, on_lost=self._on_lost,
-            on_restored=self._on_restored)
+            on_restored=self._on_restored,
+            canary_deadline=deadline_for(s.redis_timeout, s.heartbeat_interval))
         return client, ClusterStore(client, s, cluster_pipelined(client, s, name))
 
     async def _script(self, client: Any, script: Script, keys: list[str],

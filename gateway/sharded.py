@@ -355,7 +355,8 @@ class ShardedSubscriber:
                  canary_channel: Callable[[int], str],
                  on_message: Callable[[bytes, bytes], None],
                  on_lost: Callable[[list[str], str], None],
-                 on_restored: Callable[[list[str]], None]) -> None:
+                 on_restored: Callable[[list[str]], None],
+                 canary_deadline: float | None = None) -> None:
         """``timeout`` bounds each Redis step (connect, setup, a slot-map refresh, a ping);
         want() waits twice that. ``canary_channel(slot)`` names a channel of ours hashing to
         ``slot``. The callbacks run synchronously on the event loop: ``on_message(channel,
@@ -367,6 +368,8 @@ class ShardedSubscriber:
         self._cluster_url = cluster_url
         self._client_name = client_name
         self._timeout = timeout
+        # how long a link's ping may take to come back (gateway.canary.deadline_for)
+        self._canary_deadline = canary_deadline or max(1.0, timeout)
         self._canary_channel = canary_channel
         self._on_message = on_message
         self._on_lost = on_lost
@@ -753,7 +756,7 @@ class ShardedSubscriber:
         link.assign(chan)
 
     def _open(self, node: ClusterNode, slot: int) -> _Link:
-        link = _Link(self, node, canary_deadline=max(1.0, self._timeout))
+        link = _Link(self, node, canary_deadline=self._canary_deadline)
         self._links[link.name] = link
         first = self._first_slot(link.name)
         link.set_canary(self._canary(slot if first is None else first))
