@@ -4,6 +4,10 @@ Scenarios: idle, fanout, unicast, resume, storm, or all of them in turn. Every s
 starts its own redis-server, gateways, router and baseline server on free loopback ports and
 stops them by PID when it ends. Sizes default to the documented targets (10,000 connections);
 ``make bench`` passes smaller ones that finish in a few minutes on two cores.
+
+``--redis-shards N`` (N >= 3) runs Switchboard (gateways, router, the scenario's own Store) on
+a local Redis Cluster of N masters and N replicas instead of one redis-server; the baseline
+keeps its plain redis-server. The JSON's ``redis`` says which was used.
 """
 
 from __future__ import annotations
@@ -51,27 +55,86 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra SWITCHBOARD_* setting for every gateway (repeatable), e.g. "
                         "SWITCHBOARD_ACCEPT_RATE=500")
+    p.add_argument("--redis-shards", type=_shards, default=0, metavar="N",
+                   help="run Switchboard on a local Redis Cluster of N masters (N >= 3) and "
+                        "N replicas; the baseline keeps a plain redis-server (default 0: one "
+                        "redis-server)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     return p
+
+
+def _shards(text: str) -> int:
+    n = int(text)
+    if n != 0 and n < 3:
+        raise argparse.ArgumentTypeError("a Redis Cluster needs at least 3 shards (0: none)")
+    return n
+
+
+def redis_summary(shards: int) -> str | dict[str, int]:
+    """The top-level ``redis`` of the JSON (each scenario also records its cluster's layout)."""
+    return {"shards": shards, "nodes": 2 * shards} if shards else "single"
+
+
+async def resume_on_cluster(messages: int, runs: int, shards: int) -> dict[str, Any]:
+    """``loadtest.resume_time`` (one gateway, same measurements) with the gateway and the
+    publisher on a local Redis Cluster."""
+    import statistics
+
+    from loadtest.resume_time import one_run
+    from switchboard.config import RedisSettings
+    from switchboard.store import Store
+
+    # the gateway resume_time starts (tests.support's heartbeat), on the cluster
+    bench = cluster.start_cluster(gateways=1, baseline=False, redis_shards=shards,
+                                  SWITCHBOARD_HEARTBEAT_INTERVAL="0.5",
+                                  SWITCHBOARD_REPLAY_LIMIT=str(max(1000, messages)))
+    try:
+        store = Store.open(RedisSettings(redis_url=bench.redis_url, redis_timeout=5,
+                                         history_size=messages * 2), "bench-resume")
+        try:
+            url = f"ws://127.0.0.1:{bench.port}/ws"
+            results = [await one_run(url, store, f"bench{r}", messages) for r in range(runs)]
+        finally:
+            await store.aclose()
+    finally:
+        bench.stop()
+
+    def med(key: str) -> float:
+        return round(statistics.median(r[key] for r in results), 2)
+
+    return {
+        "scenario": "resume",
+        "redis": bench.redis_info,
+        "messages": messages,
+        "runs": runs,
+        "resume_ms_median": med("resume_ms"),
+        "resume_ms_max": round(max(r["resume_ms"] for r in results), 2),
+        "baseline_connect_ms_median": med("connect_ms"),
+        "baseline_live_ms_median": med("live_ms"),
+        "resume_over_live": round(med("resume_ms") / med("live_ms"), 2),
+        "note": "resume = open socket to last replayed message; live = same volume published "
+                "to a connected client; medians over runs, same machine, same run",
+    }
 
 
 async def run_one(name: str, a: argparse.Namespace) -> dict[str, Any]:
     def sized(**kw: Any) -> dict[str, Any]:
         return {k: v for k, v in kw.items() if v is not None}
 
-    duration = a.duration
+    duration, shards = a.duration, a.redis_shards
     if name == "idle":
         from loadtest.bench import idle
 
         return await idle.run(**sized(connections=a.connections, workers=a.workers,
-                                      gateways=a.gateways))
+                                      gateways=a.gateways), redis_shards=shards)
     if name == "fanout":
         from loadtest.bench import fanout
 
         return await fanout.run(**sized(connections=a.connections, rate=a.rate,
                                         duration=duration, burst=a.burst, pad=a.pad,
                                         sample_conns=a.sample_conns, workers=a.workers,
-                                        gateways=a.gateways, profile_dir=a.profile))
+                                        gateways=a.gateways, profile_dir=a.profile),
+                               redis_shards=shards)
     if name == "unicast":
         from loadtest.bench import unicast
 
@@ -79,16 +142,19 @@ async def run_one(name: str, a: argparse.Namespace) -> dict[str, Any]:
         return await unicast.run(**sized(users=a.users, rates=rates, duration=duration,
                                          concurrency=a.concurrency, batch=a.batch, pad=a.pad,
                                          workers=a.workers, gateways=a.gateways,
-                                         profile_dir=a.profile))
+                                         profile_dir=a.profile), redis_shards=shards)
     if name == "resume":
+        if shards:
+            return await resume_on_cluster(a.messages, a.runs, shards)
         from loadtest.resume_time import main_async
 
-        return await main_async(a.messages, a.runs)
+        return {**await main_async(a.messages, a.runs), "redis": "single"}
     if name == "storm":
         from loadtest.bench import storm
 
         return await storm.run(**sized(connections=a.connections, rate=a.storm_rate,
-                                       pad=a.pad, workers=a.workers, profile_dir=a.profile))
+                                       pad=a.pad, workers=a.workers, profile_dir=a.profile),
+                               redis_shards=shards)
     raise ValueError(name)
 
 
@@ -112,6 +178,7 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     if a.scenario != "all":
         return {"machine": common.machine(), "command": sys.argv[1:], **results[a.scenario]}
     return {"machine": common.machine(), "command": sys.argv[1:],
+            "redis": redis_summary(a.redis_shards),
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
             "targets": verdict(results), "results": results}
 

@@ -6,20 +6,32 @@ start-up reuses :mod:`tests.support` (the same helpers the integration tests tru
 module adds what the bench needs on top: waiting until *every* gateway on the shared port is
 subscribed (a health probe on a shared port may be answered by a sibling), and reading a
 process's RSS and CPU time from ``/proc``.
+
+With ``redis_shards=N`` (N >= 3) the gateways and the router run on a local Redis Cluster of
+N masters and N replicas (:mod:`switchboard.localcluster`) instead; the baseline keeps its
+plain redis-server, since what it measures is a plain PUBLISH.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from switchboard import streams
 from switchboard.contract import Keys
+from switchboard.localcluster import LocalCluster, Node
+from switchboard.localcluster import query as node_query
+from switchboard.localcluster import start_cluster as start_redis_cluster
 from tests.support import (
     API_KEY,
     JWT_SECRET,
@@ -37,6 +49,7 @@ BASELINE_CHANNEL = "bench:baseline"
 # SWITCHBOARD_* settings for every gateway the bench starts (``--gateway-env``), applied last
 EXTRA_GATEWAY_ENV: dict[str, str] = {}
 _TICK = os.sysconf("SC_CLK_TCK")
+REDIS_CLUSTER_START_S = 60.0  # generous: the machine may be small and busy
 
 
 def rss_kib(pid: int) -> int:
@@ -121,6 +134,40 @@ def _subscribers(redis: RedisServer, channel: str) -> int:
     return int(out[1]) if len(out) > 1 else 0
 
 
+def _shard_subscribers(node: Node, channel: str) -> int:
+    """PUBSUB SHARDNUMSUB on the master owning ``channel``'s slot (a sharded channel is only
+    known to the nodes of its slot)."""
+    reply = node_query(node, ("PUBSUB", "SHARDNUMSUB", channel))[0]
+    return int(reply[1]) if len(reply) > 1 else 0
+
+
+def _ready_gateway(port: int) -> str | None:
+    """The id of the gateway that answered ``GET /readyz`` on the shared port with 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError:  # 503: that one is not ready yet
+        return None
+    return str(body["gateway"]) if body.get("ready") else None
+
+
+def wait_every_gateway_ready(port: int, gateway_ids: list[str], timeout: float = 30.0) -> None:
+    """Until each gateway on the shared port has answered ``/readyz`` with 200 itself.
+
+    Each probe is a new connection (a new source port), which the kernel hands to one of the
+    SO_REUSEPORT listeners; a gateway that is up but not ready (on a cluster: its sharded
+    pub/sub path not yet proven on every master) refuses connects with 503, which would
+    slow the fleet's connect down to the clients' Retry-After backoff."""
+    missing = set(gateway_ids)
+
+    def all_ready() -> bool:
+        gid = _ready_gateway(port)
+        missing.discard(gid or "")
+        return not missing
+
+    wait_until(all_ready, timeout, f"every gateway ready (still waiting for {missing})")
+
+
 def start_baseline(redis: RedisServer, logdir: Path) -> Baseline:
     port = free_port()
     log = (logdir / f"baseline-{port}.log").open("wb")
@@ -149,13 +196,17 @@ def start_baseline(redis: RedisServer, logdir: Path) -> Baseline:
 
 @dataclass
 class BenchCluster:
-    redis: RedisServer
+    redis: RedisServer  # the plain redis-server: the baseline's, and Switchboard's unless sharded
     logdir: Path
     port: int = 0
     gateways: list[Proc] = field(default_factory=list)
     gateway_ids: list[str] = field(default_factory=list)
     router: Proc | None = None
     baseline: Baseline | None = None
+    redis_cluster: LocalCluster | None = None  # Switchboard's Redis with ``redis_shards``
+    redis_shards: int = 0
+    # what the JSON records as ``redis``: "single", or the cluster's layout at the start
+    redis_info: str | dict[str, Any] = "single"
 
     @property
     def gateway_pids(self) -> list[int]:
@@ -166,25 +217,70 @@ class BenchCluster:
         assert self.router is not None
         return f"http://127.0.0.1:{self.router.port}"
 
+    @property
+    def redis_url(self) -> str:
+        """The Redis Switchboard (gateways, router, a scenario's Store) uses."""
+        return self.redis.url if self.redis_cluster is None else self.redis_cluster.url
+
+    @property
+    def redis_pids(self) -> list[int]:
+        """The redis-server processes Switchboard uses: one, or every node of the cluster."""
+        if self.redis_cluster is None:
+            return [self.redis.proc.pid]
+        return [n.pid for n in self.redis_cluster.nodes]
+
+    def redis_node_usage(self) -> Usage | None:
+        """CPU of every cluster node now (None on a single redis-server)."""
+        if self.redis_cluster is None:
+            return None
+        return Usage.of(self.redis_pids)
+
+    def redis_node_cpu(self, before: Usage | None) -> dict[str, float] | None:
+        """CPU-seconds of each cluster node ("HOST:PORT") since ``before``."""
+        if self.redis_cluster is None or before is None:
+            return None
+        after = Usage.of(list(before.times))
+        names = {n.pid: n.addr for n in self.redis_cluster.nodes}
+        return {names[p]: round(sum(after.times[p]) - sum(before.times[p]), 3)
+                for p in sorted(before.times, key=lambda p: names[p])}
+
     def stop(self) -> None:
         """Stop everything this cluster started, by PID; the baseline first, Redis last."""
-        if self.baseline is not None:
-            self.baseline.stop()
-        if self.router is not None:
-            self.router.stop()
-        for gw in self.gateways:
-            gw.stop()
-        self.redis.stop()
+        try:
+            if self.baseline is not None:
+                self.baseline.stop()
+            if self.router is not None:
+                self.router.stop()
+            for gw in self.gateways:
+                gw.stop()
+            self.redis.stop()
+        finally:
+            if self.redis_cluster is not None:
+                self.redis_cluster.stop()  # every node by PID, also if the above failed
 
 
 def start_cluster(*, gateways: int = 2, router: bool = False, baseline: bool = True,
-                  **gateway_env: str) -> BenchCluster:
+                  redis_shards: int = 0, **gateway_env: str) -> BenchCluster:
+    """Redis, the gateways and (optionally) the router and the baseline.
+
+    ``redis_shards`` >= 3: Switchboard runs on a local Redis Cluster of that many masters,
+    one replica each; 0: on the plain redis-server the baseline uses. Call from the main
+    thread: cluster nodes are signalled when the thread that started them exits."""
+    if redis_shards and redis_shards < 3:
+        raise ValueError("redis_shards must be 0 (one redis-server) or at least 3")
     logdir = Path(tempfile.mkdtemp(prefix="sb-bench-"))
-    cluster = BenchCluster(start_redis(), logdir)
+    cluster = BenchCluster(start_redis(), logdir, redis_shards=redis_shards)
     try:
+        if redis_shards:
+            cluster.redis_cluster = start_redis_cluster(redis_shards, 1,
+                                                        start_timeout=REDIS_CLUSTER_START_S)
         cluster.port = free_port()
         # tests.support shortens the heartbeat for fast tests; the bench measures the default
         env = {"SWITCHBOARD_HEARTBEAT_INTERVAL": "2.0", **gateway_env, **EXTRA_GATEWAY_ENV}
+        # tests.support sets SWITCHBOARD_REDIS_URL from the plain server; a cluster overrides it
+        on_redis = ({} if cluster.redis_cluster is None
+                    else {"SWITCHBOARD_REDIS_URL": cluster.redis_cluster.url})
+        env.update(on_redis)
         for k in range(gateways):
             gid = f"bench-gw{k}-{os.getpid()}"
             cluster.gateways.append(start_gateway(cluster.redis, logdir, port=cluster.port,
@@ -192,11 +288,22 @@ def start_cluster(*, gateways: int = 2, router: bool = False, baseline: bool = T
             cluster.gateway_ids.append(gid)
         # The health probe of the second gateway may have been answered by the first: wait
         # until every gateway is registered and subscribed to broadcasts.
-        channel = Keys().broadcast_channel()
-        wait_until(lambda: _subscribers(cluster.redis, channel) >= gateways, 20,
-                   "every gateway subscribed")
+        if cluster.redis_cluster is None:
+            channel = Keys().broadcast_channel()
+            wait_until(lambda: _subscribers(cluster.redis, channel) >= gateways, 20,
+                       "every gateway subscribed")
+        else:
+            rc = cluster.redis_cluster
+            channel = Keys().live_channel(streams.BROADCAST_KEY)
+            owner = rc.master_of_slot(rc.slot_of(channel))
+            wait_until(lambda: _shard_subscribers(owner, channel) >= gateways, 20,
+                       "every gateway subscribed to the sharded broadcast channel")
+            wait_every_gateway_ready(cluster.port, cluster.gateway_ids)
+            cluster.redis_info = {
+                "shards": redis_shards, "nodes": len(rc.nodes), "replicas_per_master": 1,
+                "masters": sorted(n.addr for n in rc.masters()), "broadcast_master": owner.addr}
         if router:
-            cluster.router = start_router(cluster.redis, logdir)
+            cluster.router = start_router(cluster.redis, logdir, **on_redis)
         if baseline:
             cluster.baseline = start_baseline(cluster.redis, logdir)
     except BaseException:

@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from loadtest.bench import common, profile
-from loadtest.bench.cluster import BASELINE_CHANNEL, Usage, start_cluster
+from loadtest.bench.cluster import BASELINE_CHANNEL, BenchCluster, Usage, start_cluster
 from loadtest.bench.common import Target
 from loadtest.bench.stats import ratio
 from loadtest.bench.workers import Pool, workers_for
@@ -58,22 +58,34 @@ def _figures(deliveries: int, seconds: float, after: Usage, before: Usage) -> di
     }
 
 
+def _node_cpu(out: dict[str, Any], redis: BenchCluster | None, before: Usage | None) -> None:
+    """Cluster mode: each Redis node's CPU-seconds over the phase, as ``redis_node_cpu_s``."""
+    if redis is not None and (cpu := redis.redis_node_cpu(before)) is not None:
+        out["redis_node_cpu_s"] = cpu
+
+
 async def fixed_phase(pool: Pool, target: Target, held: int, rate: float, duration: float,
-                      publish_one: PublishOne) -> dict[str, Any]:
+                      publish_one: PublishOne,
+                      redis: BenchCluster | None = None) -> dict[str, Any]:
+    redis_before = redis.redis_node_usage() if redis is not None else None
     before, started = Usage.of(target.pids), time.perf_counter()
     sent = await common.paced(rate, duration, publish_one)
     await common.wait_messages(pool, held * sent["sent"], limit_s=30)
     seconds = time.perf_counter() - started
     after = Usage.of(target.pids)
     stats = await common.collect(pool)
-    return {"rate": rate, "published": sent, **_figures(stats["messages"], seconds, after, before),
-            "expected": held * sent["sent"], "latency": stats["latency"],
-            "errors": stats["errors"], "closes": stats["closes"]}
+    out = {"rate": rate, "published": sent, **_figures(stats["messages"], seconds, after, before),
+           "expected": held * sent["sent"], "latency": stats["latency"],
+           "errors": stats["errors"], "closes": stats["closes"]}
+    _node_cpu(out, redis, redis_before)
+    return out
 
 
 async def max_phase(pool: Pool, target: Target, held: int, duration: float, burst: int,
-                    publish_many: PublishMany, profile_out: Path | None) -> dict[str, Any]:
+                    publish_many: PublishMany, profile_out: Path | None,
+                    redis: BenchCluster | None = None) -> dict[str, Any]:
     spy = profile.start(target.pids[0], duration, profile_out) if profile_out else None
+    redis_before = redis.redis_node_usage() if redis is not None else None
     before, started = Usage.of(target.pids), time.perf_counter()
     seq, expected, complete = 0, 0, True
     while time.perf_counter() - started < duration:
@@ -90,6 +102,7 @@ async def max_phase(pool: Pool, target: Target, held: int, duration: float, burs
     out = {"burst": burst, "published": seq, **_figures(stats["messages"], seconds, after, before),
            "expected": expected, "complete": complete, "latency": stats["latency"],
            "errors": stats["errors"], "closes": stats["closes"]}
+    _node_cpu(out, redis, redis_before)
     if profile_out is not None:
         out["profile"] = profile.finish(spy, profile_out)
     return out
@@ -97,26 +110,32 @@ async def max_phase(pool: Pool, target: Target, held: int, duration: float, burs
 
 async def measure(pool: Pool, target: Target, n: int, *, rate: float, duration: float,
                   burst: int, sample_conns: int, publish_one: PublishOne,
-                  publish_many: PublishMany, profile_out: Path | None) -> dict[str, Any]:
+                  publish_many: PublishMany, profile_out: Path | None,
+                  redis: BenchCluster | None = None) -> dict[str, Any]:
     conn = await common.connect(pool, target, [f"fan{i}" for i in range(n)],
                                 parse_every=max(1, n // max(1, sample_conns)))
     await asyncio.sleep(1.0)
     held = (await common.collect(pool))["open"]  # also resets the counters
-    fixed = await fixed_phase(pool, target, held, rate, duration, publish_one)
+    fixed = await fixed_phase(pool, target, held, rate, duration, publish_one, redis)
     await asyncio.sleep(0.5)
     await common.collect(pool)
-    peak = await max_phase(pool, target, held, duration, burst, publish_many, profile_out)
+    peak = await max_phase(pool, target, held, duration, burst, publish_many, profile_out,
+                           redis)
     await common.disconnect(pool)
     return {"connections": held, "connect": conn, "fixed": fixed, "max": peak}
 
 
 async def run(connections: int = 10_000, rate: float = 2.0, duration: float = 10.0,
               burst: int = 20, pad: int = 64, sample_conns: int = 200, workers: int = 0,
-              gateways: int = 2, profile_dir: str | None = None) -> dict[str, Any]:
-    cluster = start_cluster(gateways=gateways, baseline=True, SWITCHBOARD_REBALANCE="0")
+              gateways: int = 2, profile_dir: str | None = None,
+              redis_shards: int = 0) -> dict[str, Any]:
+    cluster = start_cluster(gateways=gateways, baseline=True, redis_shards=redis_shards,
+                            SWITCHBOARD_REBALANCE="0")
     pool = Pool(workers or workers_for(connections, 2))
-    store = Store.open(RedisSettings(redis_url=cluster.redis.url, redis_timeout=10),
+    # Switchboard's Redis (a cluster with --redis-shards: the cluster store's SPUBLISH script)
+    store = Store.open(RedisSettings(redis_url=cluster.redis_url, redis_timeout=10),
                        "bench-fanout")
+    # the baseline's own plain redis-server, in both modes
     plain = aioredis.Redis.from_url(cluster.redis.url)
 
     async def sb_one(seq: int, ts: float) -> None:
@@ -140,7 +159,7 @@ async def run(connections: int = 10_000, rate: float = 2.0, duration: float = 10
         assert base_target is not None
         sb = await measure(pool, sb_target, connections, rate=rate, duration=duration,
                            burst=burst, sample_conns=sample_conns, publish_one=sb_one,
-                           publish_many=sb_many, profile_out=spy_file)
+                           publish_many=sb_many, profile_out=spy_file, redis=cluster)
         base = await measure(pool, base_target, connections, rate=rate, duration=duration,
                              burst=burst, sample_conns=sample_conns, publish_one=base_one,
                              publish_many=base_many, profile_out=None)
@@ -162,6 +181,7 @@ async def run(connections: int = 10_000, rate: float = 2.0, duration: float = 10
                    for phase in ("fixed", "max")}
     return {
         "scenario": "fanout",
+        "redis": cluster.redis_info,
         "connections": connections,
         "gateways": gateways,
         "publish_path": "switchboard: Store.publish/publish_many (the router's Lua script, "

@@ -39,9 +39,10 @@ async def measure(pool: Pool, target: Target, n: int, settle: float) -> dict[str
 
 
 async def run(connections: int = 10_000, settle: float = 3.0, workers: int = 0,
-              gateways: int = 2) -> dict[str, Any]:
+              gateways: int = 2, redis_shards: int = 0) -> dict[str, Any]:
     # no rebalancing: moving clients mid-measurement would change what is held
-    cluster = start_cluster(gateways=gateways, baseline=True, SWITCHBOARD_REBALANCE="0")
+    cluster = start_cluster(gateways=gateways, baseline=True, redis_shards=redis_shards,
+                            SWITCHBOARD_REBALANCE="0")
     pool = Pool(workers or workers_for(connections, 2))
     try:
         sb_target, base_target = common.targets(cluster)
@@ -54,6 +55,7 @@ async def run(connections: int = 10_000, settle: float = 3.0, workers: int = 0,
     sb_kib, base_kib = sb["kib_per_connection"], base["kib_per_connection"]
     return {
         "scenario": "idle",
+        "redis": cluster.redis_info,
         "switchboard": sb,
         "baseline": base,
         "ratio_vs_baseline": ratio(sb_kib, base_kib),

@@ -91,13 +91,14 @@ async def _report(pool: Pool, since: float) -> dict[str, Any]:
 async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
               tail: float = 3.0, give_up_s: float = 90.0, pad: int = 64,
               workers: int = 0, profile_dir: str | None = None,
-              profile_seconds: float = 8.0) -> dict[str, Any]:
+              profile_seconds: float = 8.0, redis_shards: int = 0) -> dict[str, Any]:
     spy_file = Path(profile_dir) / "storm-survivor.txt" if profile_dir else None
     profiled: dict[str, Any] | None = None
     # no rebalancing: it would move clients before the kill, muddying who was dropped
-    cluster = start_cluster(gateways=2, baseline=False, SWITCHBOARD_REBALANCE="0")
+    cluster = start_cluster(gateways=2, baseline=False, redis_shards=redis_shards,
+                            SWITCHBOARD_REBALANCE="0")
     pool = Pool(workers or workers_for(connections, 2))
-    store = Store.open(RedisSettings(redis_url=cluster.redis.url, redis_timeout=10),
+    store = Store.open(RedisSettings(redis_url=cluster.redis_url, redis_timeout=10),
                        "bench-storm")
     publisher = Publisher(store, rate, pad)
     pub_task: asyncio.Task[None] | None = None
@@ -148,6 +149,7 @@ async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
     lost_msgs = totals["lost"]
     return {
         "scenario": "storm",
+        "redis": cluster.redis_info,
         "connections": conn["ok"],
         "connect": conn,
         "killed_gateway_held": held,

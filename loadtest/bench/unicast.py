@@ -30,7 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from loadtest.bench import common, profile
-from loadtest.bench.cluster import API_KEY, BASELINE_CHANNEL, Usage, start_cluster
+from loadtest.bench.cluster import API_KEY, BASELINE_CHANNEL, BenchCluster, Usage, start_cluster
 from loadtest.bench.common import Target
 from loadtest.bench.httpclient import HttpConnection, HttpError
 from loadtest.bench.stats import ratio, summarize_ms
@@ -128,7 +128,7 @@ async def fixed_rate(pool: Pool, port: int, users: list[str], rate: float, durat
 
 async def direct_rate(pool: Pool, store: Store, users: list[str], rate: float,
                       duration: float, lanes: int, pad: int, pids: list[int],
-                      redis_pid: int) -> dict[str, Any]:
+                      redis: BenchCluster) -> dict[str, Any]:
     """The same open loop, published straight through the Lua script (no router, no HTTP):
     how far the gateways alone are from the target when the router is out of the way."""
     queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
@@ -144,7 +144,9 @@ async def direct_rate(pool: Pool, store: Store, users: list[str], rate: float,
             except Exception:  # counted; a failed publish shows up as a missing delivery
                 failed += 1
 
-    before, redis_before = Usage.of(pids), Usage.of([redis_pid])
+    # Switchboard's Redis: the one redis-server, or every node of the cluster (and each node)
+    before, redis_before = Usage.of(pids), Usage.of(redis.redis_pids)
+    nodes_before = redis.redis_node_usage()
     me_before = time.process_time()
     tasks = [asyncio.create_task(lane()) for _ in range(lanes)]
     started = time.perf_counter()
@@ -158,12 +160,14 @@ async def direct_rate(pool: Pool, store: Store, users: list[str], rate: float,
             "achieved_per_s": round((sent["sent"] - failed) / answered, 1)}
     await common.wait_messages(pool, sent["sent"] - failed, limit_s=10)
     cpu = Usage.of(pids).cpu_since(before)
-    redis_cpu = Usage.of([redis_pid]).cpu_since(redis_before)
+    redis_cpu = Usage.of(redis.redis_pids).cpu_since(redis_before)
+    node_cpu = redis.redis_node_cpu(nodes_before)
     publisher_cpu = time.process_time() - me_before
     stats = await common.collect(pool)
     return {"rate": rate, "published": sent, "failed": failed, "delivered": stats["messages"],
             "latency": stats["latency"], "gateway_cpu_s": round(cpu, 2),
-            "redis_cpu_s": round(redis_cpu, 2), "publisher_cpu_s": round(publisher_cpu, 2)}
+            "redis_cpu_s": round(redis_cpu, 2), "publisher_cpu_s": round(publisher_cpu, 2),
+            **({"redis_node_cpu_s": node_cpu} if node_cpu is not None else {})}
 
 
 async def max_rate(port: int, users: list[str], duration: float, concurrency: int,
@@ -264,15 +268,19 @@ async def baseline_floor(pool: Pool, target: Target, url: str, rate: float, dura
 async def run(users: int = 2000, rates: tuple[float, ...] = (500, 1000, 2000),
               duration: float = 10.0, concurrency: int = 32, batch: int = 100, pad: int = 64,
               workers: int = 0, gateways: int = 2,
-              profile_dir: str | None = None) -> dict[str, Any]:
+              profile_dir: str | None = None, redis_shards: int = 0) -> dict[str, Any]:
     cluster = start_cluster(gateways=gateways, router=True, baseline=True,
-                            SWITCHBOARD_REBALANCE="0")
+                            redis_shards=redis_shards, SWITCHBOARD_REBALANCE="0")
     pool = Pool(workers or 2)
     names = [f"uni{i}" for i in range(users)]
-    redis_settings = RedisSettings(redis_url=cluster.redis.url, redis_timeout=10)
-    # the router's publish connection, so `direct` differs from the router by HTTP only
-    store = Store(redis_connect(cluster.redis.url, 10), redis_settings,
-                  pipelined(redis_settings, "bench-direct"))
+    redis_settings = RedisSettings(redis_url=cluster.redis_url, redis_timeout=10)
+    # the router's publish connection, so `direct` differs from the router by HTTP only (on a
+    # cluster, Store.open builds the router's: the cluster store, one pipeline per master)
+    if redis_shards:
+        store = Store.open(redis_settings, "bench-direct")
+    else:
+        store = Store(redis_connect(cluster.redis.url, 10), redis_settings,
+                      pipelined(redis_settings, "bench-direct"))
     try:
         sb_target, base_target = common.targets(cluster)
         assert base_target is not None and cluster.router is not None
@@ -281,9 +289,8 @@ async def run(users: int = 2000, rates: tuple[float, ...] = (500, 1000, 2000),
         await asyncio.sleep(1.0)
         await common.collect(pool)
         # gateway-only first, on a fresh cluster; the router phases may leave a backlog
-        redis_pid = cluster.redis.proc.pid
         direct = [await direct_rate(pool, store, names, r, duration, 8, pad, sb_target.pids,
-                                    redis_pid) for r in rates]
+                                    cluster) for r in rates]
         fixed = [await fixed_rate(pool, cluster.router.port, names, r, duration, concurrency,
                                   pad, pids) for r in rates]
         peak = await max_rate(cluster.router.port, names, duration, concurrency, batch, pad,
@@ -298,7 +305,7 @@ async def run(users: int = 2000, rates: tuple[float, ...] = (500, 1000, 2000),
         await common.collect(pool)
         # the same gateway-only check after the floods: does anything linger?
         after = await direct_rate(pool, store, names, rates[0], duration, 8, pad,
-                                  sb_target.pids, redis_pid)
+                                  sb_target.pids, cluster)
         await common.disconnect(pool)
         await common.connect(pool, base_target, ["floor0"], parse_every=1)
         await common.collect(pool)
@@ -314,6 +321,7 @@ async def run(users: int = 2000, rates: tuple[float, ...] = (500, 1000, 2000),
     p99 = at_target["latency"].get("p99_ms") if at_target else None
     return {
         "scenario": "unicast",
+        "redis": cluster.redis_info,
         "users": users,
         "gateways": gateways,
         "connect": conn,
