@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from redis.cluster import RedisCluster
 
-from switchboard.localcluster import LocalCluster
+from switchboard.localcluster import LocalCluster, query
 from tests.clients import WsClient, until
 from tests.cluster_support import cluster_client
 from tests.integration.cluster import Cluster, cluster, token
@@ -90,6 +90,13 @@ async def test_unicast_broadcast_and_channels_reach_the_right_clients_over_shard
         assert len(conns["connections"]) == 1, conns
         for cl in [*clients.values(), *room[:3], twin]:
             await cl.close()
+    # Sharded pub/sub only: plain PUBLISH (also from inside a script, which Redis counts the
+    # same) would be copied over the cluster bus to every node.
+    for node in redis_cluster.nodes:
+        stats = query(node, ("INFO", "commandstats"))[0]
+        assert "cmdstat_publish:" not in stats, f"{node.addr} ran PUBLISH"
+    assert any("cmdstat_spublish:" in query(m, ("INFO", "commandstats"))[0]
+               for m in redis_cluster.masters())
 
 
 async def test_resume_after_a_disconnect_recovers_missed_messages_on_a_cluster(
