@@ -1,4 +1,4 @@
-"""Redis Cluster mode of deploy/: the kustomize overlay deploy/k8s/cluster/ and the compose
+"""Redis Cluster mode of deploy/: the kustomize overlay deploy/k8s-cluster/ and the compose
 override deploy/docker-compose.cluster.yml, validated offline.
 
 - The overlay's own manifests validate against the Kubernetes JSON schemas as the base's do
@@ -27,6 +27,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import redis
+import yaml
 
 from switchboard.children import _die_with_parent
 from switchboard.localcluster import (
@@ -50,7 +51,7 @@ from tests.deploy.test_manifests import (
     compose_schema,
 )
 
-OVERLAY = K8S / "cluster"
+OVERLAY = K8S.parent / "k8s-cluster"
 OVERRIDE = DEPLOY / "docker-compose.cluster.yml"
 NODES = 6  # 3 masters + 1 replica each: the smallest cluster that survives losing a master
 CREATE = 'redis-cli --cluster create "$@" --cluster-replicas 1 --cluster-yes'
@@ -149,27 +150,40 @@ def resolved(entry: str) -> Path:
     return (OVERLAY / entry).resolve()
 
 
-def test_kustomization_lists_existing_files_and_not_the_single_node_redis() -> None:
+def file_patches() -> list[Path]:
+    return [resolved(p["path"]) for p in kustomization()["patches"] if "path" in p]
+
+
+def deleted() -> set[tuple[str, str, str]]:
+    """(kind, namespace, name) of what the overlay's inline patches delete from the base."""
+    out = set()
+    for p in kustomization()["patches"]:
+        if "patch" in p:
+            doc = yaml.safe_load(p["patch"])
+            assert doc["$patch"] == "delete", doc
+            meta = doc["metadata"]
+            out.add((doc["kind"], meta["namespace"], meta["name"]))
+    return out
+
+
+def test_kustomization_is_the_base_minus_the_single_node_redis_plus_the_cluster() -> None:
     k = kustomization()
     assert (k["apiVersion"], k["kind"]) == ("kustomize.config.k8s.io/v1beta1", "Kustomization")
     resources = [resolved(r) for r in k["resources"]]
-    patches = [resolved(p["path"]) for p in k["patches"]]
-    for path in resources + patches:
+    # the whole base (so a manifest added there is deployed here too, with its images)
+    assert resources[0] == K8S.resolve()
+    for path in resources[1:] + file_patches():
         assert path.is_file(), f"{path} does not exist"
-    assert (K8S / "redis.yaml").resolve() not in resources
-    # every base manifest but redis.yaml: a manifest added to the base must be added here
-    base = load_yaml(K8S / "kustomization.yaml")
-    assert {p for p in resources if p.parent == K8S.resolve()} == {
-        (K8S / r).resolve() for r in base["resources"] if r != "redis.yaml"}
-    # and every file of the overlay is used, as a resource or as a patch
-    assert {p for p in resources + patches if p.parent == OVERLAY.resolve()} == {
-        p.resolve() for p in overlay_files()}
-    # base files loaded by path do not get the base's image transformer: same images here
-    assert k["images"] == base["images"]
+    # every file of the overlay is used, as a resource or as a patch
+    assert set(resources[1:] + file_patches()) == {p.resolve() for p in overlay_files()}
+    # and exactly redis.yaml's objects are deleted: the StatefulSet and its Service
+    assert deleted() == {(d["kind"], d["metadata"]["namespace"], d["metadata"]["name"])
+                         for d in docs_of(K8S / "redis.yaml")}
+    assert "images" not in k  # the base's apply to its files
 
 
 def test_configmap_patch_sets_a_cluster_url_naming_exactly_the_statefulset_pods() -> None:
-    (patch_path,) = [resolved(p["path"]) for p in kustomization()["patches"]]
+    (patch_path,) = file_patches()
     (patch,) = docs_of(patch_path)
     targets = {(d["kind"], d["metadata"]["name"], d["metadata"]["namespace"])
                for d in docs_of(K8S / "configmap.yaml")}
