@@ -79,11 +79,18 @@ async def main_async(messages: int, runs: int) -> dict[str, Any]:
         gateway.stop()
         redis.stop()
 
+    return summary(messages, runs, results)
+
+
+def summary(messages: int, runs: int, results: list[dict[str, float]],
+            **extra: Any) -> dict[str, Any]:
+    """Medians of :func:`one_run` results (also the bench's ``resume`` on a cluster)."""
     def med(key: str) -> float:
         return round(statistics.median(r[key] for r in results), 2)
 
     return {
         "scenario": "resume",
+        **extra,
         "messages": messages,
         "runs": runs,
         "resume_ms_median": med("resume_ms"),

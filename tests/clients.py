@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,17 @@ async def until(predicate: Callable[[], object], timeout: float = 10.0, what: st
         if loop.time() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(0.01)
+
+
+async def until_async(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0,
+                      what: str = "", poll: float = 0.05) -> None:
+    """:func:`until` for a condition that must await (an HTTP probe)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(poll)
 
 
 @dataclass

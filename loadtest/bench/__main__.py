@@ -78,9 +78,7 @@ def redis_summary(shards: int) -> str | dict[str, int]:
 async def resume_on_cluster(messages: int, runs: int, shards: int) -> dict[str, Any]:
     """``loadtest.resume_time`` (one gateway, same measurements) with the gateway and the
     publisher on a local Redis Cluster."""
-    import statistics
-
-    from loadtest.resume_time import one_run
+    from loadtest.resume_time import one_run, summary
     from switchboard.config import RedisSettings
     from switchboard.store import Store
 
@@ -99,22 +97,7 @@ async def resume_on_cluster(messages: int, runs: int, shards: int) -> dict[str, 
     finally:
         bench.stop()
 
-    def med(key: str) -> float:
-        return round(statistics.median(r[key] for r in results), 2)
-
-    return {
-        "scenario": "resume",
-        "redis": bench.redis_info,
-        "messages": messages,
-        "runs": runs,
-        "resume_ms_median": med("resume_ms"),
-        "resume_ms_max": round(max(r["resume_ms"] for r in results), 2),
-        "baseline_connect_ms_median": med("connect_ms"),
-        "baseline_live_ms_median": med("live_ms"),
-        "resume_over_live": round(med("resume_ms") / med("live_ms"), 2),
-        "note": "resume = open socket to last replayed message; live = same volume published "
-                "to a connected client; medians over runs, same machine, same run",
-    }
+    return summary(messages, runs, results, redis=bench.redis_info)
 
 
 async def run_one(name: str, a: argparse.Namespace) -> dict[str, Any]:

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
+from client import Client, Message, Recovery
 from tests.clients import WsClient, until
 from tests.integration.cluster import Cluster, token
 from tests.support import API_KEY
@@ -129,7 +130,18 @@ async def connect_all(c: Cluster) -> list[Watched]:
     return watched
 
 
-def problems(watched: list[Watched], ledger: Ledger) -> list[str]:
+class Followed(Protocol):
+    """A client whose deliveries are checked: raw (:class:`Watched`) or SDK
+    (:class:`SdkWatched`)."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def channel(self) -> bool: ...
+    def received(self, stream: str) -> list[tuple[str, int, str]]: ...
+
+
+def problems(watched: Sequence[Followed], ledger: Ledger) -> list[str]:
     out = []
     for w in watched:
         for stream, acks in ledger.expected(w.user, w.channel).items():
@@ -177,3 +189,61 @@ async def under_faults(c: Cluster, fault: Callable[[], Awaitable[None]], times: 
 
 def epochs(ledger: Ledger, key: str) -> list[str]:
     return list(dict.fromkeys(e for e, _, _ in ledger.acks.get(key, [])))
+
+
+@dataclass
+class SdkWatched:
+    """An SDK client (it reconnects and resumes by itself) and everything it yielded."""
+
+    user: str
+    client: Client
+    channel: bool = False
+    items: list[Message | Recovery] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    def received(self, stream: str) -> list[tuple[str, int, str]]:
+        return [(i.epoch, i.offset, i.data) for i in self.items
+                if isinstance(i, Message) and i.stream == stream]
+
+    def told(self, stream: str | None = None) -> bool:
+        """Told it lost history (of ``stream``, or of any)."""
+        return any(isinstance(i, Recovery) and (stream is None or stream in i.streams)
+                   for i in self.items)
+
+
+@contextlib.asynccontextmanager
+async def sdk_watchers(c: Cluster, users: list[str],
+                       channel: bool = False) -> AsyncIterator[list[SdkWatched]]:
+    """An SDK client per user, alternating gateways; with ``channel`` every other one is in
+    the channel. Closed at the end."""
+    watched: list[SdkWatched] = []
+    try:
+        for i, user in enumerate(users):
+            joins = channel and i % 2 == 0
+            client = Client(f"ws://127.0.0.1:{c.gateways[i % len(c.gateways)].port}/ws",
+                            token=token(user, channels=[CHANNEL]),
+                            channels=[CHANNEL] if joins else [])
+            await client.start()
+            w = SdkWatched(user, client, joins)
+
+            async def run(w: SdkWatched = w) -> None:
+                async for item in w.client:
+                    w.items.append(item)
+
+            w.task = asyncio.create_task(run())
+            watched.append(w)
+        yield watched
+    finally:
+        for w in watched:
+            await w.client.close()
+            if w.task is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(w.task, 5)
+
+
+async def settle_sdk(watched: list[SdkWatched], ledger: Ledger, timeout: float = 30) -> None:
+    """Wait until every SDK client has everything (or the deadline), then show what is wrong."""
+    with contextlib.suppress(TimeoutError):
+        await until(lambda: not problems(watched, ledger), timeout, "every delivery")
+    found = problems(watched, ledger)
+    assert not found, "\n".join(found[:20])

@@ -11,82 +11,19 @@ the stream's history (tests/integration/ledger.py says exactly what "told" is).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from client import Client, Message, Recovery
 from switchboard.localcluster import LocalCluster, query
-from tests.clients import until
-from tests.integration.cluster import Cluster, cluster, token
-from tests.integration.ledger import CHANNEL, USERS, Ledger, traffic, verdict, wait_acked
+from tests.clients import until_async
+from tests.integration.cluster import Cluster, cluster
+from tests.integration.ledger import USERS, sdk_watchers, settle_sdk, traffic, wait_acked
 
 pytestmark = pytest.mark.integration
 
 ENV = {"SWITCHBOARD_HEARTBEAT_INTERVAL": "0.5", "SWITCHBOARD_REDIS_TIMEOUT": "2"}
-
-
-@dataclass
-class SdkWatched:
-    user: str
-    channel: bool
-    client: Client
-    items: list[Message | Recovery] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-
-    def received(self, stream: str) -> list[tuple[str, int, str]]:
-        return [(i.epoch, i.offset, i.data) for i in self.items
-                if isinstance(i, Message) and i.stream == stream]
-
-    def told(self) -> bool:
-        return any(isinstance(i, Recovery) for i in self.items)
-
-
-@contextlib.asynccontextmanager
-async def watchers(c: Cluster) -> AsyncIterator[list[SdkWatched]]:
-    """An SDK client per user, alternating gateways, half of them in the channel."""
-    watched: list[SdkWatched] = []
-    try:
-        for i, user in enumerate(USERS):
-            channel = i % 2 == 0
-            client = Client(f"ws://127.0.0.1:{c.gateways[i % len(c.gateways)].port}/ws",
-                            token=token(user, channels=[CHANNEL]),
-                            channels=[CHANNEL] if channel else [])
-            await client.start()
-            w = SdkWatched(user, channel, client)
-
-            async def run(w: SdkWatched = w) -> None:
-                async for item in w.client:
-                    w.items.append(item)
-
-            w.task = asyncio.create_task(run())
-            watched.append(w)
-        yield watched
-    finally:
-        for w in watched:
-            await w.client.close()
-            if w.task is not None:
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(w.task, 5)
-
-
-def problems(watched: list[SdkWatched], ledger: Ledger) -> list[str]:
-    out = []
-    for w in watched:
-        for stream, acks in ledger.expected(w.user, w.channel).items():
-            out += [f"{w.user}/{stream}: {p}" for p in verdict(w.received(stream), acks)]
-    return out
-
-
-async def settle(watched: list[SdkWatched], ledger: Ledger) -> None:
-    with contextlib.suppress(TimeoutError):
-        await until(lambda: not problems(watched, ledger), 30, "every delivery")
-    found = problems(watched, ledger)
-    assert not found, "\n".join(found[:20])
 
 
 def metric(c: Cluster, name: str, **labels: str) -> float:
@@ -99,14 +36,14 @@ async def test_a_master_killed_under_traffic_is_never_a_silent_drop(
     # the master of the broadcast stream: every client follows something it holds
     victim = redis_cluster.master_of_slot(LocalCluster.slot_of("b"))
     with cluster(redis_cluster, logdir, **ENV) as c:  # type: ignore[arg-type]
-        async with watchers(c) as watched:
+        async with sdk_watchers(c, USERS, channel=True) as watched:
             async with traffic(c) as ledger:
                 await wait_acked(ledger, 15)
                 redis_cluster.kill(victim)
                 promoted = await asyncio.to_thread(redis_cluster.wait_failover, victim, 45)
                 assert promoted.port != victim.port
                 await wait_acked(ledger, len(ledger.acks["b"]) + 40, timeout=45)
-            await settle(watched, ledger)
+            await settle_sdk(watched, ledger)
             # the failover was felt: publishes to the dead master's slots were refused (503,
             # never a 2xx) and gateways lost and restored those subscriptions
             assert ledger.refused > 0
@@ -123,7 +60,7 @@ async def test_slots_resharded_under_traffic_lose_nothing(
     moved_keys = ["b", *(f"u:{u}" for u in USERS)]
     before = {k: redis_cluster.master_of_slot(LocalCluster.slot_of(k)).port for k in moved_keys}
     with cluster(redis_cluster, logdir, **ENV) as c:  # type: ignore[arg-type]
-        async with watchers(c) as watched:
+        async with sdk_watchers(c, USERS, channel=True) as watched:
             async with traffic(c) as ledger:
                 await wait_acked(ledger, 15)
                 # the source's lowest 3600 slots: broadcast's (3300) and four users'
@@ -133,7 +70,7 @@ async def test_slots_resharded_under_traffic_lose_nothing(
                      for k in moved_keys}
             moved = [k for k in moved_keys if before[k] != after[k]]
             assert "b" in moved and len(moved) >= 3, moved
-            await settle(watched, ledger)
+            await settle_sdk(watched, ledger)
             # a reshard loses no data: nobody may even be told history was lost
             assert not [w.user for w in watched if w.told()]
             assert metric(c, "switchboard_gateway_subscriptions_lost_total",
@@ -145,7 +82,7 @@ async def test_a_killed_sharded_subscription_turns_the_gateway_unready_until_rep
 ) -> None:
     node = redis_cluster.master_of_slot(LocalCluster.slot_of("b"))
     with cluster(redis_cluster, logdir, gateways=1, **ENV) as c:  # type: ignore[arg-type]
-        async with watchers(c) as watched:
+        async with sdk_watchers(c, USERS, channel=True) as watched:
             async with traffic(c) as ledger:
                 await wait_acked(ledger, 10)
                 readyz = f"http://127.0.0.1:{c.gateways[0].port}/readyz"
@@ -161,21 +98,13 @@ async def test_a_killed_sharded_subscription_turns_the_gateway_unready_until_rep
                     async def unready() -> bool:
                         return (await http.get(readyz)).status_code == 503
 
-                    await until_true(unready, 10, "readyz 503 after the subscription died")
+                    await until_async(unready, 10, "readyz 503 after the subscription died")
                 await until_ready(c.gateways[0].port)
                 await wait_acked(ledger, len(ledger.acks["b"]) + 20)
-            await settle(watched, ledger)
+            await settle_sdk(watched, ledger)
             assert not [w.user for w in watched if w.told()]
             assert metric(c, "switchboard_gateway_subscriptions_lost_total",
                           reason="connection") > 0
-
-
-async def until_true(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await cond():
-        assert loop.time() < deadline, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def until_ready(port: int, timeout: float = 20) -> None:
@@ -183,4 +112,4 @@ async def until_ready(port: int, timeout: float = 20) -> None:
         async def ready() -> bool:
             return (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
 
-        await until_true(ready, timeout, f"gateway {port} ready")
+        await until_async(ready, timeout, f"gateway {port} ready")

@@ -10,14 +10,14 @@ new connections until the test has seen the 503, so a repair faster than one pol
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from switchboard.auth import mint
-from tests.clients import until
+from tests.clients import until, until_async
 from tests.integration.sdk import start_consumers, stop_consumers
 from tests.integration.traffic import Publisher, everyone_has
 from tests.relay import Relay
@@ -93,11 +93,3 @@ async def test_a_deaf_subscription_turns_the_gateway_unready_until_it_is_repaire
         await stop_consumers(consumers)
         for p in (gw, router):
             p.stop()
-
-
-async def until_async(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await cond():
-        assert loop.time() < deadline, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(0.1)

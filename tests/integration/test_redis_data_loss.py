@@ -15,25 +15,22 @@ ended in must have arrived. An offset jump or a duplicate is never excused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from client import Client, Message, Recovery
-from tests.clients import until
-from tests.integration.cluster import cluster, token
+from tests.integration.cluster import cluster
 from tests.integration.ledger import (
     USERS,
     connect_all,
     epochs,
+    sdk_watchers,
     settle,
+    settle_sdk,
     traffic,
     under_faults,
-    verdict,
     wait_acked,
 )
 from tests.support import RedisServer
@@ -102,21 +99,6 @@ async def test_killed_pubsub_connections_lose_nothing_under_traffic(
             await w.client.close()
 
 
-@dataclass
-class SdkWatched:
-    user: str
-    client: Client
-    items: list[Message | Recovery] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-
-    def received(self, stream: str) -> list[tuple[str, int, str]]:
-        return [(i.epoch, i.offset, i.data) for i in self.items
-                if isinstance(i, Message) and i.stream == stream]
-
-    def told(self, stream: str) -> bool:
-        return any(isinstance(i, Recovery) and stream in i.streams for i in self.items)
-
-
 async def test_redis_back_with_older_data_is_history_lost_never_a_silent_skip(
     redis_server: RedisServer, logdir: Path
 ) -> None:
@@ -124,19 +106,7 @@ async def test_redis_back_with_older_data_is_history_lost_never_a_silent_skip(
     missed writes takes over): offsets they have seen are reused for other messages. SDK
     clients must be told, and must not drop the new messages as duplicates untold."""
     with cluster(redis_server, logdir) as c:
-        watched = []
-        for i, user in enumerate(USERS[:6]):
-            client = Client(f"ws://127.0.0.1:{c.gateways[i % 2].port}/ws", token=token(user))
-            await client.start()
-            w = SdkWatched(user, client)
-
-            async def run(w: SdkWatched = w) -> None:
-                async for item in w.client:
-                    w.items.append(item)
-
-            w.task = asyncio.create_task(run())
-            watched.append(w)
-        try:
+        async with sdk_watchers(c, USERS[:6]) as watched:
             async with traffic(c) as ledger:
                 await wait_acked(ledger, 10)
                 redis_server.cli("SAVE")  # the snapshot Redis will come back from
@@ -149,24 +119,7 @@ async def test_redis_back_with_older_data_is_history_lost_never_a_silent_skip(
             reused = [o for _, o, _ in ledger.acks["b"]]
             assert len(reused) != len(set(reused)), "the restart reused broadcast offsets"
 
-            def sdk_problems() -> list[str]:
-                out = []
-                for w in watched:
-                    for stream, acks in ledger.expected(w.user, False).items():
-                        found = verdict(w.received(stream), acks)
-                        out += [f"{w.user}/{stream}: {p}" for p in found]
-                return out
-
-            with contextlib.suppress(TimeoutError):
-                await until(lambda: not sdk_problems(), 20, "every delivery")
-            found = sdk_problems()
-            assert not found, "\n".join(found[:20])
+            await settle_sdk(watched, ledger, 20)
             assert all(w.told("broadcast") for w in watched)
             assert sum(c.metric(gw, "switchboard_gateway_history_lost_total")
                        for gw in (0, 1)) > 0
-        finally:
-            for w in watched:
-                await w.client.close()
-                if w.task is not None:
-                    with contextlib.suppress(BaseException):
-                        await asyncio.wait_for(w.task, 5)
