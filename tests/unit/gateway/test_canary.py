@@ -9,6 +9,23 @@ import pytest
 from gateway.canary import Canary
 
 
+class Clock:
+    """time.monotonic, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(time, "monotonic", c)
+    return c
+
+
 def test_a_new_subscription_is_unproven_until_its_first_ping_is_back() -> None:
     c = Canary(deadline=5)
     assert c.failed == "no ping to our own channel is back yet"
@@ -32,57 +49,49 @@ def test_a_publish_that_reached_nobody_fails_at_once_until_reset() -> None:
     assert c.failed is None
 
 
-def test_a_ping_not_back_within_the_deadline_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+def test_a_ping_not_back_within_the_deadline_fails(clock: Clock) -> None:
     c = Canary(deadline=2)
     c.sent(1, 1)
     c.received(1)
     c.sent(2, 1)
-    now[0] += 1.9
+    clock.now += 1.9
     assert c.failed is None
     c.sent(3, 1)  # the oldest unanswered ping is what counts
-    now[0] += 0.2
+    clock.now += 0.2
     assert c.failed is not None and "not back after 2s" in c.failed
     c.received(3)  # a later ping back answers the earlier ones too
     assert c.failed is None
 
 
-def test_an_older_echo_does_not_answer_a_newer_ping(monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [50.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+def test_an_older_echo_does_not_answer_a_newer_ping(clock: Clock) -> None:
     c = Canary(deadline=1)
     c.sent(10, 1)
     c.received(9)
-    now[0] += 1.5
+    clock.now += 1.5
     assert c.failed is not None and "not back" in c.failed
 
 
-def test_a_ping_back_before_its_publish_answered_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_ping_back_before_its_publish_answered_counts(clock: Clock) -> None:
     """The ping reaches our subscription before the heartbeat reads the PUBLISH reply (a busy
     loop reads the pub/sub socket first). Recorded only after the reply, it found nothing
     expected, stayed "unanswered", and made the gateway unready and resubscribe for nothing:
     a connect storm saw 503s."""
-    now = [10.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
     c = Canary(deadline=2)
     c.sending(7)
     c.received(7)  # back first
     c.reached(1)  # then the publish's reply
-    now[0] += 5
+    clock.now += 5
     assert c.failed is None
 
 
-def test_a_ping_whose_publish_failed_is_not_awaited(monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [10.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+def test_a_ping_whose_publish_failed_is_not_awaited(clock: Clock) -> None:
     c = Canary(deadline=2)
     c.sent(1, 1)
     c.received(1)
     c.sending(2)
     c.withdraw(2)  # Redis did not take the publish
-    now[0] += 5
+    clock.now += 5
     assert c.failed is None
     c.sending(3)
-    now[0] += 3
+    clock.now += 3
     assert c.failed is not None  # a ping that did go out and never came back still counts
