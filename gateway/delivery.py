@@ -101,6 +101,10 @@ class Delivery:
                 entries = logs.get(fill.key, [])
             except BackendUnavailable:
                 pass  # deliver what we have rather than stall the stream
+        if not tracker.verify(fill, entries):
+            # Another message at our own position: offsets of this epoch are being reused.
+            self._run(Steps(regressed=[(fill.key, fill.epoch)]))
+            return
         before = tracker.filled
         ready, more = tracker.complete(fill, entries)
         for m in ready:

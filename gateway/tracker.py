@@ -17,7 +17,11 @@ Redis losing data shows up here too (DESIGN 7):
   being reused for other messages, so nothing of that epoch can be trusted any more. Such a
   stream is reported as regressed; the gateway retires its epoch and moves its followers,
   whose resume then says
-  ``recovered:false``.
+  ``recovered:false``;
+- the reused offsets may also have overtaken our position before the new subscription was
+  made (top at or above it, nothing held): so a held stream's catch-up reads the log from our
+  own position, and the message there must be the one we delivered (its ``published_ms``,
+  :meth:`Tracker.verify`); another one there is the same regression.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class Fill:
     epoch: str
     first: int
     last: int
+    # published_ms of the message we delivered at ``first``: the log must still hold that
+    # message there (a catch-up's check for reused offsets), or None
+    expect: int | None = None
 
     @property
     def empty(self) -> bool:
@@ -60,6 +67,8 @@ class Steps:
 class Tracker:
     def __init__(self) -> None:
         self._seen: dict[str, Position] = {}
+        # published_ms of the message delivered at _seen[key], where we know it
+        self._stamp: dict[str, int] = {}
         self._waiting: dict[str, list[Message]] = {}
         # Held by hold_all() and not yet checked against Redis by catch_up().
         self._unverified: set[str] = set()
@@ -83,6 +92,7 @@ class Tracker:
 
     def forget(self, key: str) -> None:
         self._seen.pop(key, None)
+        self._stamp.pop(key, None)
         if key in self._unverified:  # held only for the catch-up, no fill owns the queue
             self._unverified.discard(key)
             self._waiting.pop(key, None)
@@ -101,12 +111,15 @@ class Tracker:
             # A new epoch starts at offset 1; what came before this message is in its log.
             if msg.offset <= 1:
                 self._seen[key] = Position(msg.epoch, msg.offset)
+                self._stamp[key] = msg.published_ms
                 return [msg], None
             self._seen[key] = Position(msg.epoch, 0)
+            self._stamp.pop(key, None)
             self._waiting[key] = [msg]
             return [], Fill(key, msg.epoch, 1, msg.offset - 1)
         if msg.offset == pos.offset + 1:
             self._seen[key] = Position(msg.epoch, msg.offset)
+            self._stamp[key] = msg.published_ms
             return [msg], None
         if msg.offset <= pos.offset:
             return [], None  # already delivered (a fill got there first)
@@ -140,8 +153,7 @@ class Tracker:
                 # Offsets we delivered are being reused: no message of this epoch is
                 # trustworthy for our followers, held ones included.
                 steps.regressed.append((key, pos.epoch))
-                self._waiting.pop(key, None)
-                del self._seen[key]
+                self._drop(key)
                 continue
             if key in self._waiting and not held:
                 continue  # a fill is under way; its end re-checks what queued behind it
@@ -149,16 +161,41 @@ class Tracker:
                 if held:
                     steps.add(*self._release(key))
                 continue
+            stamp = self._stamp.get(key)
             if top.epoch != pos.epoch:
                 self._seen[key] = Position(top.epoch, 0)
+                self._stamp.pop(key, None)
                 self._waiting.setdefault(key, [])
                 steps.fills.append(Fill(key, top.epoch, 1, top.offset))
+            elif held and stamp is not None and pos.offset >= 1 and top.offset >= pos.offset:
+                # From our own position: the message there must still be ours (verify()).
+                self._waiting.setdefault(key, [])
+                steps.fills.append(Fill(key, top.epoch, pos.offset, top.offset, expect=stamp))
             elif top.offset > pos.offset:
                 self._waiting.setdefault(key, [])
                 steps.fills.append(Fill(key, top.epoch, pos.offset + 1, top.offset))
             elif held:
                 steps.add(*self._release(key))
         return steps
+
+    def verify(self, fill: Fill, entries: list[Message]) -> bool:
+        """Does the log still hold, at ``fill.first``, the message we delivered there? False
+        (and the stream forgotten, like a regression found by :meth:`catch_up`) if another
+        message is there: its offsets were reused. An entry the log no longer has (trimmed,
+        expired) proves nothing either way."""
+        if fill.expect is None:
+            return True
+        at = next((e for e in entries if e.epoch == fill.epoch and e.offset == fill.first),
+                  None)
+        if at is None or at.published_ms == fill.expect:
+            return True
+        self._drop(fill.key)
+        return False
+
+    def _drop(self, key: str) -> None:
+        self._waiting.pop(key, None)
+        self._seen.pop(key, None)
+        self._stamp.pop(key, None)
 
     def _reused(self, key: str, pos: Position) -> bool:
         """Did the new subscription bring an offset we had delivered already? It only carries
@@ -201,6 +238,7 @@ class Tracker:
                 continue
             out.append(m)
             pos = Position(m.epoch, m.offset)
+            self._stamp[fill.key] = m.published_ms
         if not fill.empty:
             if all(o in got for o in range(fill.first, fill.last + 1)):
                 self.filled += 1
@@ -210,6 +248,7 @@ class Tracker:
             # Whatever the log could not give us is lost for good: continue after it.
             if pos.epoch == fill.epoch and pos.offset < fill.last:
                 pos = Position(fill.epoch, fill.last)
+                self._stamp.pop(fill.key, None)  # what is at fill.last we never saw
             self._seen[fill.key] = pos
         self._waiting[fill.key] = waiting
         more, next_fill = self._release(fill.key)

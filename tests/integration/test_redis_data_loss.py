@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import until
 from tests.integration.cluster import cluster
 from tests.integration.ledger import (
     USERS,
+    Ledger,
     connect_all,
     epochs,
     sdk_watchers,
@@ -33,7 +35,8 @@ from tests.integration.ledger import (
     under_faults,
     wait_acked,
 )
-from tests.support import RedisServer
+from tests.relay import Relay
+from tests.support import RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -123,3 +126,55 @@ async def test_redis_back_with_older_data_is_history_lost_never_a_silent_skip(
             assert all(w.told("broadcast") for w in watched)
             assert sum(c.metric(gw, "switchboard_gateway_history_lost_total")
                        for gw in (0, 1)) > 0
+
+
+async def test_reused_offsets_that_caught_up_before_the_gateway_was_back_are_told(
+    redis_server: RedisServer, logdir: Path
+) -> None:
+    """Redis comes back from an older snapshot and, before the gateway can reach it again,
+    new messages take exactly the offsets its clients already have: the top the gateway then
+    reads equals what it delivered, and nothing it holds looks reused. The message at its
+    own position in the log is not the one it delivered: that is the regression, told."""
+    relay = Relay(redis_server.port)  # the gateway's only way to Redis: held shut meanwhile
+    relay.start()
+    try:
+        with cluster(redis_server, logdir, gateways=1, SWITCHBOARD_REDIS_URL=relay.url) as c:
+            async with sdk_watchers(c, USERS[:2]) as watched:
+                ledger = Ledger()
+
+                def publish(n: int, tag: str) -> None:
+                    for i in range(n):
+                        for key, body in (("b", {"broadcast": True}),
+                                          *((f"u:{w.user}", {"user": w.user})
+                                            for w in watched)):
+                            data = f"{tag}{i}"
+                            r = c.publish(**body, data=data)
+                            ledger.acks.setdefault(key, []).append(
+                                (r["epoch"], r["offset"], data))
+
+                def everything_delivered() -> bool:
+                    return all(len(w.received("broadcast")) == len(ledger.acks["b"])
+                               for w in watched)
+
+                publish(5, "kept")
+                redis_server.cli("SAVE")  # what Redis will come back with: offsets 1..5
+                publish(5, "lost")  # delivered (offsets 6..10), then lost with the restart
+                await until(everything_delivered, 10, "the first ten delivered")
+                relay.refuse_new(True)
+                redis_server.proc.send_signal(signal.SIGKILL)
+                redis_server.proc.wait(10)
+                redis_server.start()
+                wait_until(lambda: redis_server.cli("PING").strip() == "PONG", 10, "Redis up")
+                publish(5, "reused")  # offsets 6..10 again, other messages
+                assert [o for _, o, _ in ledger.acks["b"]][-5:] == [6, 7, 8, 9, 10]
+                relay.refuse_new(False)
+                await until(lambda: all(w.told("broadcast") for w in watched), 20,
+                            "every client told it lost the broadcast history")
+                publish(5, "after")  # a new epoch; every one of these must arrive
+                await settle_sdk(watched, ledger, 20)
+                assert c.metric(0, "switchboard_gateway_history_lost_total") > 0
+                for w in watched:
+                    assert [d for _, _, d in w.received("broadcast")][-5:] == \
+                        [f"after{i}" for i in range(5)]
+    finally:
+        relay.close()

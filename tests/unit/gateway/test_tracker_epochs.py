@@ -222,3 +222,67 @@ def test_every_message_of_the_new_epoch_reaches_followers_once_in_order(
         run(*t.complete(f, [log[o] for o in range(f.first, f.last + 1) if o in log]))
     new = [x.offset for x in delivered if x.epoch == "NEW"]
     assert new == list(range(1, after + 1))
+
+
+def stamped(key: str, epoch: str, offset: int, published_ms: int) -> Message:
+    return Message(key, epoch, offset, published_ms, f"{epoch}{offset}@{published_ms}")
+
+
+def delivered_up_to(t: Tracker, key: str, last: int) -> None:
+    t.follow(key, Position("E", 0))
+    for o in range(1, last + 1):
+        ready, fill = t.live(stamped(key, "E", o, 1000 + o))
+        assert offsets(ready) == [("E", o)] and fill is None
+
+
+def test_reused_offsets_that_caught_up_with_our_position_are_found_in_the_log() -> None:
+    # Delivered 1..10; a failover lost 8..10 and three new messages took offsets 8..10, all
+    # before our new subscription: the top is 10 again and nothing was held. The top alone
+    # says "nothing missed"; the log entry at our own position says otherwise.
+    t = Tracker()
+    delivered_up_to(t, U, 10)
+    t.hold_all()
+    steps = t.catch_up({U: Position("E", 10)})
+    assert steps.regressed == [] and steps.ready == []
+    assert steps.fills == [Fill(U, "E", 10, 10, expect=1010)]
+    assert t.verify(steps.fills[0], [stamped(U, "E", 10, 2010)]) is False
+    assert t.position(U) is None and not t.holding(U)
+
+
+def test_reused_offsets_past_our_position_are_found_too() -> None:
+    t = Tracker()
+    delivered_up_to(t, U, 10)
+    t.hold_all()
+    steps = t.catch_up({U: Position("E", 12)})
+    (fill,) = steps.fills
+    assert (fill.first, fill.last, fill.expect) == (10, 12, 1010)
+    entries = [stamped(U, "E", o, 2000 + o) for o in (10, 11, 12)]
+    assert t.verify(fill, entries) is False
+
+
+def test_our_own_message_at_our_position_is_a_plain_catch_up() -> None:
+    t = Tracker()
+    delivered_up_to(t, U, 10)
+    t.hold_all()
+    t.live(stamped(U, "E", 13, 1013))  # the new subscription's first envelope, held
+    steps = t.catch_up({U: Position("E", 13)})
+    (fill,) = steps.fills
+    entries = [stamped(U, "E", o, 1000 + o) for o in (10, 11, 12, 13)]
+    assert t.verify(fill, entries) is True
+    ready, more = t.complete(fill, entries)
+    assert offsets(ready) == [("E", 11), ("E", 12), ("E", 13)] and more is None
+    # and when nothing was published meanwhile, the check is one entry, then a release
+    t.hold_all()
+    steps = t.catch_up({U: Position("E", 13)})
+    assert steps.fills == [Fill(U, "E", 13, 13, expect=1013)]
+    assert t.verify(steps.fills[0], [stamped(U, "E", 13, 1013)]) is True
+    assert t.complete(steps.fills[0], [stamped(U, "E", 13, 1013)]) == ([], None)
+    assert not t.holding(U)
+
+
+def test_a_trimmed_entry_at_our_position_proves_nothing() -> None:
+    t = Tracker()
+    delivered_up_to(t, U, 10)
+    t.hold_all()
+    (fill,) = t.catch_up({U: Position("E", 11)}).fills
+    assert t.verify(fill, [stamped(U, "E", 11, 1011)]) is True  # 10 is gone from the log
