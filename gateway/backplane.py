@@ -101,7 +101,7 @@ class RedisBackplane:
             return "gateway cannot reach Redis"
         if not self.subscribed:
             return "gateway is not subscribed to Redis pub/sub"
-        if (lost := self.canary.failed) is not None:
+        if (lost := self.canary.not_ready) is not None:
             return f"pub/sub path not proven: {lost}"
         return None
 

@@ -11,7 +11,8 @@ notice a lost subscription:
 - a ping is not back within ``deadline`` seconds of its publish: the path is deaf.
 
 Either makes :attr:`Canary.failed` say why until the subscription is made again
-(:meth:`reset`), and a new subscription is not proven before its first ping is back.
+(:meth:`reset`); a new subscription is not ready before its first ping is back
+(:attr:`Canary.unproven`), but not lost either.
 """
 
 from __future__ import annotations
@@ -70,12 +71,22 @@ class Canary:
 
     @property
     def failed(self) -> str | None:
-        """Why the subscription path is not proven (None while it is)."""
+        """Why the subscription is lost (None while nothing says so): what makes a gateway
+        subscribe again. A ping not back *yet* is not a loss: within the deadline it is only
+        :attr:`unproven`."""
         if self._no_receiver:
             return "a ping to our own channel reached no subscriber"
         pending = self._oldest_unanswered
         if pending is not None and time.monotonic() - pending[0] > self.deadline:
             return f"a ping to our own channel is not back after {self.deadline:g}s"
-        if not self._proven:
-            return "no ping to our own channel is back yet"
         return None
+
+    @property
+    def unproven(self) -> str | None:
+        """Set until the first ping on this subscription is back."""
+        return None if self._proven else "no ping to our own channel is back yet"
+
+    @property
+    def not_ready(self) -> str | None:
+        """Why readiness cannot be claimed: lost, or not proven yet."""
+        return self.failed or self.unproven

@@ -529,13 +529,9 @@ class ShardedSubscriber:
 
     @staticmethod
     def _canary_failed(link: _Link, now: float) -> str | None:
-        failed = link.canary.failed
-        # "not proven yet" only counts once a ping had time to come back: a link opened for
-        # a new node's first channel is not a failure (its proving ping goes out at once)
-        if failed is not None and not link.proven and link.canary_since is not None \
-                and now - link.canary_since <= link.canary.deadline:
-            return None
-        return failed
+        # "not proven yet" is not a failure: a link opened for a new node's first channel
+        # proves itself with a ping at once, and one not back is late only after the deadline
+        return link.canary.failed
 
     def _watchdog(self, now: float) -> None:
         limit = 2 * self._timeout
