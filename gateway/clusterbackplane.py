@@ -17,41 +17,25 @@ It is :class:`~gateway.backplane.RedisBackplane` with three parts replaced (docs
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from redis.asyncio.cluster import ClusterPipeline
-from redis.crc import key_slot
 
 from gateway import sharded
 from gateway.backplane import RedisBackplane
 from gateway.canary import deadline_for
-from gateway.errors import BackendUnavailable, ChannelUnavailable
+from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.ports import BackplaneEvents, Registration
 from switchboard import streams
-from switchboard.clusterclient import connect_cluster
+from switchboard.clusterclient import connect_cluster, tag_for_slot
 from switchboard.clusterstore import ClusterStore, cluster_pipelined
 from switchboard.contract import GatewayInfo
 from switchboard.pipelined import Script
 from switchboard.streams import Position
 
 log = logging.getLogger("switchboard.gateway")
-
-_TAGS: dict[int, str] = {}
-
-
-def tag_for_slot(slot: int) -> str:
-    """A short string whose hash slot is ``slot`` (found by counting; cached)."""
-    tag = _TAGS.get(slot)
-    if tag is None:
-        i = 0
-        while key_slot(str(i).encode()) != slot:
-            i += 1
-        tag = _TAGS[slot] = str(i)
-    return tag
-
 
 class ClusterBackplane(RedisBackplane):
     def _open_clients(self) -> tuple[Any, ClusterStore]:
@@ -202,9 +186,6 @@ class ClusterBackplane(RedisBackplane):
     async def gateways(self) -> list[GatewayInfo]:
         """The registry; whether a gateway listens is not known here (a gateway's sharded
         subscriptions are spread over the masters), so ``listening`` stays unknown."""
-        from gateway.errors import unavailable
-
         with unavailable("gateways"):
-            infos = await self._store.gateways()
-        return [dataclasses.replace(g, listening=None) for g in infos]
+            return await self._store.gateways()  # listening: None, unknown
 

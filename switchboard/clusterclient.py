@@ -12,25 +12,22 @@ from typing import Any
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from switchboard.redisurl import ClusterUrl, parse_cluster
 
 
 def node_options(url: ClusterUrl) -> dict[str, Any]:
-    """Credentials and TLS options of the URL, as RedisCluster's keyword arguments."""
-    from redis.connection import parse_url
+    """The credentials, TLS and other options of a cluster URL as the keyword arguments of
+    redis-py's RedisCluster, async or not (it takes no URL with several hosts)."""
+    from redis.connection import SSLConnection, parse_url
 
     options: dict[str, Any] = parse_url(url.node_template)  # type: ignore[no-untyped-call]
-    kwargs: dict[str, Any] = {}
-    for name in ("username", "password"):
-        if options.get(name):
-            kwargs[name] = options[name]
-    if "SSL" in str(options.get("connection_class") or ""):
-        kwargs["ssl"] = True
-        for name, value in options.items():
-            if name.startswith("ssl_"):
-                kwargs[name] = value
-    return kwargs
+    for where in ("host", "port", "db"):
+        options.pop(where, None)
+    if options.pop("connection_class", None) is SSLConnection:
+        options["ssl"] = True
+    return options
 
 
 def connect_cluster(url: str, timeout: float, *, client_name: str | None = None,
@@ -40,13 +37,31 @@ def connect_cluster(url: str, timeout: float, *, client_name: str | None = None,
     parsed = parse_cluster(url)
     client = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in parsed.seeds],
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        max_connections=max_connections,
-        client_name=client_name,
-        # A few quick retries ride out a failover's MOVED/ClusterDown window without making a
-        # request wait much longer than `timeout` for a slot nobody owns.
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
-        **node_options(parsed),
+        **{**node_options(parsed),  # ours win over the URL's: fail fast, one client name
+           "socket_timeout": timeout, "socket_connect_timeout": timeout,
+           "max_connections": max_connections, "client_name": client_name,
+           # A few quick retries ride out a failover's MOVED/ClusterDown window without
+           # making a request wait much longer than `timeout` for a slot nobody owns.
+           "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3)},
     )
     return client, parsed
+
+
+# Hash tags by slot, found by counting up ("0", "1", ...) as far as the slots asked for so far
+# need: a gateway asks for a few (one canary per master), a test for thousands; every slot
+# has one below 110,000.
+_tags: dict[int, str] = {}
+_counted = 0
+
+
+def tag_for_slot(slot: int) -> str:
+    """The smallest decimal string whose hash slot is ``slot`` (``{tag}`` in a name puts it
+    there)."""
+    global _counted
+    if not 0 <= slot < REDIS_CLUSTER_HASH_SLOTS:
+        raise ValueError(f"a slot is 0..{REDIS_CLUSTER_HASH_SLOTS - 1}, not {slot}")
+    while slot not in _tags:
+        tag = str(_counted)
+        _counted += 1
+        _tags.setdefault(key_slot(tag.encode()), tag)
+    return _tags[slot]

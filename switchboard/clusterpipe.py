@@ -81,10 +81,8 @@ class ClusterPipelined:
         return link
 
     async def _refresh(self) -> None:
-        """Re-read the slot map (one at a time: concurrent callers share the read)."""
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.ensure_future(self._read_map())
-        await asyncio.shield(self._refreshing)
+        """Re-read the slot map and wait for it."""
+        await asyncio.shield(self._refresh_later())
 
     async def _read_map(self) -> None:
         try:
@@ -102,10 +100,13 @@ class ClusterPipelined:
             for addr in [a for a in self._links if a not in masters]:
                 self._links.pop(addr).close()  # a former master (failed over or removed)
 
-    def _refresh_later(self) -> None:
+    def _refresh_later(self) -> asyncio.Task[None]:
+        """Re-read the slot map, one read at a time: concurrent callers share it (and a
+        failure nobody awaits is logged, not left unretrieved)."""
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self._read_map())
             self._refreshing.add_done_callback(_quiet)
+        return self._refreshing
 
     # -- commands -----------------------------------------------------------------------------
 

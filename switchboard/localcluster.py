@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -40,7 +39,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from switchboard.children import _die_with_parent
+from switchboard.children import _die_with_parent, port_taken
 from switchboard.redisurl import cluster_url
 
 log = logging.getLogger("switchboard.localcluster")
@@ -192,18 +191,6 @@ def _port_range() -> tuple[int, int]:
     return 1024, MAX_PORT
 
 
-def _bindable(host: str, port: int) -> bool:
-    # SO_REUSEADDR as redis-server sets it, so TIME_WAIT leftovers of a stopped node count
-    # as free, as they are for redis-server
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def pick_port(host: str, taken: set[int], rng: random.Random | None = None) -> int:
     """A port P with P and P + 10000 (its cluster bus) both free and neither in ``taken``."""
     rng = rng or random.Random()
@@ -212,7 +199,8 @@ def pick_port(host: str, taken: set[int], rng: random.Random | None = None) -> i
         port = rng.randint(low, high)
         if {port, port + BUS_OFFSET} & taken:
             continue
-        if _bindable(host, port) and _bindable(host, port + BUS_OFFSET):
+        # SO_REUSEADDR as redis-server sets it: TIME_WAIT leftovers of a stopped node are free
+        if not port_taken(host, port) and not port_taken(host, port + BUS_OFFSET):
             return port
     raise ClusterError(f"found no free port pair (P, P+{BUS_OFFSET}) in {low}-{high}")
 

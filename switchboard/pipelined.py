@@ -220,11 +220,10 @@ class PipelinedRedis:
         """Replies to ``commands``, sent in one write; an error reply raises (the first one)."""
         if not commands:
             return []
-        conn = await self._connection()
-        return list(await asyncio.gather(*conn.send([resp.command(*c) for c in commands])))
+        return await self.execute_raw([resp.command(*c) for c in commands])
 
     async def execute_raw(self, commands: Sequence[bytes]) -> list[Any]:
-        """Replies to already-encoded ``commands``, sent in one write; an error reply raises."""
+        """:meth:`execute_many` of already-encoded ``commands``."""
         conn = await self._connection()
         return list(await asyncio.gather(*conn.send(commands)))
 

@@ -42,7 +42,6 @@ from typing import Any, cast
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
-from redis.connection import SSLConnection, parse_url
 from redis.exceptions import RedisClusterException
 
 from switchboard import settings_cli
@@ -61,6 +60,7 @@ from switchboard.children import (
     start_children,
     terminate,
 )
+from switchboard.clusterclient import node_options
 from switchboard.config import GatewaySettings
 from switchboard.contract import Keys
 from switchboard.limits import raise_nofile_limit
@@ -238,19 +238,8 @@ def redis_client(url: str, timeout: float) -> Registry:
     parsed = parse_cluster(url)
     node: Any = ClusterNode  # unannotated in redis-py
     return RedisCluster(startup_nodes=[node(h, p) for h, p in parsed.seeds],
-                        socket_timeout=timeout, socket_connect_timeout=timeout,
-                        **_cluster_node_options(parsed.node_template))
-
-
-def _cluster_node_options(node_url: str) -> dict[str, Any]:
-    """The credentials and TLS options of a cluster URL as RedisCluster's keyword arguments
-    (it takes no URL with several hosts). ``parse_url`` is unannotated in redis-py."""
-    options: dict[str, Any] = cast(Any, parse_url)(node_url)
-    for where in ("host", "port", "db"):
-        options.pop(where, None)
-    if options.pop("connection_class", None) is SSLConnection:
-        options["ssl"] = True
-    return options
+                        **{**node_options(parsed), "socket_timeout": timeout,
+                           "socket_connect_timeout": timeout})
 
 
 @dataclass(frozen=True)

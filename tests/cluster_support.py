@@ -9,14 +9,14 @@ ends, its directory removed.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from redis.cluster import ClusterNode, RedisCluster
 
-from switchboard.localcluster import HASH_SLOTS, LocalCluster, start_cluster
+from switchboard.clusterclient import tag_for_slot
+from switchboard.localcluster import LocalCluster, start_cluster
 from switchboard.redisurl import parse_cluster
 
 NODE_TIMEOUT_MS = 1000
@@ -40,21 +40,6 @@ def cluster_client(cluster: LocalCluster, **kwargs: Any) -> RedisCluster:
                         **kwargs)
 
 
-@functools.cache
-def _slot_tags() -> tuple[str, ...]:
-    """For each slot, a short hash tag that maps to it (found once, by counting up)."""
-    tags: list[str | None] = [None] * HASH_SLOTS
-    missing = HASH_SLOTS
-    for i in range(1_000_000):  # bounded; all slots are covered after about 170 000
-        slot = LocalCluster.slot_of(str(i))
-        if tags[slot] is None:
-            tags[slot] = str(i)
-            missing -= 1
-            if missing == 0:
-                return tuple(t for t in tags if t is not None)
-    raise AssertionError(f"{missing} slots have no tag")
-
-
 def key_in_slot(slot: int, name: str = "k") -> str:
     """A key that Redis Cluster puts in ``slot``."""
-    return f"{name}{{{_slot_tags()[slot]}}}"
+    return f"{name}{{{tag_for_slot(slot)}}}"

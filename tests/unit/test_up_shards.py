@@ -15,11 +15,12 @@ import pytest
 import redis
 
 from switchboard.children import StartError
+from switchboard.clusterclient import node_options
+from switchboard.redisurl import parse_cluster
 from switchboard.supervisor import (
     ClusterSummary,
     Supervisor,
     UpConfig,
-    _cluster_node_options,
     banner,
     redis_client,
     resolve,
@@ -139,10 +140,10 @@ def test_a_single_server_url_still_gets_a_plain_client() -> None:
 
 
 def test_cluster_credentials_and_tls_reach_the_cluster_client() -> None:
-    options = _cluster_node_options("rediss://u:p%40ss@h:1/0?ssl_cert_reqs=none")
+    options = node_options(parse_cluster("rediss+cluster://u:p%40ss@h:1/0?ssl_cert_reqs=none"))
     assert options == {"username": "u", "password": "p@ss", "ssl": True,
                        "ssl_cert_reqs": "none"}
-    assert _cluster_node_options("redis://h:1/0") == {}
+    assert node_options(parse_cluster("redis+cluster://h:1/0")) == {}
 
 
 def external(url: str) -> Supervisor:
