@@ -52,11 +52,6 @@ class Canary:
         if receivers <= 0:
             self._no_receiver = True
 
-    def sent(self, ping_ms: int, receivers: int) -> None:
-        """:meth:`sending` and :meth:`reached` at once (when nothing can arrive between)."""
-        self.sending(ping_ms)
-        self.reached(receivers)
-
     def received(self, ping_ms: int) -> None:
         self._proven = True
         pending = self._oldest_unanswered

@@ -161,7 +161,6 @@ class _Link(resp.RespProtocol):
         self.canary_key: bytes | None = None  # the canary's name, for the hot path
         self.canary_since: float | None = None  # when Redis confirmed the canary (monotonic)
         self.canary_epoch = 0  # counts canary confirmations: a ping sent before is not recorded
-        self.proven = False  # a ping came back since the canary was confirmed
         self.ping_error: str | None = None
         self.up = False  # connected, set up, assigned channels sent
         self.created = time.monotonic()
@@ -212,7 +211,6 @@ class _Link(resp.RespProtocol):
         except ValueError:
             return
         self.canary.received(ping_ms)
-        self.proven = True
 
     # -- everything else the connection says ----------------------------------------------
 
@@ -314,7 +312,6 @@ class _Link(resp.RespProtocol):
         self.canary_chan = chan
         self.canary_key = None if chan is None else chan.key
         self.canary_since = None
-        self.proven = False
         self.ping_error = None
         self.canary.reset()
         if chan is not None:
@@ -520,18 +517,13 @@ class ShardedSubscriber:
         for link in list(self._links.values()):
             if link.dead or link.canary_since is None:
                 continue
-            failed = self._canary_failed(link, now)
+            # a ping not back *yet* is not a failure: a fresh link proves itself at once
+            failed = link.canary.failed
             if failed is None:
                 continue
             log.warning("sharded subscription at %s lost (%s): subscribing again",
                         link.name, failed)
             self._link_down(link, LOST_CANARY, f"canary at {link.name}: {failed}")
-
-    @staticmethod
-    def _canary_failed(link: _Link, now: float) -> str | None:
-        # "not proven yet" is not a failure: a link opened for a new node's first channel
-        # proves itself with a ping at once, and one not back is late only after the deadline
-        return link.canary.failed
 
     def _watchdog(self, now: float) -> None:
         limit = 2 * self._timeout
@@ -560,7 +552,7 @@ class ShardedSubscriber:
                 continue
             if link.ping_error is not None:
                 return f"{link.name}: {link.ping_error}"
-            if (failed := self._canary_failed(link, now)) is not None:
+            if (failed := link.canary.failed) is not None:
                 return f"{link.name}: {failed}"
         lost = sum(1 for c in self._chans.values() if c.lost)
         if lost:
@@ -578,7 +570,6 @@ class ShardedSubscriber:
             if link.canary_chan is chan:
                 link.canary_since = time.monotonic()
                 link.canary_epoch += 1
-                link.proven = False
                 link.canary.reset()
                 now_ms = int(time.time() * 1000)
                 self._spawn(self._ping(link, now_ms, str(now_ms)), "canary-ping")

@@ -19,6 +19,12 @@ class Clock:
         return self.now
 
 
+def sent(c: Canary, ping_ms: int, receivers: int) -> None:
+    """A ping published and answered before anything came back."""
+    c.sending(ping_ms)
+    c.reached(receivers)
+
+
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
@@ -33,39 +39,39 @@ def test_a_new_subscription_is_unproven_until_its_first_ping_is_back(clock: Cloc
     c = Canary(deadline=5)
     assert c.unproven == "no ping to our own channel is back yet"
     assert c.failed is None and c.not_ready == c.unproven
-    c.sent(100, receivers=1)
+    sent(c, 100, 1)
     assert c.failed is None and c.not_ready is not None
     c.received(100)
     assert c.failed is None and c.not_ready is None
     # a subscription whose first ping never comes back is lost once the deadline passed
     c.reset()
-    c.sent(200, receivers=1)
+    sent(c, 200, 1)
     clock.now += 6
     assert c.failed is not None and "not back after 5s" in c.failed
 
 
 def test_a_publish_that_reached_nobody_fails_at_once_until_reset() -> None:
     c = Canary(deadline=5)
-    c.sent(1, 1)
+    sent(c, 1, 1)
     c.received(1)
-    c.sent(2, receivers=0)
+    sent(c, 2, 0)
     assert c.failed == "a ping to our own channel reached no subscriber"
     c.received(2)  # a late echo does not undo "nobody was subscribed"
     assert c.failed is not None
     c.reset()
-    c.sent(3, 1)
+    sent(c, 3, 1)
     c.received(3)
     assert c.failed is None
 
 
 def test_a_ping_not_back_within_the_deadline_fails(clock: Clock) -> None:
     c = Canary(deadline=2)
-    c.sent(1, 1)
+    sent(c, 1, 1)
     c.received(1)
-    c.sent(2, 1)
+    sent(c, 2, 1)
     clock.now += 1.9
     assert c.failed is None
-    c.sent(3, 1)  # the oldest unanswered ping is what counts
+    sent(c, 3, 1)  # the oldest unanswered ping is what counts
     clock.now += 0.2
     assert c.failed is not None and "not back after 2s" in c.failed
     c.received(3)  # a later ping back answers the earlier ones too
@@ -74,7 +80,7 @@ def test_a_ping_not_back_within_the_deadline_fails(clock: Clock) -> None:
 
 def test_an_older_echo_does_not_answer_a_newer_ping(clock: Clock) -> None:
     c = Canary(deadline=1)
-    c.sent(10, 1)
+    sent(c, 10, 1)
     c.received(9)
     clock.now += 1.5
     assert c.failed is not None and "not back" in c.failed
@@ -95,7 +101,7 @@ def test_a_ping_back_before_its_publish_answered_counts(clock: Clock) -> None:
 
 def test_a_ping_whose_publish_failed_is_not_awaited(clock: Clock) -> None:
     c = Canary(deadline=2)
-    c.sent(1, 1)
+    sent(c, 1, 1)
     c.received(1)
     c.sending(2)
     c.withdraw(2)  # Redis did not take the publish
