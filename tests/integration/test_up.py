@@ -77,27 +77,39 @@ async def welcome_then_broadcast(
                 return welcome, msg
 
 
-def test_up_prints_working_credentials_restarts_and_stops_cleanly(tmp_path: Path) -> None:
+def start_up(log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    """``switchboard up`` with 2 gateways on free ports (and ``extra`` flags), its output in
+    ``log``: the process, the gateway port and the router port."""
     port, router_port = free_port(), free_port()
-    log = tmp_path / "up.log"
     # the test's own environment must not point the cluster at some other Redis or port
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     with log.open("wb") as fh:
         up = subprocess.Popen(
             [sys.executable, "-m", "switchboard.cli", "up", "--port", str(port),
-             "--router-port", str(router_port), "--gateways", "2"],
+             "--router-port", str(router_port), "--gateways", "2", *extra],
             stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
         )
+    return up, port, router_port
+
+
+def credentials(banner: str) -> tuple[str, str]:
+    """The demo token and the API key the banner prints."""
+    token_match = re.search(r"Demo token\s+(\S+)", banner)
+    key_match = re.search(r"export SWITCHBOARD_API_KEY=(\S+)", banner)
+    assert token_match and key_match, banner
+    return token_match[1], key_match[1]
+
+
+def test_up_prints_working_credentials_restarts_and_stops_cleanly(tmp_path: Path) -> None:
+    log = tmp_path / "up.log"
+    up, port, router_port = start_up(log)
     started: dict[int, str] = {}
     try:
         text = wait_for_banner(up, log, 90)
         assert f"ws://127.0.0.1:{port}/ws" in text
         assert f"http://127.0.0.1:{port}/sse" in text
         assert f"http://127.0.0.1:{router_port}" in text
-        token_match = re.search(r"Demo token\s+(\S+)", text)
-        key_match = re.search(r"export SWITCHBOARD_API_KEY=(\S+)", text)
-        assert token_match and key_match, text
-        token, key = token_match[1], key_match[1]
+        token, key = credentials(text)
 
         started = children_of(up.pid)
         kinds = sorted(
@@ -150,24 +162,15 @@ def test_up_prints_working_credentials_restarts_and_stops_cleanly(tmp_path: Path
 def test_up_with_redis_shards_runs_on_a_local_redis_cluster_and_stops_it(tmp_path: Path) -> None:
     """``switchboard up --redis-shards 3``: 3 masters and 3 replicas it starts itself; a user
     message and a broadcast go through sharded pub/sub; Ctrl-C stops every node."""
-    port, router_port = free_port(), free_port()
     log = tmp_path / "up.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    with log.open("wb") as fh:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "switchboard.cli", "up", "--port", str(port),
-             "--router-port", str(router_port), "--gateways", "2", "--redis-shards", "3"],
-            stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-        )
+    up, port, router_port = start_up(log, "--redis-shards", "3")
     started: dict[int, str] = {}
     try:
         text = wait_for_banner(up, log, 120)
-        token_match = re.search(r"Demo token\s+(\S+)", text)
-        key_match = re.search(r"export SWITCHBOARD_API_KEY=(\S+)", text)
+        token, key = credentials(text)
         url_match = re.search(r"export SWITCHBOARD_REDIS_URL=(\S+)", text)
-        assert token_match and key_match and url_match, text
+        assert url_match, text
         assert url_match[1].strip("'\"").startswith("redis+cluster://"), url_match[1]
-        token, key = token_match[1], key_match[1]
         started = children_of(up.pid)
         kinds = sorted(
             "redis" if "redis-server" in cmdline(p) else cmdline(p).split()[-1] for p in started
