@@ -160,3 +160,24 @@ async def test_a_burst_of_new_users_is_welcomed_not_refused_as_unready(
         finally:
             for ws in opened:
                 await ws.close()
+
+
+async def test_a_killed_gateways_presence_and_connections_are_forgotten(
+    redis_cluster: LocalCluster, logdir: Path
+) -> None:
+    """No script may read another slot, so presence and a user's connections drop a dead
+    gateway's entries by reading the registry themselves (on one node the Lua did)."""
+    with cluster(redis_cluster, logdir, SWITCHBOARD_HEARTBEAT_INTERVAL="0.3") as c:  # type: ignore[arg-type]
+        a1 = await WsClient(ws_url(c, 0, "amy", channels="stage")).start()
+        a2 = await WsClient(ws_url(c, 1, "amy", channels="stage")).start()
+        bo = await WsClient(ws_url(c, 1, "bob", channels="stage")).start()
+        wait_until(lambda: presence(c, "stage") == {"amy": 2, "bob": 1}, 10, "all present")
+        assert len(c.http.get("/v1/users/amy/connections").json()["connections"]) == 2
+        c.gateways[1].kill()  # SIGKILL: it cannot clean up after itself
+        wait_until(lambda: presence(c, "stage") == {"amy": 1}, 15,
+                   "presence forgets the dead gateway's subscribers")
+        conns = c.http.get("/v1/users/amy/connections").json()["connections"]
+        assert len(conns) == 1, conns
+        assert c.http.get("/v1/users/bob/connections").json()["connections"] == []
+        for cl in (a1, a2, bo):
+            await cl.close()
