@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 from gateway import mover
 from gateway.errors import BackendUnavailable
@@ -25,6 +26,9 @@ from switchboard.closecodes import Close
 from switchboard.contract import Control, Message
 
 log = logging.getLogger("switchboard.gateway")
+
+# A catch-up reads again the streams whose epoch changed live while their tops were read.
+CATCH_UP_ROUNDS = 3
 
 
 class Delivery:
@@ -136,14 +140,22 @@ class Delivery:
     async def _catch_up(self) -> None:
         """Bring every followed stream up to its top from the log."""
         tracker = self.svc.tracker
-        keys = tracker.keys()
-        try:
-            tops = await retrying("catch-up", lambda: self.svc.backplane.read_tops(keys))
-        except BackendUnavailable:
-            log.error("catch-up gave up: clients will resume when they notice their gaps")
-            self._run(tracker.release_all())
-            return
-        self._run(tracker.catch_up(tops))
+        reading = tracker.reading()  # what the tops are compared with: they are read from now
+        for _ in range(CATCH_UP_ROUNDS):
+            try:
+                tops = await retrying("catch-up", partial(self.svc.backplane.read_tops,
+                                                          reading.keys))
+            except BackendUnavailable:
+                log.error("catch-up gave up: clients will resume when they notice their gaps")
+                self._run(tracker.release_all(reading))
+                return
+            steps = tracker.catch_up(reading, tops)
+            self._run(steps)
+            if not steps.stale:
+                return
+            reading = tracker.reading(steps.stale)
+        # Still moving between epochs: their next live message is checked as ever.
+        log.warning("catch-up: %d streams kept changing epoch while read", len(reading.keys))
 
     async def _retire(self, regressed: list[tuple[str, str]]) -> None:
         """Redis came back with older data: these streams' offsets are being reused. Retire

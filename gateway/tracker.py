@@ -22,6 +22,11 @@ Redis losing data shows up here too (DESIGN 7):
   made (top at or above it, nothing held): so a held stream's catch-up reads the log from our
   own position, and the message there must be the one we delivered (its ``published_ms``,
   :meth:`Tracker.verify`); another one there is the same regression.
+
+A catch-up's tops are read while live delivery goes on, and catch-ups overlap (the heartbeat
+noticing the lost registry and the pub/sub reconnect each start one): a top is compared with
+the position we had when the read was issued (:meth:`Tracker.reading`), never with one that
+moved on meanwhile, which would look like a regression that is not one.
 """
 
 from __future__ import annotations
@@ -50,6 +55,18 @@ class Fill:
         return self.first > self.last
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """The positions when a catch-up's read of the tops was issued."""
+
+    positions: dict[str, Position]
+    holds: int  # how many hold_all() calls came before it
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.positions)
+
+
 @dataclass(slots=True)
 class Steps:
     """What the gateway must do next: deliver ``ready`` (in order) and start ``fills``."""
@@ -57,6 +74,7 @@ class Steps:
     ready: list[Message] = field(default_factory=list)
     fills: list[Fill] = field(default_factory=list)
     regressed: list[tuple[str, str]] = field(default_factory=list)  # (key, retired epoch)
+    stale: list[str] = field(default_factory=list)  # keys whose tops must be read again
 
     def add(self, ready: list[Message], fill: Fill | None) -> None:
         self.ready.extend(ready)
@@ -72,11 +90,9 @@ class Tracker:
         self._waiting: dict[str, list[Message]] = {}
         # Held by hold_all() and not yet checked against Redis by catch_up().
         self._unverified: set[str] = set()
+        self._holds = 0
         self.filled = 0
         self.unfilled = 0
-
-    def keys(self) -> list[str]:
-        return list(self._seen)
 
     def position(self, key: str) -> Position | None:
         return self._seen.get(key)
@@ -132,24 +148,41 @@ class Tracker:
         Until then a live offset at or below our position could be a duplicate or a reused
         offset (Redis came back with older data); only the top tells them apart.
         """
+        self._holds += 1
         for key in self._seen:
             if key not in self._waiting:  # a fill under way holds it already
                 self._waiting[key] = []
                 self._unverified.add(key)
 
-    def catch_up(self, tops: Mapping[str, Position]) -> Steps:
+    def reading(self, keys: list[str] | None = None) -> Reading:
+        """Taken just before the tops of a catch-up are read (its keys are the ones to read):
+        every followed stream, or those of ``keys`` still followed."""
+        if keys is None:
+            return Reading(dict(self._seen), self._holds)
+        return Reading({k: self._seen[k] for k in keys if k in self._seen}, self._holds)
+
+    def _checkable(self, key: str, reading: Reading) -> bool:
+        """May this catch-up settle ``key``? Not a stream held by a hold_all() that came after
+        the read was issued: those tops may predate the new subscription, and the catch-up
+        that follows that subscription checks it."""
+        return key not in self._unverified or reading.holds == self._holds
+
+    def catch_up(self, reading: Reading, tops: Mapping[str, Position]) -> Steps:
         """Bring every followed stream to its top as read from Redis after an outage.
 
         ``tops`` lacks the streams Redis has no position for: their history is gone and their
         next message starts a new epoch, which :meth:`live` fills from offset 1.
         """
         steps = Steps()
-        for key, pos in list(self._seen.items()):
+        for key, before in reading.positions.items():
+            pos = self._seen.get(key)
+            if pos is None or not self._checkable(key, reading):
+                continue  # forgotten meanwhile, or held again since: a later catch-up's
             held = key in self._unverified
             self._unverified.discard(key)
             top = tops.get(key)
-            if top is not None and top.epoch == pos.epoch and (
-                    top.offset < pos.offset or (held and self._reused(key, pos))):
+            if top is not None and top.epoch == before.epoch == pos.epoch and (
+                    top.offset < before.offset or (held and self._reused(key, pos))):
                 # Offsets we delivered are being reused: no message of this epoch is
                 # trustworthy for our followers, held ones included.
                 steps.regressed.append((key, pos.epoch))
@@ -157,6 +190,17 @@ class Tracker:
                 continue
             if key in self._waiting and not held:
                 continue  # a fill is under way; its end re-checks what queued behind it
+            if pos != before:
+                # Live delivery moved it while the tops were read. A top in its epoch still
+                # shows what is left to fill; one in another epoch (or none) may be older or
+                # newer than what arrived live: that stream is read again.
+                if top is not None and top.epoch == pos.epoch:
+                    if top.offset > pos.offset:
+                        self._waiting.setdefault(key, [])
+                        steps.fills.append(Fill(key, top.epoch, pos.offset + 1, top.offset))
+                else:
+                    steps.stale.append(key)
+                continue
             if top is None:
                 if held:
                     steps.add(*self._release(key))
@@ -204,10 +248,12 @@ class Tracker:
         return any(m.epoch == pos.epoch and m.offset <= pos.offset
                    for m in self._waiting.get(key, ()))
 
-    def release_all(self) -> Steps:
+    def release_all(self, reading: Reading) -> Steps:
         """The tops could not be read: stop holding and let live gap detection take over."""
         steps = Steps()
         for key in list(self._unverified):
+            if not self._checkable(key, reading):
+                continue
             self._unverified.discard(key)
             steps.add(*self._release(key))
         return steps

@@ -67,13 +67,13 @@ def test_tracker_catch_up_after_a_pubsub_outage() -> None:
     t = Tracker()
     t.follow(U, Position("E", 3))
     t.hold_all()
-    steps = t.catch_up({U: Position("E", 7)})
+    steps = t.catch_up(t.reading(), {U: Position("E", 7)})
     assert steps.fills == [Fill(U, "E", 4, 7)] and steps.ready == []
     t.live(Message(U, "E", 8, 0, 8))  # arrives live during the catch-up
     out, more = t.complete(steps.fills[0], msgs(U, "E", range(4, 7)))  # 7 not returned
     assert [m.offset for m in out] == [4, 5, 6, 8] and more is None
     assert t.unfilled == 1
-    again = t.catch_up({U: Position("E", 8)})  # nothing missing any more
+    again = t.catch_up(t.reading(), {U: Position("E", 8)})  # nothing missing any more
     assert again.fills == [] and again.ready == []
 
 
