@@ -33,7 +33,7 @@ from gateway.shutdown import stop_tasks
 from switchboard import contract, resp, streams
 from switchboard.config import GatewaySettings
 from switchboard.contract import GatewayInfo, Message
-from switchboard.pipelined import Script
+from switchboard.pipelined import Arg, PipelinedRedis, Script
 from switchboard.store import Published, Store, Target, connect, pipelined, text
 from switchboard.streams import Position
 
@@ -51,6 +51,9 @@ class RedisBackplane:
         self.metrics = metrics
         self._events: BackplaneEvents | None = None
         self._registered: dict[str, Any] = {}  # script sha -> redis-py's script object
+        self._register = Script(contract.REGISTER_LUA)
+        # Registrations of connecting clients, a storm's hot path (see _register_calls).
+        self._registrar: PipelinedRedis | None = None
         self.redis, self._store = self._open_clients()
         self._ensure_meta = Script(contract.ENSURE_META_LUA)
         self._claim_session = Script(contract.CLAIM_SESSION_LUA)
@@ -82,6 +85,9 @@ class RedisBackplane:
         client = connect(s.redis_url, s.redis_timeout, reconnect_retry=True)
         # read (and refused, ValueError) at start-up, not at the first pub/sub connect
         self._pubsub_endpoint = resp.Endpoint.from_url(s.redis_url)
+        self._registrar = PipelinedRedis(s.redis_url, s.redis_timeout,
+                                         client_name=f"{s.prefix}register:{self.gateway_id}",
+                                         scripts=[self._register])
         # Client publishes go over a pipelined connection, opened at the first one: redis-py
         # would cost this event loop ~0.3 ms of CPU per publish, time it delivers nothing.
         return client, Store(client, s, pipelined(s, f"{s.prefix}publish:{self.gateway_id}"))
@@ -142,6 +148,8 @@ class RedisBackplane:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.redis.aclose(), self.settings.redis_timeout)
         self._store.pipelined.close()
+        if self._registrar is not None:
+            self._registrar.close()
         if self._pubsub is not None:
             self._pubsub.close()
 
@@ -256,36 +264,41 @@ class RedisBackplane:
         batch: list[tuple[Registration, list[str],
                           asyncio.Future[tuple[int, dict[str, Position]]]]],
     ) -> None:
-        s = self.settings
-        session_ttl = contract.session_ttl_ms(s.history_ttl, s.heartbeat_interval)
-        pipe = self.redis.pipeline(transaction=False)
-        # Per registration, in this order (the replies are read back by position): the map
-        # entry, the session claim, the top of each stream, a presence entry per channel.
-        for reg, stream_keys, _ in batch:
-            pipe.hset(self.keys.conns(reg.user), reg.conn_id, self.gateway_id)
-            await self._script(pipe, self._claim_session, [self.keys.session(reg.session_id)],
-                               [reg.user, session_ttl])
-            for key in stream_keys:
-                await self._top(pipe, key)
-            for channel in reg.channels:
-                self._present(pipe, reg, channel)
         try:
             with unavailable("register"):
-                results = await pipe.execute()
+                replies = await self._register_calls([(reg, keys) for reg, keys, _ in batch])
         except BackendUnavailable as exc:
             self.metrics.redis_error("register")
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        at = 0
-        for reg, stream_keys, fut in batch:
-            claim = int(results[at + 1])
-            tops = results[at + 2 : at + 2 + len(stream_keys)]
-            at += 2 + len(stream_keys) + len(reg.channels)
+        for (_, stream_keys, fut), reply in zip(batch, replies, strict=True):
             if not fut.done():
-                fut.set_result((claim, {key: Position(text(raw[0]), int(raw[1]))
-                                        for key, raw in zip(stream_keys, tops, strict=True)}))
+                fut.set_result((int(reply[0]), {
+                    key: Position(text(reply[1 + 2 * i]), int(reply[2 + 2 * i]))
+                    for i, key in enumerate(stream_keys)}))
+
+    async def _register_calls(self, batch: list[tuple[Registration, list[str]]]
+                              ) -> list[list[Any]]:
+        """Register each connection; per connection ``[claim, epoch, offset, ...]`` (the tops
+        in the order of its stream keys). One script call each, all in one write over the
+        pipelined connection: redis-py's pipeline cost a connect storm twice the CPU."""
+        s = self.settings
+        session_ttl = contract.session_ttl_ms(s.history_ttl, s.heartbeat_interval)
+        meta_ttl = contract.ms(s.meta_ttl)
+        calls: list[tuple[list[Arg], list[Arg]]] = []
+        for reg, stream_keys in batch:
+            keys: list[Arg] = [self.keys.conns(reg.user), self.keys.session(reg.session_id)]
+            for key in stream_keys:
+                keys += [self.keys.meta(key), self.keys.log(key)]
+            keys += [self.keys.presence(channel) for channel in reg.channels]
+            calls.append((keys, [reg.conn_id, self.gateway_id, reg.user, session_ttl, meta_ttl,
+                                 len(stream_keys),
+                                 contract.presence_value(self.gateway_id, reg.user),
+                                 *(streams.random_id() for _ in stream_keys)]))
+        assert self._registrar is not None
+        return await self._registrar.run_script_many(self._register, calls)
 
     def _present(self, pipe: Any, reg: Registration, channel: str) -> None:
         pipe.hset(self.keys.presence(channel), reg.conn_id,

@@ -28,7 +28,7 @@ from gateway.backplane import RedisBackplane
 from gateway.canary import deadline_for
 from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.ports import BackplaneEvents, Registration
-from switchboard import streams
+from switchboard import contract, streams
 from switchboard.clusterclient import connect_cluster, tag_for_slot
 from switchboard.clusterstore import ClusterStore, cluster_pipelined
 from switchboard.contract import GatewayInfo
@@ -161,6 +161,34 @@ class ClusterBackplane(RedisBackplane):
         except BaseException:
             self._release_user(reg.user)
             raise
+
+    async def _register_calls(self, batch: list[tuple[Registration, list[str]]]
+                              ) -> list[list[Any]]:
+        """A connection's keys span slots: its map entry, session claim, tops and presence
+        entries are separate commands, in one cluster pipeline for the batch."""
+        s = self.settings
+        session_ttl = contract.session_ttl_ms(s.history_ttl, s.heartbeat_interval)
+        pipe = self.redis.pipeline(transaction=False)
+        # Per registration, in this order (the replies are read back by position): the map
+        # entry, the session claim, the top of each stream, a presence entry per channel.
+        for reg, stream_keys in batch:
+            pipe.hset(self.keys.conns(reg.user), reg.conn_id, self.gateway_id)
+            await self._script(pipe, self._claim_session, [self.keys.session(reg.session_id)],
+                               [reg.user, session_ttl])
+            for key in stream_keys:
+                await self._top(pipe, key)
+            for channel in reg.channels:
+                self._present(pipe, reg, channel)
+        results = await pipe.execute()
+        replies: list[list[Any]] = []
+        at = 0
+        for reg, stream_keys in batch:
+            reply = [results[at + 1]]
+            for top in results[at + 2 : at + 2 + len(stream_keys)]:
+                reply += [top[0], top[1]]
+            replies.append(reply)
+            at += 2 + len(stream_keys) + len(reg.channels)
+        return replies
 
     def unregister(self, reg: Registration) -> None:
         self._release_user(reg.user)

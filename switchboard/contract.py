@@ -236,15 +236,22 @@ CLUSTER_PUBLISH_LUA = _STORE_LUA + r"""
 return {epoch, offset, redis.call('SPUBLISH', ARGV[11], env), 0}
 """
 
-# KEYS: meta, log. ARGV: candidate epoch, meta ttl ms. Returns {epoch, offset}.
 # Gives a connection a real position in a stream that has never been published to.
-ENSURE_META_LUA = r"""
-local cur = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
-if cur[1] then return {cur[1], tonumber(cur[2])} end
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {ARGV[1], 0}
+_ENSURE_META_FN = r"""
+local function ensure_meta(meta, log, epoch, ttl)
+  local cur = redis.call('HMGET', meta, 'epoch', 'offset')
+  if cur[1] then return cur[1], tonumber(cur[2]) end
+  redis.call('DEL', log)
+  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  redis.call('PEXPIRE', meta, ttl)
+  return epoch, 0
+end
+"""
+
+# KEYS: meta, log. ARGV: candidate epoch, meta ttl ms. Returns {epoch, offset}.
+ENSURE_META_LUA = _ENSURE_META_FN + r"""
+local epoch, offset = ensure_meta(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+return {epoch, offset}
 """
 
 # KEYS: meta, log. ARGV: epoch. Forgets a stream whose offsets went back (Redis came back
@@ -283,16 +290,45 @@ end
 return users
 """
 
-# KEYS: session. ARGV: user, ttl ms. Binds a session to its user; never steals another's.
+# Binds a session to its user; never steals another's.
 # Returns 1 resumed (it was this user's), 2 new (unknown or expired), 0 foreign.
-CLAIM_SESSION_LUA = r"""
-local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if owner then return 1 end
-return 2
+_CLAIM_SESSION_FN = r"""
+local function claim_session(key, user, ttl)
+  local owner = redis.call('GET', key)
+  if owner and owner ~= user then return 0 end
+  redis.call('SET', key, user, 'PX', ttl)
+  if owner then return 1 end
+  return 2
+end
+"""
+
+# KEYS: session. ARGV: user, ttl ms.
+CLAIM_SESSION_LUA = _CLAIM_SESSION_FN + r"""
+return claim_session(KEYS[1], ARGV[1], ARGV[2])
 """
 SESSION_FOREIGN, SESSION_RESUMED, SESSION_NEW = 0, 1, 2
+
+# One connection's registration in one call (one node only: its keys span slots):
+# KEYS: conns, session, then meta and log of each of N streams, then a presence hash per
+#       channel.
+# ARGV: 1 connection id, 2 gateway id, 3 user, 4 session ttl ms, 5 meta ttl ms, 6 N,
+#       7 presence value, then a candidate epoch per stream.
+# Returns {claim, epoch 1, offset 1, ..., epoch N, offset N}. The map entry is written before
+# the tops are read: every message published after them is routed to this gateway.
+REGISTER_LUA = _CLAIM_SESSION_FN + _ENSURE_META_FN + r"""
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local out = {claim_session(KEYS[2], ARGV[3], ARGV[4])}
+local n = tonumber(ARGV[6])
+for i = 1, n do
+  local epoch, offset = ensure_meta(KEYS[1 + 2 * i], KEYS[2 + 2 * i], ARGV[7 + i], ARGV[5])
+  out[#out + 1] = epoch
+  out[#out + 1] = offset
+end
+for i = 3 + 2 * n, #KEYS do
+  redis.call('HSET', KEYS[i], ARGV[1], ARGV[7])
+end
+return out
+"""
 
 
 def presence_value(gateway_id: str, user: str) -> str:
