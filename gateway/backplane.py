@@ -29,6 +29,7 @@ from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.metrics import GatewayMetrics
 from gateway.ports import BackplaneEvents, Registration
 from gateway.pubsub import PubSubConnection, PubSubError
+from gateway.sharedreads import SharedReads
 from gateway.shutdown import stop_tasks
 from switchboard import contract, resp, streams
 from switchboard.config import GatewaySettings
@@ -40,6 +41,24 @@ from switchboard.streams import Position
 log = logging.getLogger("switchboard.gateway")
 
 OP_PING = "ping"
+
+
+def log_entries(entries: list[Any]) -> list[Message]:
+    """The messages of an ``XRANGE`` reply: ``[id, fields]`` pairs, the fields a flat list
+    (hiredis) or a dict (redis-py); an entry that does not unpack is skipped."""
+    found: list[Message] = []
+    for _entry_id, fields in entries:
+        raw = fields.get(b"e") if isinstance(fields, dict) else dict(
+            zip(fields[::2], fields[1::2], strict=True)).get(b"e")
+        if raw is None:
+            continue
+        try:
+            env = contract.unpack(raw)
+        except contract.EnvelopeError:
+            continue
+        if isinstance(env, Message):
+            found.append(env)
+    return found
 
 
 class RedisBackplane:
@@ -54,6 +73,7 @@ class RedisBackplane:
         self._register = Script(contract.REGISTER_LUA)
         # Registrations of connecting clients, a storm's hot path (see _register_calls).
         self._registrar: PipelinedRedis | None = None
+        self._reads = SharedReads(self._fetch_logs, metrics.log_reads)
         self.redis, self._store = self._open_clients()
         self._ensure_meta = Script(contract.ENSURE_META_LUA)
         self._claim_session = Script(contract.CLAIM_SESSION_LUA)
@@ -332,30 +352,24 @@ class RedisBackplane:
             self.metrics.redis_error("leave")  # the entry dies with our heartbeat anyway
 
     async def read_logs(self, ranges: list[tuple[str, int, int]]) -> dict[str, list[Message]]:
-        """Log entries ``first..last`` of each stream, in one round trip."""
+        """Log entries ``first..last`` of each stream, in one round trip (shared with whoever
+        reads the same range at the same time: a storm's resumes)."""
         if not ranges:
             return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for key, first, last in ranges:
-            pipe.xrange(self.keys.log(key), f"{first}-0", f"{last}-0", count=last - first + 1)
         try:
             with unavailable("read_log"):
-                results = await pipe.execute()
+                return await self._reads.read(ranges)
         except BackendUnavailable:
             self.metrics.redis_error("read_log")
             raise
-        logs: dict[str, list[Message]] = {}
-        for (key, _, _), entries in zip(ranges, results, strict=True):
-            found: list[Message] = []
-            for _entry_id, fields in entries:
-                try:
-                    env = contract.unpack(fields[b"e"])
-                except (contract.EnvelopeError, KeyError):
-                    continue
-                if isinstance(env, Message):
-                    found.append(env)
-            logs[key] = found
-        return logs
+
+    async def _fetch_logs(self, ranges: list[tuple[str, int, int]]) -> list[list[Message]]:
+        """The entries of each range, over the pipelined connection (one write)."""
+        assert self._registrar is not None
+        replies = await self._registrar.execute_many([
+            ("XRANGE", self.keys.log(key), f"{first}-0", f"{last}-0", "COUNT", last - first + 1)
+            for key, first, last in ranges])
+        return [log_entries(entries) for entries in replies]
 
     async def read_tops(self, stream_keys: list[str]) -> dict[str, Position]:
         """Current (epoch, offset) of streams that exist."""

@@ -24,14 +24,14 @@ from typing import Any
 from redis.asyncio.cluster import ClusterPipeline
 
 from gateway import sharded
-from gateway.backplane import RedisBackplane
+from gateway.backplane import RedisBackplane, log_entries
 from gateway.canary import deadline_for
 from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.ports import BackplaneEvents, Registration
 from switchboard import contract, streams
 from switchboard.clusterclient import connect_cluster, tag_for_slot
 from switchboard.clusterstore import ClusterStore, cluster_pipelined
-from switchboard.contract import GatewayInfo
+from switchboard.contract import GatewayInfo, Message
 from switchboard.pipelined import Script
 from switchboard.streams import Position
 
@@ -189,6 +189,13 @@ class ClusterBackplane(RedisBackplane):
             replies.append(reply)
             at += 2 + len(stream_keys) + len(reg.channels)
         return replies
+
+    async def _fetch_logs(self, ranges: list[tuple[str, int, int]]) -> list[list[Message]]:
+        """One cluster pipeline: each range goes to its stream's master."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key, first, last in ranges:
+            pipe.xrange(self.keys.log(key), f"{first}-0", f"{last}-0", count=last - first + 1)
+        return [log_entries(entries) for entries in await pipe.execute()]
 
     def unregister(self, reg: Registration) -> None:
         self._release_user(reg.user)

@@ -61,6 +61,11 @@ class GatewayMetrics:
             "switchboard_gateway_gap_fills", "Live gaps and pub/sub catch-ups read from the log",
             ["outcome"], registry=r,
         )
+        self._log_reads = Counter(
+            "switchboard_gateway_log_reads",
+            "Log ranges asked for (resumes, fills): read from Redis, or shared with an "
+            "identical read already in flight", ["outcome"], registry=r,
+        )
         self._subscriptions_lost = Counter(
             "switchboard_gateway_subscriptions_lost",
             "Pub/sub subscriptions found lost and made again, by how: the connection dropped, "
@@ -120,6 +125,12 @@ class GatewayMetrics:
 
     def fill(self, complete: bool) -> None:
         self._fills.labels("filled" if complete else "incomplete").inc()
+
+    def log_reads(self, read: int, shared: int) -> None:
+        if read:
+            self._log_reads.labels("read").inc(read)
+        if shared:
+            self._log_reads.labels("shared").inc(shared)
 
     def history_lost(self) -> None:
         self._history_lost.inc()

@@ -229,3 +229,35 @@ async def test_a_replay_larger_than_the_write_buffer_ceiling_is_paced_not_closed
         assert [m["data"]["i"] for m in again.messages()] == list(range(400))
         assert again.welcome is not None and again.welcome["recovered"] is True
         await again.close()
+
+
+async def test_a_crowd_resuming_the_same_range_is_replayed_from_shared_log_reads(
+    redis_server: RedisServer, logdir: Path
+) -> None:
+    """A reconnect storm in small: clients that held the same broadcast position come back
+    together. Each gets the missed broadcasts exactly once, in order, while the gateway reads
+    the range from Redis far fewer times than there are clients."""
+    n = 120
+    with cluster(redis_server, logdir) as c:
+        first = await WsClient(c.ws_url(0, "crowd-0")).start()
+        cursor = cursor_of(first).split(",")
+        await first.close()
+        broadcast = next(p for p in cursor if p.startswith("broadcast:"))
+        results = c.publish_batch([{"broadcast": True, "data": i} for i in range(10)])
+        top = results[-1]["offset"]
+
+        clients = await asyncio.gather(*(
+            WsClient(c.ws_url(1, f"crowd-{i}", cursor=broadcast)).start() for i in range(n)))
+        for client in clients:
+            assert client.welcome is not None and client.welcome["recovered"] is True
+        await until(lambda: all(len(cl.messages("broadcast")) >= 10 for cl in clients), 15,
+                    "every replay")
+        for client in clients:
+            got = client.messages("broadcast")
+            assert [m["data"] for m in got] == list(range(10))
+            assert got[-1]["offset"] == top
+        read = c.metric(1, "switchboard_gateway_log_reads_total", outcome="read")
+        shared = c.metric(1, "switchboard_gateway_log_reads_total", outcome="shared")
+        assert read + shared == n and shared > read, (read, shared)
+        for client in clients:
+            await client.close()
