@@ -2,7 +2,8 @@
 
 One gateway on a private redis-server (or, with ``--redis-shards N``, a private Redis Cluster
 of N masters and N replicas); this process opens ``--connections`` WebSocket connections of
-distinct users, ``--concurrency`` at a time, each until its ``welcome``, and keeps them open.
+distinct users (SSE with ``--sse``), ``--concurrency`` at a time, each until its ``welcome``
+(and, with ``--replay N``, the N missed broadcasts its cursor resumes), and keeps them open.
 Prints the gateway's CPU (user + system, from /proc) per connect and the connects per second.
 The client's own CPU is not counted: it runs in this process. What a reconnect storm costs a
 gateway is this figure times the clients that come back. To compare two commits, run it from
@@ -21,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from switchboard.auth import mint
+from switchboard.config import RedisSettings
 from switchboard.limits import raise_nofile_limit
+from switchboard.store import Store, Target
 from tests.support import JWT_SECRET, Proc, start_gateway, start_redis
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -35,32 +38,76 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-async def open_all(port: int, n: int, concurrency: int) -> list[ClientConnection]:
+class SseConn:
+    """A held SSE connection (what connect_cpu needs of one: closing it)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+
+    async def close(self) -> None:
+        self.writer.close()
+
+
+async def open_sse(port: int, path: str) -> SseConn:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 "Accept: text/event-stream\r\n\r\n".encode())
+    seen = b""
+    while b"welcome" not in seen:  # the welcome event: registered and replayed
+        chunk = await asyncio.wait_for(reader.read(65536), 30)
+        if not chunk:
+            raise ConnectionError("SSE connection closed before its welcome")
+        seen += chunk
+    return SseConn(writer)
+
+
+async def open_all(port: int, n: int, concurrency: int, sse: bool = False,
+                   query: str = "", replay: int = 0) -> list[Any]:
     gate = asyncio.Semaphore(concurrency)
-    opened: list[ClientConnection] = []
+    opened: list[Any] = []
 
     async def one(i: int) -> None:
         async with gate:
-            ws = await connect(f"ws://127.0.0.1:{port}/ws?token={mint(JWT_SECRET, f'c{i}')}",
-                               open_timeout=30)
-            await asyncio.wait_for(ws.recv(), 30)  # the welcome: registered and replayed
+            path = f"?token={mint(JWT_SECRET, f'c{i}')}{query}"
+            if sse:
+                conn: Any = await open_sse(port, f"/sse{path}")
+                opened.append(conn)
+                return
+            ws = await connect(f"ws://127.0.0.1:{port}/ws{path}", open_timeout=30)
+            for _ in range(1 + replay):  # the welcome, then the replayed messages
+                await asyncio.wait_for(ws.recv(), 30)
             opened.append(ws)
 
     await asyncio.gather(*(one(i) for i in range(n)))
     return opened
 
 
-async def measure(gw: Proc, n: int, concurrency: int) -> dict[str, Any]:
+async def cursor_behind(redis_url: str, replay: int) -> str:
+    """Publish ``replay`` broadcasts; the cursor a client that missed them resumes from."""
+    store = Store.open(RedisSettings(redis_url=redis_url, redis_timeout=10), "connect-cpu")
+    try:
+        results = [await store.publish(Target("b"), i) for i in range(replay)]
+    finally:
+        await store.aclose()
+    first = results[0]
+    return f"&cursor=broadcast:{first.epoch}:{first.offset - 1}"
+
+
+async def measure(gw: Proc, n: int, concurrency: int, sse: bool = False,
+                  replay: int = 0) -> dict[str, Any]:
+    redis_url = gw.env["SWITCHBOARD_REDIS_URL"]
+    query = await cursor_behind(redis_url, replay) if replay else ""
     before = cpu_seconds(gw.pid)
     started = time.perf_counter()
-    conns = await open_all(gw.port, n, concurrency)
+    conns = await open_all(gw.port, n, concurrency, sse, query, replay)
     seconds = time.perf_counter() - started
     # the heartbeat and a few late callbacks belong to the connects too: let them land
     await asyncio.sleep(0.5)
     used = cpu_seconds(gw.pid) - before
-    for ws in conns:
-        await ws.close()
-    return {"connections": n, "gateway_cpu_us_per_connect": round(1e6 * used / n),
+    for conn in conns:
+        await conn.close()
+    return {"connections": n, "transport": "sse" if sse else "ws", "replayed": replay,
+            "gateway_cpu_us_per_connect": round(1e6 * used / n),
             "connects_per_s": round(n / seconds)}
 
 
@@ -70,6 +117,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--redis-shards", type=int, default=0)
+    parser.add_argument("--sse", action="store_true", help="SSE connections instead of WebSocket")
+    parser.add_argument("--replay", type=int, default=0,
+                        help="each connection resumes N missed broadcasts (WebSocket)")
     args = parser.parse_args()
     raise_nofile_limit()
     if args.redis_shards:
@@ -87,7 +137,8 @@ def main() -> None:
         for _ in range(args.runs):
             gw = start_gateway(backend, logdir, SWITCHBOARD_HEARTBEAT_INTERVAL="2")
             try:
-                runs.append(uvloop.run(measure(gw, args.connections, args.concurrency)))
+                runs.append(uvloop.run(measure(gw, args.connections, args.concurrency,
+                                               args.sse, args.replay)))
             finally:
                 gw.stop()
     finally:
