@@ -24,6 +24,7 @@ from typing import Any
 import uvloop
 from websockets.asyncio.client import connect
 
+from loadtest.bench.cluster import Baseline, start_baseline
 from switchboard.auth import mint
 from switchboard.config import RedisSettings
 from switchboard.limits import raise_nofile_limit
@@ -62,7 +63,7 @@ async def open_sse(port: int, path: str) -> SseConn:
 
 
 async def open_all(port: int, n: int, concurrency: int, sse: bool = False,
-                   query: str = "", replay: int = 0) -> list[Any]:
+                   query: str = "", replay: int = 0, welcome: bool = True) -> list[Any]:
     gate = asyncio.Semaphore(concurrency)
     opened: list[Any] = []
 
@@ -74,7 +75,7 @@ async def open_all(port: int, n: int, concurrency: int, sse: bool = False,
                 opened.append(conn)
                 return
             ws = await connect(f"ws://127.0.0.1:{port}/ws{path}", open_timeout=30)
-            for _ in range(1 + replay):  # the welcome, then the replayed messages
+            for _ in range(int(welcome) + replay):  # the welcome, then the replayed messages
                 await asyncio.wait_for(ws.recv(), 30)
             opened.append(ws)
 
@@ -97,13 +98,24 @@ async def measure(gw: Proc, n: int, concurrency: int, sse: bool = False,
                   replay: int = 0) -> dict[str, Any]:
     redis_url = gw.env["SWITCHBOARD_REDIS_URL"]
     query = await cursor_behind(redis_url, replay) if replay else ""
-    before = cpu_seconds(gw.pid)
+    return await _measure(gw.pid, gw.port, n, concurrency, sse, query, replay)
+
+
+async def measure_baseline(base: Baseline, n: int, concurrency: int) -> dict[str, Any]:
+    """The same connects to the bench's baseline (websockets and PyJWT, nothing else): it
+    sends no welcome, so a connect is its handshake."""
+    return await _measure(base.pid, base.port, n, concurrency, welcome=False)
+
+
+async def _measure(pid: int, port: int, n: int, concurrency: int, sse: bool = False,
+                   query: str = "", replay: int = 0, welcome: bool = True) -> dict[str, Any]:
+    before = cpu_seconds(pid)
     started = time.perf_counter()
-    conns = await open_all(gw.port, n, concurrency, sse, query, replay)
+    conns = await open_all(port, n, concurrency, sse, query, replay, welcome)
     seconds = time.perf_counter() - started
     # the heartbeat and a few late callbacks belong to the connects too: let them land
     await asyncio.sleep(0.5)
-    used = cpu_seconds(gw.pid) - before
+    used = cpu_seconds(pid) - before
     for conn in conns:
         await conn.close()
     return {"connections": n, "transport": "sse" if sse else "ws", "replayed": replay,
@@ -120,6 +132,8 @@ def main() -> None:
     parser.add_argument("--sse", action="store_true", help="SSE connections instead of WebSocket")
     parser.add_argument("--replay", type=int, default=0,
                         help="each connection resumes N missed broadcasts (WebSocket)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also the bench's baseline server, each run (WebSocket, one node)")
     args = parser.parse_args()
     raise_nofile_limit()
     if args.redis_shards:
@@ -141,6 +155,15 @@ def main() -> None:
                                                args.sse, args.replay)))
             finally:
                 gw.stop()
+            if args.baseline:
+                base = start_baseline(backend, logdir)
+                try:
+                    b = uvloop.run(measure_baseline(base, args.connections, args.concurrency))
+                finally:
+                    base.stop()
+                runs[-1]["baseline_cpu_us_per_connect"] = b["gateway_cpu_us_per_connect"]
+                runs[-1]["ratio_to_baseline"] = round(
+                    runs[-1]["gateway_cpu_us_per_connect"] / b["gateway_cpu_us_per_connect"], 2)
     finally:
         stop()
     print(json.dumps({"redis_shards": args.redis_shards, "runs": runs}, indent=2))
