@@ -39,6 +39,10 @@ from switchboard.redisurl import is_cluster
 
 log = logging.getLogger("switchboard.gateway")
 
+# Connections the kernel completes and queues for us while we are busy (a reconnect storm);
+# it caps this at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+
 # path -> (package, resource, content type)
 _STATIC = {
     "/": ("gateway", "static/index.html", "text/html; charset=utf-8"),
@@ -199,11 +203,14 @@ class Gateway:
             # Several gateways on one port: the kernel spreads new connections among them.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((s.host, s.port))
-        sock.listen(4096)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         self.backplane.start(self.delivery)
+        # The backlog again: create_server listens once more, by default with 100, and a
+        # reconnect storm then overflows it; the kernel drops the SYNs and clients wait out
+        # their retransmission (1 s, 3 s, 7 s) on top of their backoff.
         self._server = await self.loop.create_server(
-            lambda: Connection(self.services, self), sock=sock)
+            lambda: Connection(self.services, self), sock=sock, backlog=LISTEN_BACKLOG)
         self._tasks.append(self.loop.create_task(self._keepalive_loop()))
         if s.rebalance:
             self._tasks.append(self.loop.create_task(mover.rebalance_loop(self.services)))

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -230,3 +231,43 @@ async def test_silent_peers_are_dropped_by_handshake_timeout_and_ping_timeout(
         mute.close()
         deaf.close()
         await alive.close()
+
+
+async def test_a_burst_of_connects_while_the_gateway_is_busy_waits_in_the_listen_queue(
+    redis_server: RedisServer, logdir: Path
+) -> None:
+    """A reconnect storm reaches a gateway that cannot accept for a moment (here: stopped).
+    The kernel completes the TCP handshakes and queues them for it, as many as the listen
+    backlog holds; beyond it SYNs are dropped and clients wait out retransmissions (1 s, 3 s,
+    7 s) before their WebSocket handshake even starts. Once it runs again, every queued
+    connection gets its welcome."""
+    burst = 600  # far above the 100 a default listen() would queue
+    with cluster(redis_server, logdir, gateways=1) as c:
+        gw = c.gateways[0]
+
+        async def tcp_connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+            try:
+                return await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", gw.port), 3)
+            except (TimeoutError, OSError):
+                return None
+
+        os.kill(gw.pid, signal.SIGSTOP)  # a process this test started, by PID
+        try:
+            opened = await asyncio.gather(*(tcp_connect() for _ in range(burst)))
+        finally:
+            os.kill(gw.pid, signal.SIGCONT)
+        conns = [c for c in opened if c is not None]
+        try:
+            assert len(conns) == burst, f"{burst - len(conns)} connects found the queue full"
+            for _, writer in conns[:20]:  # and they are served once it runs again
+                writer.write(f"GET /ws?token={token('burst')} HTTP/1.1\r\nHost: x\r\n"
+                             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                             "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+            for reader, _ in conns[:20]:
+                status = await asyncio.wait_for(reader.readline(), 10)
+                assert status.startswith(b"HTTP/1.1 101"), status
+        finally:
+            for _, writer in conns:
+                writer.close()
