@@ -6,7 +6,9 @@ router and N gateways sharing one port through SO_REUSEPORT; prints URLs, an API
 token and commands to try; then supervises. A child that dies is restarted, at most
 :data:`~switchboard.children.RESTART_LIMIT` times a minute per child, after which the
 supervisor gives up, stops everything and exits 1. SIGINT (Ctrl-C) or SIGTERM drains the
-gateways, stops the router, then Redis, and exits 0.
+gateways, stops the router, then Redis, and exits 0. SIGUSR1 replaces the gateways one at a
+time, the way a Kubernetes rolling update does: start a new one, wait until it is ready, drain
+the old one (its clients resume on the others) and wait until it has exited, then the next.
 
 The shutdown is ordered here, not left to the terminal's process-group Ctrl-C (children run
 in their own session, see :mod:`switchboard.children`): draining gateways still need Redis to
@@ -279,9 +281,9 @@ def cli_command(argv0: str, python: str) -> str:
 
 def banner(cfg: UpConfig, *, redis_url: str, private_redis: bool, token: str,
            pids: list[tuple[str, int]], cli: str = "switchboard",
-           cluster: ClusterSummary | None = None) -> str:
+           cluster: ClusterSummary | None = None, up_pid: int | None = None) -> str:
     """What ``switchboard up`` prints once the cluster is ready; ``cluster``: the private
-    Redis Cluster it started, if any."""
+    Redis Cluster it started, if any; ``up_pid``: the supervisor's own pid."""
     host = url_host(cfg.host)
     gw, router = f"{host}:{cfg.port}", f"http://{host}:{cfg.router_port}"
     q = shlex.quote
@@ -321,6 +323,8 @@ def banner(cfg: UpConfig, *, redis_url: str, private_redis: bool, token: str,
         "",
         "Processes: " + ", ".join(f"{name} pid {pid}" for name, pid in pids),
         "Ctrl-C drains the gateways and stops everything.",
+        f"kill -USR1 {up_pid if up_pid is not None else 'PID'} replaces the gateways one at a "
+        "time (a rolling restart): clients resume, nothing is lost.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -334,6 +338,10 @@ class Supervisor:
         self.environ = dict(environ)
         self.stop = threading.Event()  # set by SIGINT/SIGTERM/SIGHUP
         self.hurry = threading.Event()  # a second signal: skip the drain
+        self.roll_requested = threading.Event()  # SIGUSR1: a rolling restart of the gateways
+        self._to_roll: list[Child] = []  # gateways of the rolling restart not replaced yet
+        self._draining: Child | None = None  # the one it replaced last, until it has exited
+        self._rolled = False  # a rolling restart replaced a gateway and has not said "done"
         self.redis_url = cfg.redis_url or ""
         self.redis_dir: str | None = None
         self.redis: Child | None = None
@@ -354,10 +362,14 @@ class Supervisor:
             self.hurry.set()
         self.stop.set()
 
+    def _on_roll(self, signum: int, frame: FrameType | None) -> None:
+        self.roll_requested.set()
+
     @contextmanager
     def signals_handled(self) -> Iterator[None]:
         sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         previous = {s: signal.signal(s, self._on_signal) for s in sigs}
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_roll)
         try:
             yield
         finally:
@@ -506,6 +518,56 @@ class Supervisor:
             child.signal(signal.SIGTERM)  # by PID, through its Popen
             self.retiring.append(child)
 
+    # rolling restart
+
+    @property
+    def rolling(self) -> bool:
+        return bool(self._to_roll) or self._draining is not None
+
+    def start_roll(self) -> None:
+        """Begin replacing every gateway, one at a time (see :meth:`roll`)."""
+        if self.rolling:
+            log.info("a rolling restart is under way already")
+            return
+        self._to_roll = list(self.gateways)
+        log.info("rolling restart of %d gateway(s)", len(self._to_roll))
+
+    def roll(self) -> None:
+        """One step of a rolling restart: wait for the last replaced gateway to exit, then
+        start the next one's successor, wait until it is ready and drain the old one. Never
+        fewer ready gateways than before; at most one draining. Raises StartError (the
+        rolling restart is abandoned: the new gateway is restarted like any other) or
+        Interrupted."""
+        if self._draining is not None:
+            if self._draining.running():
+                return  # still moving its clients (_reap_retired kills it after the grace)
+            log.info("%s has drained and exited", self._draining.name)
+            self._draining = None
+        # gateways the autoscaler (or a crash loop) removed meanwhile need no replacing
+        self._to_roll = [g for g in self._to_roll if g in self.gateways]
+        if not self._to_roll:
+            if self._draining is None and self._rolled:
+                log.info("rolling restart done")
+                self._rolled = False
+            return
+        old = self._to_roll.pop(0)
+        new = Child(f"gateway-{self._next_gateway}", self._gateway_command, self._gateway_ready)
+        self._next_gateway += 1
+        self.gateways.append(new)
+        try:
+            self.start([new])
+        except StartError:
+            self._to_roll = []
+            raise
+        self.gateways.remove(old)
+        log.info("rolling restart: %s %s is ready; draining %s %s (pid %d), %d to go",
+                 new.name, new.ident, old.name, old.ident, old.pid, len(self._to_roll))
+        old.retire_by = time.monotonic() + DRAIN_GRACE
+        old.signal(signal.SIGTERM)  # by PID, through its Popen
+        self.retiring.append(old)
+        self._draining = old
+        self._rolled = True
+
     def autoscale(self, now: float) -> Decision | None:
         """One look by the autoscaler, if one is due, carried out; returns its decision."""
         if self._autoscaler is None or not self._autoscaler.due(now):
@@ -528,8 +590,14 @@ class Supervisor:
         """Watch children until a signal (return 0) or a child's restart budget runs out (1)."""
         while not self.stop.wait(TICK):
             self._reap_retired()
+            if self.roll_requested.is_set():
+                self.roll_requested.clear()
+                self.start_roll()
             try:
-                self.autoscale(time.monotonic())
+                if self.rolling:
+                    self.roll()  # the autoscaler waits: the two would fight over gateways
+                else:
+                    self.autoscale(time.monotonic())
             except StartError as exc:
                 log.warning("%s", exc)  # the new gateway is dead; restarted below
             except Interrupted:
@@ -619,7 +687,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(banner(cfg, redis_url=sup.redis_url,
                                     private_redis=cfg.redis_url is None, token=token, pids=pids,
                                     cli=cli_command(sys.argv[0], sys.executable),
-                                    cluster=summary))
+                                    cluster=summary, up_pid=os.getpid()))
             sys.stdout.flush()
             return sup.supervise()
         except Interrupted:

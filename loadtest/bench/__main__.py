@@ -1,6 +1,6 @@
 """``python -m loadtest.bench SCENARIO [options]``: run benchmark scenarios, print JSON.
 
-Scenarios: idle, fanout, unicast, resume, storm, or all of them in turn. Every scenario
+Scenarios: idle, fanout, unicast, resume, storm, rolling, or all of them in turn. Every scenario
 starts its own redis-server, gateways, router and baseline server on free loopback ports and
 stops them by PID when it ends. Sizes default to the documented targets (10,000 connections);
 ``make bench`` passes smaller ones that finish in a few minutes on two cores.
@@ -23,7 +23,7 @@ from typing import Any
 from loadtest.bench import cluster, common
 from loadtest.bench.noise import Noise
 
-SCENARIOS = ("idle", "fanout", "unicast", "resume", "storm")
+SCENARIOS = ("idle", "fanout", "unicast", "resume", "storm", "rolling")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", choices=[*SCENARIOS, "all"])
     p.add_argument("--connections", type=int, default=None,
-                   help="connections for idle/fanout/storm (default 10000)")
+                   help="connections for idle/fanout/storm/rolling (default 10000)")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds per measured phase (default 10)")
     p.add_argument("--rate", type=float, default=2.0, help="fanout fixed broadcasts/s")
@@ -44,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=100, help="unicast messages per batch request")
     p.add_argument("--messages", type=int, default=1000, help="resume: messages to replay")
     p.add_argument("--runs", type=int, default=7, help="resume: repetitions")
-    p.add_argument("--storm-rate", type=float, default=1.0, help="storm broadcasts/s")
+    p.add_argument("--storm-rate", type=float, default=1.0,
+                   help="storm and rolling broadcasts/s")
+    p.add_argument("--drain-window", type=float, default=None,
+                   help="rolling: seconds each old gateway takes to move its clients (10)")
+    p.add_argument("--accept-rate", type=float, default=None,
+                   help="rolling: the gateways' SWITCHBOARD_ACCEPT_RATE (default 1000)")
     p.add_argument("--gateways", type=int, default=2, help="gateways (idle/fanout/unicast)")
     p.add_argument("--workers", type=int, default=0,
                    help="client processes (default: one per 8,500 connections, at least 2)")
@@ -138,6 +143,15 @@ async def run_one(name: str, a: argparse.Namespace) -> dict[str, Any]:
         return await storm.run(**sized(connections=a.connections, rate=a.storm_rate,
                                        pad=a.pad, workers=a.workers, profile_dir=a.profile),
                                redis_shards=shards)
+    if name == "rolling":
+        if shards:
+            raise SystemExit("rolling: runs `switchboard up` on one redis-server only")
+        from loadtest.bench import rolling
+
+        return await rolling.run(**sized(connections=a.connections, rate=a.storm_rate,
+                                         pad=a.pad, workers=a.workers,
+                                         drain_window=a.drain_window,
+                                         accept_rate=a.accept_rate))
     raise ValueError(name)
 
 

@@ -70,7 +70,7 @@ class Publisher:
         self._stop.set()
 
 
-async def _report(pool: Pool, since: float) -> dict[str, Any]:
+async def fleet_report(pool: Pool, since: float) -> dict[str, Any]:
     parts = await pool.call_all("storm_report", since=since)
     errors: Counter[str] = Counter()
     gateways: Counter[str] = Counter()
@@ -117,9 +117,9 @@ async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
         killed_at = time.time()
         os.kill(victim.pid, signal.SIGKILL)  # a process we started, by PID
         deadline = time.monotonic() + give_up_s
-        report = await _report(pool, killed_at)
+        report = await fleet_report(pool, killed_at)
         while time.monotonic() < deadline:
-            report = await _report(pool, killed_at)
+            report = await fleet_report(pool, killed_at)
             if report["lost"] >= held and report["waiting"] == 0:
                 break
             await asyncio.sleep(0.2)
@@ -130,7 +130,7 @@ async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
         pub_task = None
         top = publisher.top
         audits = await pool.call_all("audit", stream="broadcast", top=top, wait=30.0)
-        final = await _report(pool, killed_at)
+        final = await fleet_report(pool, killed_at)
         if spy_file is not None:
             profiled = profile.finish(spy, spy_file)
     finally:

@@ -50,6 +50,15 @@ def test_unicast_through_the_router_delivers_every_accepted_publish(tmp_path: Pa
     assert r["baseline_floor"][0]["delivered"] == r["baseline_floor"][0]["published"]["sent"]
 
 
+def test_rolling_restart_moves_every_client_and_loses_nothing(tmp_path: Path) -> None:
+    r = bench(tmp_path, "rolling", "--connections", "200", "--drain-window", "1")
+    assert r["rolled"] and r["connections"] == 200
+    # both original gateways were replaced: every client was moved at least once
+    assert r["moved_clients"] == 200 and r["resumed_clients"] >= 200 and r["still_waiting"] == 0
+    assert r["published"] > 0 and r["final_offset"] > 0
+    assert r["targets"] == {"zero loss": True, "accepts within admission": True}
+
+
 def test_fanout_reaches_every_connection_on_both_servers(tmp_path: Path) -> None:
     r = bench(tmp_path, "fanout", "--connections", "200", "--duration", "1")
     assert r["redis"] == "single"  # no --redis-shards: the one redis-server, as before

@@ -253,3 +253,48 @@ def test_shrinking_drains_the_newest_gateways_first() -> None:
     assert sup.retiring == []
     sup.shutdown()
     assert not sup.gateways[0].running()
+
+
+def test_a_rolling_restart_replaces_one_gateway_at_a_time(tmp_path: Path) -> None:
+    """Each gateway's successor is started and ready before it is drained, and the next one
+    waits until the drained one has exited: never fewer serving, at most one draining."""
+    sup = Supervisor(CFG, {})
+    release = tmp_path / "release"
+    # a gateway that, told to drain, takes until the test releases it; ready once its
+    # handler is in place (it touches the file named after it)
+    code = ("import pathlib, signal, sys, time\n"
+            f"def drain(*_):\n    while not pathlib.Path({str(release)!r}).exists():\n"
+            "        time.sleep(0.02)\n    sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, drain)\npathlib.Path(sys.argv[1]).touch()\n"
+            "time.sleep(60)")
+
+    def command(c: Child) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-c", code, str(tmp_path / c.name)], {}
+
+    def ready(c: Child) -> bool:
+        return (tmp_path / c.name).exists()
+
+    sup._gateway_command = command  # type: ignore[method-assign]
+    sup._gateway_ready = ready  # type: ignore[method-assign]
+    sup.gateways = [Child(f"gateway-{i}", command, ready) for i in (1, 2)]
+    sup._next_gateway = 3
+    sup.start(list(sup.gateways))
+    first, second = sup.gateways
+    try:
+        sup.start_roll()
+        sup.roll()
+        assert [g.name for g in sup.gateways] == ["gateway-2", "gateway-3"]
+        assert all(g.running() for g in sup.gateways) and sup.retiring == [first]
+        sup.roll()  # gateway-1 is still draining: gateway-2 must wait
+        assert [g.name for g in sup.gateways] == ["gateway-2", "gateway-3"]
+        release.touch()
+        assert first.proc is not None and first.proc.wait(timeout=10) == 0
+        sup.roll()
+        assert [g.name for g in sup.gateways] == ["gateway-3", "gateway-4"]
+        assert second.proc is not None and second.proc.wait(timeout=10) == 0
+        assert sup.rolling
+        sup.roll()
+        assert not sup.rolling and all(g.running() for g in sup.gateways)
+    finally:
+        release.touch()
+        sup.shutdown()
