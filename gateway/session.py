@@ -20,6 +20,8 @@ HELD = -1
 NOT_FOLLOWED = 0
 NEXT = 1
 
+_NOTHING_HELD: list[Outgoing] = []  # never appended to: only ready sessions point at it
+
 
 class Session:
     __slots__ = ("_epochs", "_offsets", "held", "joining", "ready", "session_id", "user")
@@ -103,12 +105,15 @@ class Session:
     def hold(self) -> None:
         """Hold live messages again (a paced replay is going out); :meth:`start` releases
         them behind it."""
+        self.held = []
         self.ready = False
 
     def start(self, replay: list[Outgoing] | None = None) -> list[Outgoing]:
         """Welcome sent: the replay, then the held live messages that are still news."""
         self.ready = True
-        held, self.held = self.held, []
+        # Nothing is held while ready: every ready session shares one empty list (hold()
+        # gives it its own again), instead of keeping one per connection for its lifetime.
+        held, self.held = self.held, _NOTHING_HELD
         return [out for out in [*(replay or []), *held] if self.offer(out) > 0]
 
     def cursor(self) -> str:

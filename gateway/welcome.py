@@ -15,7 +15,7 @@ import logging
 from gateway import commands, resume
 from gateway.attach import attach
 from gateway.errors import BackendUnavailable
-from gateway.ports import Client, Services
+from gateway.ports import NO_REQUEST, Client, Services
 from gateway.wire import Outgoing
 from switchboard import contract, streams
 from switchboard.closecodes import Close
@@ -66,6 +66,7 @@ async def welcome(svc: Services, conn: Client) -> None:
         }
     )
     announce_channels(conn, outcome)
+    conn.request = NO_REQUEST  # its cursor and channels are settled: not kept per connection
     if not await conn.send_replay(session.start([Outgoing(m) for m in outcome.replay])):
         return
     pending, conn.pending_commands = conn.pending_commands or [], None
