@@ -18,7 +18,7 @@ from typing import Any
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 from gateway.ports import NO_REQUEST, ConnectionHooks, ConnectRequest, Services
@@ -51,12 +51,13 @@ class BaseConnection(asyncio.Protocol):
     )
 
     def __init__(self, svc: Services, hooks: ConnectionHooks, ws: ServerProtocol) -> None:
-        """``ws`` is the protocol that parses the HTTP request."""
+        """``ws`` is the protocol that parses the HTTP request (replaced by a plain
+        ``Protocol`` once a WebSocket is open)."""
         self.svc = svc
         self.hooks = hooks
         self.phase = Phase.HANDSHAKE
         self.conn_id = streams.random_id(10)
-        self.ws = ws
+        self.ws: Protocol = ws
         self.transport: Transport = None  # type: ignore[assignment]  # set on handshake
         self.session: Session = None  # type: ignore[assignment]
         self.writer: Writer | None = None

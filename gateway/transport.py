@@ -26,7 +26,7 @@ from gateway.wire import Outgoing, Wire
 from switchboard import closecodes
 
 if TYPE_CHECKING:
-    from websockets.server import ServerProtocol
+    from websockets.protocol import Protocol as WsProtocol
 
     from gateway.ports import Services
     from gateway.session import Session
@@ -155,7 +155,7 @@ class Owner(Protocol):
 
     svc: Services
     session: Session
-    ws: ServerProtocol  # websockets' protocol: OPEN after a WebSocket handshake
+    ws: WsProtocol  # websockets' protocol: OPEN after a WebSocket handshake
     last_seen: float  # loop time of the peer's last bytes (SSE: of our last ping)
     ping_sent: float | None  # loop time of the WebSocket ping not answered yet
 
