@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from typing import Any
 
 from websockets.exceptions import NegotiationError
+from websockets.extensions import Extension
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
@@ -52,6 +54,8 @@ def _select_subprotocol(
     return None
 
 
+_PROTOCOL_ID = uuid.UUID(int=0)
+_NO_EXTENSIONS: list[Extension] = []  # never appended to: no extension is negotiated
 _WS_LOG = logging.getLogger("websockets.server")
 
 
@@ -133,6 +137,11 @@ class Connection(BaseConnection):
         leftover = bytes(self.ws.reader.buffer)
         opened = Protocol(Side.SERVER, state=State.OPEN,
                           max_size=self.svc.settings.max_message_size, logger=_WS_LOG)
+        # Two per-connection objects websockets only ever reads, shared instead (~150 bytes a
+        # connection): the id it keeps for logs (ours carry conn_id) and its extensions list
+        # (we negotiate none).
+        opened.id = _PROTOCOL_ID
+        opened.extensions = _NO_EXTENSIONS
         self.ws = opened
         if leftover:
             opened.receive_data(leftover)
