@@ -57,6 +57,9 @@ def _select_subprotocol(
 _PROTOCOL_ID = uuid.UUID(int=0)
 _NO_EXTENSIONS: list[Extension] = []  # never appended to: no extension is negotiated
 _WS_LOG = logging.getLogger("websockets.server")
+# An event stream speaks no WebSocket: its connections share this closed, empty protocol,
+# which answers the calls made without looking at the phase (it has nothing to send).
+_SSE_PROTOCOL = Protocol(Side.SERVER, state=State.CLOSED, logger=_WS_LOG)
 
 
 class Connection(BaseConnection):
@@ -156,6 +159,8 @@ class Connection(BaseConnection):
         self._tcp.write(b"retry: %d\n\n" % random.randint(1000, 5000))
         self.writer = self.hooks.new_writer(self._tcp, self._slow_consumer)
         self.phase = Phase.SSE
+        # The handshake protocol would keep the parsed request for the stream's lifetime.
+        self.ws = _SSE_PROTOCOL
         self.transport = SseTransport(self, self.writer)
         self._begin(claims)
 

@@ -4,7 +4,8 @@ One gateway on a private redis-server (or, with ``--redis-shards N``, a private 
 of N masters and N replicas); this process opens ``--connections`` WebSocket connections of
 distinct users (SSE with ``--sse``), ``--concurrency`` at a time, each until its ``welcome``
 (and, with ``--replay N``, the N missed broadcasts its cursor resumes), and keeps them open.
-Prints the gateway's CPU (user + system, from /proc) per connect and the connects per second.
+Prints the gateway's CPU (user + system, from /proc) per connect, the connects per second, and
+the gateway's RSS growth per held connection.
 The client's own CPU is not counted: it runs in this process. What a reconnect storm costs a
 gateway is this figure times the clients that come back. To compare two commits, run it from
 a worktree of each with ``PYTHONPATH`` set to that worktree.
@@ -32,6 +33,13 @@ from switchboard.store import Store, Target
 from tests.support import JWT_SECRET, Proc, start_gateway, start_redis
 
 TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -109,6 +117,7 @@ async def measure_baseline(base: Baseline, n: int, concurrency: int) -> dict[str
 
 async def _measure(pid: int, port: int, n: int, concurrency: int, sse: bool = False,
                    query: str = "", replay: int = 0, welcome: bool = True) -> dict[str, Any]:
+    rss_before = rss_kib(pid)
     before = cpu_seconds(pid)
     started = time.perf_counter()
     conns = await open_all(port, n, concurrency, sse, query, replay, welcome)
@@ -116,10 +125,12 @@ async def _measure(pid: int, port: int, n: int, concurrency: int, sse: bool = Fa
     # the heartbeat and a few late callbacks belong to the connects too: let them land
     await asyncio.sleep(0.5)
     used = cpu_seconds(pid) - before
+    held_kib = rss_kib(pid) - rss_before  # what the open connections hold (RSS growth)
     for conn in conns:
         await conn.close()
     return {"connections": n, "transport": "sse" if sse else "ws", "replayed": replay,
             "gateway_cpu_us_per_connect": round(1e6 * used / n),
+            "rss_kib_per_connection": round(held_kib / n, 2),
             "connects_per_s": round(n / seconds)}
 
 
