@@ -25,13 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from loadtest.bench import common
 from loadtest.bench.stats import peak_rate
-from loadtest.bench.storm import Publisher, fleet_report
+from loadtest.bench.storm import Publisher, audit_totals, fleet_report
 from loadtest.bench.workers import Pool, workers_for
 from switchboard.config import RedisSettings
 from switchboard.store import Store
@@ -110,9 +109,7 @@ async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
         pool.close()
         terminate(up, 60)
         redis.stop()
-    totals: Counter[str] = Counter()
-    for a in audits:
-        totals.update({k: v for k, v in a.items() if isinstance(v, int)})
+    totals = audit_totals(audits)
     resumed = sorted(t - began for t in final["resumed"])
     accepts = [t for t in final["accepts"] if t >= began]
     peak, in_bucket = peak_rate(accepts, 0.1)

@@ -70,6 +70,14 @@ class Publisher:
         self._stop.set()
 
 
+def audit_totals(audits: list[dict[str, Any]]) -> Counter[str]:
+    """The workers' audits summed (lost, duplicates, behind, replayed...)."""
+    totals: Counter[str] = Counter()
+    for a in audits:
+        totals.update({k: v for k, v in a.items() if isinstance(v, int)})
+    return totals
+
+
 async def fleet_report(pool: Pool, since: float) -> dict[str, Any]:
     parts = await pool.call_all("storm_report", since=since)
     errors: Counter[str] = Counter()
@@ -140,9 +148,7 @@ async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
         await store.aclose()
         pool.close()
         cluster.stop()
-    totals: Counter[str] = Counter()
-    for a in audits:
-        totals.update({k: v for k, v in a.items() if isinstance(v, int)})
+    totals = audit_totals(audits)
     resumed = sorted(t - killed_at for t in final["resumed"])
     accepts = [t for t in final["accepts"] if t >= killed_at]
     peak, in_bucket = peak_rate(accepts, 0.1)
