@@ -140,7 +140,7 @@ class Delivery:
     async def _catch_up(self) -> None:
         """Bring every followed stream up to its top from the log."""
         tracker = self.svc.tracker
-        reading = tracker.reading()  # what the tops are compared with: they are read from now
+        first = reading = tracker.reading()  # what the tops are compared with: read from now
         for _ in range(CATCH_UP_ROUNDS):
             try:
                 tops = await retrying("catch-up", partial(self.svc.backplane.read_tops,
@@ -153,7 +153,7 @@ class Delivery:
             self._run(steps)
             if not steps.stale:
                 return
-            reading = tracker.reading(steps.stale)
+            reading = tracker.reread(first, steps.stale)
         # Still moving between epochs: their next live message is checked as ever.
         log.warning("catch-up: %d streams kept changing epoch while read", len(reading.keys))
 

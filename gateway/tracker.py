@@ -154,12 +154,14 @@ class Tracker:
                 self._waiting[key] = []
                 self._unverified.add(key)
 
-    def reading(self, keys: list[str] | None = None) -> Reading:
-        """Taken just before the tops of a catch-up are read (its keys are the ones to read):
-        every followed stream, or those of ``keys`` still followed."""
-        if keys is None:
-            return Reading(dict(self._seen), self._holds)
-        return Reading({k: self._seen[k] for k in keys if k in self._seen}, self._holds)
+    def reading(self) -> Reading:
+        """Taken just before the tops of a catch-up are read (its keys are the ones to read)."""
+        return Reading(dict(self._seen), self._holds)
+
+    def reread(self, first: Reading, keys: list[str]) -> Reading:
+        """The next round of the catch-up that began with ``first``, for ``keys``: streams
+        held since ``first`` stay the business of the catch-up after their subscription."""
+        return Reading({k: self._seen[k] for k in keys if k in self._seen}, first.holds)
 
     def _checkable(self, key: str, reading: Reading) -> bool:
         """May this catch-up settle ``key``? Not a stream held by a hold_all() that came after
@@ -252,7 +254,7 @@ class Tracker:
         """The tops could not be read: stop holding and let live gap detection take over."""
         steps = Steps()
         for key in list(self._unverified):
-            if not self._checkable(key, reading):
+            if key not in reading.positions or not self._checkable(key, reading):
                 continue
             self._unverified.discard(key)
             steps.add(*self._release(key))

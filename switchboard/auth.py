@@ -19,6 +19,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,9 @@ _FAST_HEADER = frozenset({"alg", "typ"})
 _FAST_CLAIMS = frozenset({"sub", "exp", "iat", "nbf", "channels", "publish"})
 
 
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")  # unpadded base64url, what PyJWT's tokens use
+
+
 def _b64(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
@@ -92,6 +96,12 @@ class Verifier:
                 raise ValueError(f"algorithm {self.algorithm} does not use a shared secret")
         else:
             raise ValueError("a JWT secret or public key is required unless auth is disabled")
+        if not public_key:
+            try:  # PyJWT refuses secrets that look like PEM or SSH keys, for every token
+                jwt.get_algorithm_by_name(self.algorithm).prepare_key(self.key)
+            except jwt.InvalidKeyError as exc:
+                raise ValueError(f"the JWT secret cannot be used for {self.algorithm}: {exc}"
+                                 ) from None
         self._digest = _DIGESTS.get(self.algorithm) if not public_key else None
         self._secret = self.key.encode()
 
@@ -110,9 +120,14 @@ class Verifier:
         if len(parts) != 3:
             return None
         head, body, sig = parts
+        if not (_SEGMENT.fullmatch(head) and _SEGMENT.fullmatch(body)):
+            return None  # padding, or characters base64url has not: PyJWT decides
         try:
             mac = hmac.new(self._secret, f"{head}.{body}".encode(), self._digest).digest()
-            if not hmac.compare_digest(mac, _b64(sig)):
+            # The signature must be exactly the canonical encoding: a lenient decode would
+            # take altered forms of it (extra padding, other characters) that PyJWT refuses.
+            if not hmac.compare_digest(base64.urlsafe_b64encode(mac).rstrip(b"="),
+                                       sig.encode()):
                 return None
             header = json.loads(_b64(head))
             payload = json.loads(_b64(body))
@@ -144,7 +159,7 @@ class Verifier:
             )
         except jwt.ExpiredSignatureError as exc:
             raise TokenError("token expired") from exc
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidTokenError, and key errors (public keys)
             raise TokenError(f"invalid token: {exc}") from exc
         return _claims(payload)
 

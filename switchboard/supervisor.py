@@ -536,7 +536,7 @@ class Supervisor:
         """One step of a rolling restart: wait for the last replaced gateway to exit, then
         start the next one's successor, wait until it is ready and drain the old one. Never
         fewer ready gateways than before; at most one draining. Raises StartError (the
-        rolling restart is abandoned: the new gateway is restarted like any other) or
+        rolling restart is abandoned, its failed successor dropped, the old gateway kept) or
         Interrupted."""
         if self._draining is not None:
             if self._draining.running():
@@ -557,7 +557,14 @@ class Supervisor:
         try:
             self.start([new])
         except StartError:
+            # Broken new code must not crash-loop through the restart budget and take the
+            # healthy old gateways down with it: drop the successor, keep the old one.
             self._to_roll = []
+            self.gateways.remove(new)
+            if new.running():  # started but never ready
+                new.signal(signal.SIGKILL)
+                if new.proc is not None:
+                    new.proc.wait(5)
             raise
         self.gateways.remove(old)
         log.info("rolling restart: %s %s is ready; draining %s %s (pid %d), %d to go",

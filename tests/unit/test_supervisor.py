@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from switchboard.auth import Verifier
-from switchboard.children import Child, RestartBudget, describe_exit
+from switchboard.children import Child, RestartBudget, StartError, describe_exit
 from switchboard.supervisor import (
     Supervisor,
     UpConfig,
@@ -297,4 +297,26 @@ def test_a_rolling_restart_replaces_one_gateway_at_a_time(tmp_path: Path) -> Non
         assert not sup.rolling and all(g.running() for g in sup.gateways)
     finally:
         release.touch()
+        sup.shutdown()
+
+
+def test_a_rolling_restart_whose_successor_fails_keeps_the_old_gateways() -> None:
+    """New code that does not start must not crash-loop through the restart budget and take
+    the healthy gateways down with it."""
+    sup = Supervisor(CFG, {})
+    sup._gateway_command = lambda c: (  # type: ignore[method-assign]
+        [sys.executable, "-c", "import sys; sys.exit(3)"], {})
+    sup._gateway_ready = lambda c: False  # type: ignore[method-assign]
+    code = "import time; time.sleep(60)"
+    sup.gateways = [python_child(f"gateway-{i}", code) for i in (1, 2)]
+    sup._next_gateway = 3
+    sup.start(list(sup.gateways))
+    old = list(sup.gateways)
+    try:
+        sup.start_roll()
+        with pytest.raises(StartError):
+            sup.roll()
+        assert sup.gateways == old and all(g.running() for g in old)
+        assert not sup.rolling and sup.retiring == []
+    finally:
         sup.shutdown()

@@ -67,7 +67,8 @@ header_changes = st.dictionaries(
 @given(header_change=header_changes, claim_change=claim_changes,
        drop=st.sampled_from([None, None, None, "sub", "exp"]),
        as_list=st.integers(0, 20), wrong_secret=st.integers(0, 5),
-       tamper=st.sampled_from(["", "", "", "", "sig", "body", "dots"]))
+       tamper=st.sampled_from(["", "", "", "", "sig", "body", "dots", "sig=", "sig==",
+                               "sig!!", "sig+/", "body=", "head=", "body~"]))
 def test_the_fast_path_never_accepts_what_pyjwt_refuses(
     header_change: dict[str, Any], claim_change: dict[str, Any], drop: str | None,
     as_list: int, wrong_secret: int, tamper: str
@@ -87,6 +88,18 @@ def test_the_fast_path_never_accepts_what_pyjwt_refuses(
         tok = f"{head}.{body[:-1] + ('A' if body[-1] != 'A' else 'B')}.{sig}"
     elif tamper == "dots":
         tok = tok + ".x"
+    elif tamper in ("sig=", "sig==", "sig!!"):  # the signature, decodable still, not canonical
+        tok = tok + tamper[3:]
+    elif tamper == "sig+/":
+        head, body, sig = tok.split(".")
+        tok = f"{head}.{body}.{sig.replace('-', '+').replace('_', '/')}"
+    elif tamper in ("body=", "head=", "body~"):
+        head, body, sig = tok.split(".")
+        if tamper == "head=":
+            head += "="
+        else:
+            body += tamper[4:]
+        tok = f"{head}.{body}.{sig}"
     fast = v._fast(tok)
     slow = outcome(v._pyjwt, tok)
     if fast is not None:
@@ -124,3 +137,18 @@ def test_a_token_of_another_algorithm_than_configured_is_refused() -> None:
     tok = mint(SECRET, "alice", algorithm="HS512")
     with pytest.raises(TokenError):
         Verifier(secret=SECRET, algorithm="HS256").verify(tok)
+
+
+@pytest.mark.parametrize("suffix", ["=", "==", "====", "!!!!", "\n"])
+def test_a_valid_signature_written_another_way_is_not_taken(suffix: str) -> None:
+    v = Verifier(secret=SECRET)
+    tok = mint(SECRET, "alice") + suffix
+    assert v._fast(tok) is None
+    assert outcome(v.verify, tok) == outcome(v._pyjwt, tok)
+
+
+def test_a_secret_pyjwt_refuses_is_refused_at_start() -> None:
+    pem = ("-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n"
+           "-----END PUBLIC KEY-----\n")
+    with pytest.raises(ValueError, match="cannot be used for HS256"):
+        Verifier(secret=pem)

@@ -322,7 +322,7 @@ def test_another_epoch_read_while_a_new_one_arrived_live_is_read_again() -> None
     assert offsets(t.live(m(B, "E3", 1))[0]) == [("E3", 1)]
     assert t.catch_up(reading, {B: Position("E2", 5)}) == Steps(stale=[B])
     assert t.position(B) == Position("E3", 1)
-    again = t.reading([B])
+    again = t.reread(reading, [B])
     assert t.catch_up(again, {B: Position("E3", 3)}).fills == [Fill(B, "E3", 2, 3)]
 
 
@@ -336,4 +336,24 @@ def test_a_catch_up_read_before_the_streams_were_held_leaves_them_to_the_next_on
     t.live(stamped(U, "E", 9, 2009))  # offset 9 again, from the new subscription
     assert t.catch_up(early, {U: Position("E", 9)}) == Steps()
     assert t.release_all(early) == Steps() and t.holding(U)
+    assert t.catch_up(t.reading(), {U: Position("E", 9)}).regressed == [(U, "E")]
+
+
+def test_a_later_round_leaves_streams_held_since_the_catch_up_began_to_their_own() -> None:
+    # A catch-up's first round found B moved to a new epoch while read (to be read again);
+    # meanwhile pub/sub reconnected and U is held for the catch-up of that subscription.
+    # Round two cannot read the tops: it must not release U unchecked, or a reused offset
+    # the new subscription brings would be delivered as news.
+    t = Tracker()
+    delivered_up_to(t, U, 10)
+    t.follow(B, Position("E1", 8))
+    first = t.reading()
+    _, fill = t.live(m(B, "E3", 3))  # a new epoch: its fill is under way...
+    assert fill is not None
+    t.hold_all()  # ... so only U is held by the reconnect
+    t.live(stamped(U, "E", 9, 2009))  # offset 9 again, held
+    t.complete(fill, [m(B, "E3", 1), m(B, "E3", 2)])
+    assert t.catch_up(first, {B: Position("E2", 5), U: Position("E", 9)}) == Steps(stale=[B])
+    again = t.reread(first, [B])
+    assert t.release_all(again) == Steps() and t.holding(U)
     assert t.catch_up(t.reading(), {U: Position("E", 9)}).regressed == [(U, "E")]
