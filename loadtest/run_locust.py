@@ -28,13 +28,19 @@ UP_TIMEOUT = 60.0  # seconds for `switchboard up` to print its banner
 STOP_GRACE = 45.0  # the supervisor drains gateways for up to 30 s
 
 
+def up_argv(port: int, router_port: int, gateways: int, secret: str, key: str) -> list[str]:
+    """``switchboard up``'s arguments. Secrets as ``--flag=value``: a random urlsafe one
+    starts with "-" one time in 32, and argparse would take it for an option."""
+    return ["up", "--port", str(port), "--router-port", str(router_port),
+            "--gateways", str(gateways), f"--jwt-secret={secret}", f"--api-key={key}"]
+
+
 def start_cluster(port: int, router_port: int, gateways: int, secret: str, key: str,
                   log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "switchboard.cli", "up", "--port", str(port),
-             "--router-port", str(router_port), "--gateways", str(gateways),
-             "--jwt-secret", secret, "--api-key", key],
+            [sys.executable, "-m", "switchboard.cli",
+             *up_argv(port, router_port, gateways, secret, key)],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
             # drop inherited SWITCHBOARD_* settings: this run's cluster is fully described here
             env={k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")},

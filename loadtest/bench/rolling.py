@@ -59,7 +59,7 @@ def start_up(redis_url: str, log: Path, accept_rate: float,
         up = subprocess.Popen(
             [sys.executable, "-m", "switchboard.cli", "up", "--redis", redis_url,
              "--port", str(port), "--router-port", str(router_port), "--gateways", "2",
-             "--no-autoscale", "--api-key", API_KEY, "--jwt-secret", JWT_SECRET],
+             "--no-autoscale", f"--api-key={API_KEY}", f"--jwt-secret={JWT_SECRET}"],
             stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     return up, port
 

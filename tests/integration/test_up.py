@@ -216,8 +216,8 @@ def test_a_rolling_restart_replaces_every_gateway_and_loses_nothing(tmp_path: Pa
     moved and resumes, and every acknowledged message reaches it exactly once, with no
     history lost."""
     log = tmp_path / "up.log"
-    up, port, router_port = start_up(log, "--no-autoscale", "--api-key", API_KEY,
-                                     "--jwt-secret", JWT_SECRET,
+    up, port, router_port = start_up(log, "--no-autoscale", f"--api-key={API_KEY}",
+                                     f"--jwt-secret={JWT_SECRET}",
                                      SWITCHBOARD_DRAIN_WINDOW="2")
     try:
         wait_for_banner(up, log, 90)
