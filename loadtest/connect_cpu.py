@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -25,26 +24,12 @@ from typing import Any
 import uvloop
 from websockets.asyncio.client import connect
 
-from loadtest.bench.cluster import Baseline, start_baseline
+from loadtest.bench.cluster import Baseline, cpu_seconds, rss_kib, start_baseline
 from switchboard.auth import mint
 from switchboard.config import RedisSettings
 from switchboard.limits import raise_nofile_limit
 from switchboard.store import Store, Target
 from tests.support import JWT_SECRET, Proc, start_gateway, start_redis
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 class SseConn:
