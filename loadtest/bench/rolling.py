@@ -73,14 +73,13 @@ async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
     pool = Pool(workers or workers_for(connections, 2))
     store = Store.open(RedisSettings(redis_url=redis.url, redis_timeout=10), "bench-rolling")
     publisher = Publisher(store, rate, pad)
-    pub_task: asyncio.Task[None] | None = None
     try:
         wait_for_banner(up, log, 90)
         target = common.Target("switchboard", port, True, [])
         conn = await common.connect(pool, target, [f"roll{i}" for i in range(connections)],
                                     track=True)
         await pool.call_all("storm_mode", on=True)
-        pub_task = asyncio.create_task(publisher.run())
+        publisher.start()
         await asyncio.sleep(lead)
         began = time.time()
         up.send_signal(signal.SIGUSR1)  # the supervisor we started, by PID
@@ -94,17 +93,13 @@ async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
             await asyncio.sleep(0.2)
             report = await fleet_report(pool, began)
         await asyncio.sleep(tail)  # keep publishing to the moved clients for a while
-        publisher.stop()
-        await pub_task
-        pub_task = None
+        await publisher.finish()
         audits = await pool.call_all("audit", stream="broadcast", top=publisher.top, wait=30.0)
         final = await fleet_report(pool, began)
         up.send_signal(signal.SIGINT)
         wait_until(lambda: up.poll() is not None, 60, "switchboard up to stop")
     finally:
-        publisher.stop()
-        if pub_task is not None:
-            await asyncio.wait([pub_task], timeout=10)
+        await publisher.close()
         await store.aclose()
         pool.close()
         terminate(up, 60)

@@ -49,6 +49,23 @@ class Publisher:
         self.sent = 0
         self.failed = 0
         self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run())
+
+    async def finish(self) -> None:
+        """Stop, and wait for the publish in flight: ``top`` is then final."""
+        self._stop.set()
+        if self._task is not None:
+            task, self._task = self._task, None
+            await task
+
+    async def close(self) -> None:
+        """Stop, waiting a bounded time (a scenario that failed midway cleans up)."""
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=10)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -65,9 +82,6 @@ class Publisher:
             if delay > 0:
                 with contextlib.suppress(TimeoutError):  # the usual case: time to publish
                     await asyncio.wait_for(self._stop.wait(), delay)
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 def audit_totals(audits: list[dict[str, Any]]) -> Counter[str]:
@@ -109,7 +123,6 @@ async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
     store = Store.open(RedisSettings(redis_url=cluster.redis_url, redis_timeout=10),
                        "bench-storm")
     publisher = Publisher(store, rate, pad)
-    pub_task: asyncio.Task[None] | None = None
     try:
         sb, _ = common.targets(cluster)
         conn = await common.connect(pool, sb, [f"storm{i}" for i in range(connections)],
@@ -118,7 +131,7 @@ async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
         victim = cluster.gateways[0]
         held = conn["gateways"].get(victim_id, 0)
         await pool.call_all("storm_mode", on=True)
-        pub_task = asyncio.create_task(publisher.run())
+        publisher.start()
         await asyncio.sleep(lead)
         survivor = cluster.gateways[1].pid
         spy = profile.start(survivor, profile_seconds, spy_file) if spy_file else None
@@ -133,18 +146,14 @@ async def run(connections: int = 10_000, rate: float = 1.0, lead: float = 3.0,
             await asyncio.sleep(0.2)
         resumed_by = time.time()
         await asyncio.sleep(tail)  # keep publishing to the resumed clients for a while
-        publisher.stop()
-        await pub_task
-        pub_task = None
+        await publisher.finish()
         top = publisher.top
         audits = await pool.call_all("audit", stream="broadcast", top=top, wait=30.0)
         final = await fleet_report(pool, killed_at)
         if spy_file is not None:
             profiled = profile.finish(spy, spy_file)
     finally:
-        publisher.stop()
-        if pub_task is not None:
-            await asyncio.wait([pub_task], timeout=10)
+        await publisher.close()
         await store.aclose()
         pool.close()
         cluster.stop()
