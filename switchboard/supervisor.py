@@ -341,7 +341,6 @@ class Supervisor:
         self.roll_requested = threading.Event()  # SIGUSR1: a rolling restart of the gateways
         self._to_roll: list[Child] = []  # gateways of the rolling restart not replaced yet
         self._draining: Child | None = None  # the one it replaced last, until it has exited
-        self._rolled = False  # a rolling restart replaced a gateway and has not said "done"
         self.redis_url = cfg.redis_url or ""
         self.redis_dir: str | None = None
         self.redis: Child | None = None
@@ -502,21 +501,27 @@ class Supervisor:
         """Grow to ``n`` gateways (waiting until the new ones are ready) or shrink to ``n`` by
         draining the gateways whose ids are in ``drain`` first, then the newest."""
         if n > len(self.gateways):
-            new = []
-            for _ in range(n - len(self.gateways)):
-                new.append(Child(f"gateway-{self._next_gateway}", self._gateway_command,
-                                 self._gateway_ready))
-                self._next_gateway += 1
+            new = [self._new_gateway() for _ in range(n - len(self.gateways))]
             self.gateways.extend(new)
             self.start(new)
         chosen = [g for g in self.gateways if g.ident in drain]
         while len(self.gateways) > n:
-            child = chosen.pop(0) if chosen else self.gateways[-1]
-            self.gateways.remove(child)
-            log.info("draining %s %s (pid %d)", child.name, child.ident, child.pid)
-            child.retire_by = time.monotonic() + DRAIN_GRACE
-            child.signal(signal.SIGTERM)  # by PID, through its Popen
-            self.retiring.append(child)
+            self._drain(chosen.pop(0) if chosen else self.gateways[-1])
+
+    def _new_gateway(self) -> Child:
+        child = Child(f"gateway-{self._next_gateway}", self._gateway_command,
+                      self._gateway_ready)
+        self._next_gateway += 1
+        return child
+
+    def _drain(self, child: Child) -> None:
+        """Take ``child`` out of the gateways and drain it (killed if still up after the
+        grace, by _reap_retired)."""
+        self.gateways.remove(child)
+        log.info("draining %s %s (pid %d)", child.name, child.ident, child.pid)
+        child.retire_by = time.monotonic() + DRAIN_GRACE
+        child.signal(signal.SIGTERM)  # by PID, through its Popen
+        self.retiring.append(child)
 
     # rolling restart
 
@@ -533,8 +538,9 @@ class Supervisor:
         log.info("rolling restart of %d gateway(s)", len(self._to_roll))
 
     def roll(self) -> None:
-        """One step of a rolling restart: wait for the last replaced gateway to exit, then
-        start the next one's successor, wait until it is ready and drain the old one. Never
+        """One step of a rolling restart (called while :attr:`rolling`): wait for the last
+        replaced gateway to exit, then start the next one's successor, wait until it is
+        ready and drain the old one. Never
         fewer ready gateways than before; at most one draining. Raises StartError (the
         rolling restart is abandoned, its failed successor dropped, the old gateway kept) or
         Interrupted."""
@@ -546,13 +552,10 @@ class Supervisor:
         # gateways the autoscaler (or a crash loop) removed meanwhile need no replacing
         self._to_roll = [g for g in self._to_roll if g in self.gateways]
         if not self._to_roll:
-            if self._draining is None and self._rolled:
-                log.info("rolling restart done")
-                self._rolled = False
+            log.info("rolling restart done")
             return
         old = self._to_roll.pop(0)
-        new = Child(f"gateway-{self._next_gateway}", self._gateway_command, self._gateway_ready)
-        self._next_gateway += 1
+        new = self._new_gateway()
         self.gateways.append(new)
         try:
             self.start([new])
@@ -566,14 +569,10 @@ class Supervisor:
                 if new.proc is not None:
                     new.proc.wait(5)
             raise
-        self.gateways.remove(old)
-        log.info("rolling restart: %s %s is ready; draining %s %s (pid %d), %d to go",
-                 new.name, new.ident, old.name, old.ident, old.pid, len(self._to_roll))
-        old.retire_by = time.monotonic() + DRAIN_GRACE
-        old.signal(signal.SIGTERM)  # by PID, through its Popen
-        self.retiring.append(old)
+        log.info("rolling restart: %s %s is ready, %d to go after %s", new.name, new.ident,
+                 len(self._to_roll), old.name)
+        self._drain(old)
         self._draining = old
-        self._rolled = True
 
     def autoscale(self, now: float) -> Decision | None:
         """One look by the autoscaler, if one is due, carried out; returns its decision."""
@@ -606,7 +605,9 @@ class Supervisor:
                 else:
                     self.autoscale(time.monotonic())
             except StartError as exc:
-                log.warning("%s", exc)  # the new gateway is dead; restarted below
+                # the autoscaler's new gateway is dead and restarted below; a rolling
+                # restart's was dropped
+                log.warning("%s", exc)
             except Interrupted:
                 return 0
             for child in self.children():
