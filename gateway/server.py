@@ -107,7 +107,8 @@ class Connection(BaseConnection):
 
     def _open_ws(self, request: Request, params: dict[str, str]) -> None:
         claims = self._authorize(request, params)
-        response = self._handshake().accept(request)
+        handshake = self._handshake()
+        response = handshake.accept(request)
         if response.status_code != 101:
             self.svc.metrics.rejected(response.status_code)
             origin = self.hooks.cors_origin(request)
@@ -118,8 +119,7 @@ class Connection(BaseConnection):
             return
         self._respond(response)
         assert self._tcp is not None
-        fmt = (Wire.MSGPACK if self._handshake().subprotocol == SUBPROTOCOL_MSGPACK
-               else Wire.JSON)
+        fmt = Wire.MSGPACK if handshake.subprotocol == SUBPROTOCOL_MSGPACK else Wire.JSON
         self._swap_to_open_protocol()
         self.writer = self.hooks.new_writer(self._tcp, self._slow_consumer)
         self.transport = WsTransport(self, self.writer, fmt)
