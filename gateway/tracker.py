@@ -198,8 +198,7 @@ class Tracker:
                 # newer than what arrived live: that stream is read again.
                 if top is not None and top.epoch == pos.epoch:
                     if top.offset > pos.offset:
-                        self._waiting.setdefault(key, [])
-                        steps.fills.append(Fill(key, top.epoch, pos.offset + 1, top.offset))
+                        self._fill(steps, Fill(key, top.epoch, pos.offset + 1, top.offset))
                 else:
                     steps.stale.append(key)
                 continue
@@ -211,18 +210,20 @@ class Tracker:
             if top.epoch != pos.epoch:
                 self._seen[key] = Position(top.epoch, 0)
                 self._stamp.pop(key, None)
-                self._waiting.setdefault(key, [])
-                steps.fills.append(Fill(key, top.epoch, 1, top.offset))
+                self._fill(steps, Fill(key, top.epoch, 1, top.offset))
             elif held and stamp is not None and pos.offset >= 1 and top.offset >= pos.offset:
                 # From our own position: the message there must still be ours (verify()).
-                self._waiting.setdefault(key, [])
-                steps.fills.append(Fill(key, top.epoch, pos.offset, top.offset, expect=stamp))
+                self._fill(steps, Fill(key, top.epoch, pos.offset, top.offset, expect=stamp))
             elif top.offset > pos.offset:
-                self._waiting.setdefault(key, [])
-                steps.fills.append(Fill(key, top.epoch, pos.offset + 1, top.offset))
+                self._fill(steps, Fill(key, top.epoch, pos.offset + 1, top.offset))
             elif held:
                 steps.add(*self._release(key))
         return steps
+
+    def _fill(self, steps: Steps, fill: Fill) -> None:
+        """A catch-up's fill: the stream's live envelopes queue behind it."""
+        self._waiting.setdefault(fill.key, [])
+        steps.fills.append(fill)
 
     def verify(self, fill: Fill, entries: list[Message]) -> bool:
         """Does the log still hold, at ``fill.first``, the message we delivered there? False
