@@ -12,7 +12,7 @@ ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y
 
-.PHONY: venv sysdeps browser-deps tool-deps run test lint clean distclean
+.PHONY: venv sysdeps browser-deps tool-deps js-deps run test lint clean distclean
 
 venv: $(STAMP)
 
@@ -22,8 +22,10 @@ $(BIN)/python:
 
 # dev: tests and linters; load: locust and py-spy, which the test suite runs too (a short
 # `make loadtest` in tests/integration/test_locust.py)
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[dev,load]'
+# The client is its own distribution (client/python) that the server pins: install both in one
+# pip run, so the pin is met by the local copy and never looked up on PyPI.
+$(STAMP): pyproject.toml setup.py VERSION client/python/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e client/python -e '.[dev,load]'
 	touch $@
 
 sysdeps:
@@ -55,10 +57,19 @@ tool-deps:
 		{ $(SUDO) systemctl stop haproxy 2>/dev/null || $(SUDO) service haproxy stop 2>/dev/null || true; }; \
 	fi
 
+# The JS SDK's dev dependencies (the `ws` package its Node tests inject), exactly as its
+# lockfile pins them; again only when the lockfile changed.
+JS = client/js
+js-deps: $(JS)/node_modules/.package-lock.json
+
+$(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json $(JS)/package.json
+	cd $(JS) && npm ci --no-audit --no-fund
+	touch $@
+
 run: venv sysdeps
 	$(BIN)/switchboard up $(ARGS)
 
-test: venv sysdeps browser-deps tool-deps
+test: venv sysdeps browser-deps tool-deps js-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
@@ -84,8 +95,8 @@ bench: venv sysdeps
 	$(BIN)/python -m loadtest.bench all $(BENCH_ARGS)
 
 clean:
-	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf build dist *.egg-info client/python/build client/python/*.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(JS)/node_modules

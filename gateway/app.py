@@ -46,7 +46,8 @@ LISTEN_BACKLOG = 4096
 # path -> (package, resource, content type)
 _STATIC = {
     "/": ("gateway", "static/index.html", "text/html; charset=utf-8"),
-    "/client.js": ("client", "js/switchboard.js", "text/javascript; charset=utf-8"),
+    # a symlink to client/js/switchboard.js, the npm package's ES module
+    "/client.js": ("gateway", "static/client.js", "text/javascript; charset=utf-8"),
 }
 
 

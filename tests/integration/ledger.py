@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from client import Client, Message, Recovery
+from switchboard_client import Client, Message, Recovery
 from tests.clients import WsClient, until
 from tests.integration.cluster import Cluster, token
 from tests.support import API_KEY

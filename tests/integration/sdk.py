@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from client import Client, Message, Recovery
+from switchboard_client import Client, Message, Recovery
 
 
 @dataclass

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from client import Client, Message
 from switchboard.auth import mint
+from switchboard_client import Client, Message
 from tests.clients import WsClient, until
 from tests.support import ROOT, free_port, terminate, wait_for_banner
 

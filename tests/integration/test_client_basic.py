@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from client import AuthError, Client, Message
 from switchboard.auth import mint
 from switchboard.config import RedisSettings
 from switchboard.store import Store, Target
+from switchboard_client import AuthError, Client, Message
 from tests.clients import until
 from tests.integration.sdk import collecting
 from tests.support import JWT_SECRET, Proc, RedisServer, start_gateway

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from client import (
+from switchboard.auth import mint
+from switchboard_client import (
     Client,
     Message,
     Position,
@@ -21,7 +22,6 @@ from client import (
     Subscribed,
     SubscribeError,
 )
-from switchboard.auth import mint
 from tests.clients import until
 from tests.integration.sdk import collecting
 from tests.support import API_KEY, JWT_SECRET, Proc, RedisServer, start_gateway, start_router

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from client import Client, Message, Recovery, State
 from switchboard.auth import mint
+from switchboard_client import Client, Message, Recovery, State
 from tests.support import (
     API_KEY,
     JWT_SECRET,

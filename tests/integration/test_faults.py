@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from client import Recovery
 from switchboard.auth import mint
+from switchboard_client import Recovery
 from tests.clients import until
 from tests.integration.cluster import cluster
 from tests.integration.sdk import start_consumers, stop_consumers

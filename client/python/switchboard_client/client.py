@@ -1,11 +1,11 @@
 """The application-facing client: start, iterate, close.
 
-A single background task runs the reconnect loop (:mod:`client.connection`) and fills a
+A single background task runs the reconnect loop (:mod:`switchboard_client.connection`) and fills a
 bounded queue; iterating the client reads that queue.
 
 Usage::
 
-    from client import Client, Message, Recovery
+    from switchboard_client import Client, Message, Recovery
 
     async with Client("ws://127.0.0.1:8080/ws", token=jwt) as c:
         await c.subscribe("lobby")              # messages arrive as stream "ch.lobby"
@@ -28,10 +28,10 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from client.backoff import Backoff
-from client.channels import Published, Subscribed, check_channel
-from client.connection import Connector, Options, State, TokenProvider
-from client.protocol import SUBPROTOCOLS, Format, Item, Position, Stats
+from switchboard_client.backoff import Backoff
+from switchboard_client.channels import Published, Subscribed, check_channel
+from switchboard_client.connection import Connector, Options, State, TokenProvider
+from switchboard_client.protocol import SUBPROTOCOLS, Format, Item, Position, Stats
 
 log = logging.getLogger("client")
 
@@ -46,12 +46,12 @@ _END = _End()
 class Client:
     """A Switchboard WebSocket client that stays connected and delivers each message once.
 
-    Iterate it to receive :class:`~client.Message` items in offset order per stream, and a
-    :class:`~client.Recovery` item whenever a reconnect could not recover every missed
-    message. Connection loss, drains and overload are handled inside: the client reconnects
-    with jittered backoff and resumes from its cursor. Only terminal failures
-    (:mod:`client.errors`) reach the application, raised from ``async with`` for the first
-    connection and from the ``async for`` loop afterwards.
+    Iterate it to receive :class:`~switchboard_client.Message` items in offset order per
+    stream, and a :class:`~switchboard_client.Recovery` item whenever a reconnect could not
+    recover every missed message. Connection loss, drains and overload are handled inside:
+    the client reconnects with jittered backoff and resumes from its cursor. Only terminal failures
+    (:mod:`switchboard_client.errors`) reach the application, raised from ``async with`` for
+    the first connection and from the ``async for`` loop afterwards.
 
     Args:
         url: the gateway's WebSocket URL, e.g. ``ws://127.0.0.1:8080/ws``.
@@ -84,7 +84,7 @@ class Client:
 
     Reconnecting:
         backoff_base, backoff_cap, backoff_reset: full-jitter backoff (defaults 0.5, 20 and
-            60 s; see :class:`~client.backoff.Backoff`).
+            60 s; see :class:`~switchboard_client.backoff.Backoff`).
         rng: random source for backoff and jitter (default: a new ``random.Random``).
         proxy: HTTP or SOCKS proxy URL (default None: connect directly; the environment is
             not read).
@@ -288,8 +288,8 @@ class Client:
 
         Returns once the gateway confirmed: messages after ``(epoch, offset)`` of the result
         follow through the iteration. With ``cursor`` (an ``(epoch, offset)``, e.g. a
-        :class:`~client.Position` the application kept), the messages after it are replayed
-        first, if the gateway still has them all: then the result says ``recovered=True``.
+        :class:`~switchboard_client.Position` the application kept), the messages after it are
+        replayed first, if the gateway still has them all: then the result says ``recovered=True``.
 
         The client keeps the subscription across reconnects (resubscribed at connect, resumed
         from its position, so no message is lost or repeated). While reconnecting, the call

@@ -14,8 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from client.errors import PublishError, RequestError, SubscribeError
-from client.protocol import Item, Position, ProtocolViolation, Tracker, Welcome, parse_position
+from switchboard_client.errors import PublishError, RequestError, SubscribeError
+from switchboard_client.protocol import (
+    Item,
+    Position,
+    ProtocolViolation,
+    Tracker,
+    Welcome,
+    parse_position,
+)
 
 CHANNEL_PREFIX = "ch."
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")

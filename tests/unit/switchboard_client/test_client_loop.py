@@ -1,4 +1,4 @@
-"""The client's reconnect loop against a scripted transport (tests/unit/client/fakes.py):
+"""The client's reconnect loop against a scripted transport (fakes.py):
 what the application sees, and what the client asks the gateway for on each reconnect."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from client import (
+from switchboard_client import (
     AuthError,
     Client,
     Forbidden,
@@ -18,7 +18,7 @@ from client import (
     SessionError,
     TerminalClose,
 )
-from tests.unit.client.fakes import (
+from tests.unit.switchboard_client.fakes import (
     HOLD,
     CloseWith,
     FakeWs,

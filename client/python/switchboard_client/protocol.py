@@ -2,7 +2,7 @@
 
 Everything a reconnecting client has to decide about the messages it receives lives here, as
 plain functions and one small state object, so it is tested without sockets
-(``tests/unit/client``):
+(``tests/unit/switchboard_client``):
 
 - :func:`encode` and :func:`decode` spell frames (JSON text, msgpack binary);
 - :func:`parse_welcome` and :func:`parse_message` check the server's messages;
@@ -11,8 +11,8 @@ plain functions and one small state object, so it is tested without sockets
   declare a gap that a resume must fill;
 - :func:`format_cursor` and :func:`connect_url` spell the resume request.
 
-What a closed connection or refused handshake leads to is :mod:`client.policy`; channel
-subscriptions and their requests are :mod:`client.channels`.
+What a closed connection or refused handshake leads to is :mod:`switchboard_client.policy`; channel
+subscriptions and their requests are :mod:`switchboard_client.channels`.
 
 Example::
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.policy import Next, after_close, after_refusal, retry_after
-from client.protocol import (
+from switchboard_client.policy import Next, after_close, after_refusal, retry_after
+from switchboard_client.protocol import (
     Gap,
     Message,
     Position,

@@ -1,4 +1,4 @@
-"""Channel calls of the Client against the scripted transport (tests/unit/client/fakes.py):
+"""Channel calls of the Client against the scripted transport (fakes.py):
 what goes on the wire, how answers come back, and what a reconnect asks for."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from client import (
+from switchboard_client import (
     Client,
     Message,
     Position,
@@ -20,7 +20,7 @@ from client import (
     Subscribed,
     SubscribeError,
 )
-from tests.unit.client.fakes import (
+from tests.unit.switchboard_client.fakes import (
     HOLD,
     CloseWith,
     FakeWs,

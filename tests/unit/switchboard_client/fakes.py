@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, Inv
 from websockets.frames import Close
 from websockets.http11 import Response
 
-from client import Client
+from switchboard_client import Client
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ class Script:
 
 def scripted(monkeypatch: pytest.MonkeyPatch, *steps: Any, **options: Any) -> tuple[Client, Script]:
     script = Script(list(steps))
-    monkeypatch.setattr("client.connection.connect", script.connect)
+    monkeypatch.setattr("switchboard_client.connection.connect", script.connect)
     options.setdefault("token", "T0")
     c = Client("ws://gw.test/ws", **options)
     c._conn.sleep = script.sleep

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from client.backoff import Backoff
+from switchboard_client.backoff import Backoff
 
 
 class FakeClock:

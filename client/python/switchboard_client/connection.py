@@ -1,13 +1,14 @@
 """The reconnect loop: connect, read, resume, reconnect, until something terminal happens.
 
-One :class:`Connector` per :class:`~client.Client`, run by its single background task. The
-decisions (positions, duplicates, gaps, close codes, delays) are made by
-:mod:`client.protocol`, :mod:`client.policy` and :mod:`client.backoff`; this module does the
-I/O around them and puts what the application should see on the client's queue.
+One :class:`Connector` per :class:`~switchboard_client.Client`, run by its single background
+task. The decisions (positions, duplicates, gaps, close codes, delays) are made by
+:mod:`switchboard_client.protocol`, :mod:`switchboard_client.policy` and
+:mod:`switchboard_client.backoff`; this module does the I/O around them and puts what the
+application should see on the client's queue.
 
-Channel requests (subscribe, unsubscribe, publish) are decided by :class:`client.channels.Channels`
-too; here they get a future per caller, their frames are sent, and the replies read by the
-connection's loop settle the futures.
+Channel requests (subscribe, unsubscribe, publish) are decided by
+:class:`switchboard_client.channels.Channels` too; here they get a future per caller, their
+frames are sent, and the replies read by the connection's loop settle the futures.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 from websockets.typing import Subprotocol
 
-from client.backoff import Backoff
-from client.channels import (
+from switchboard_client.backoff import Backoff
+from switchboard_client.channels import (
     Channels,
     Effects,
     Published,
@@ -35,9 +36,15 @@ from client.channels import (
     check_channel,
     check_cursor,
 )
-from client.errors import AuthError, Forbidden, SessionError, SubscribeError, TerminalClose
-from client.policy import JITTER_MAX, Next, after_close, after_refusal, retry_after
-from client.protocol import (
+from switchboard_client.errors import (
+    AuthError,
+    Forbidden,
+    SessionError,
+    SubscribeError,
+    TerminalClose,
+)
+from switchboard_client.policy import JITTER_MAX, Next, after_close, after_refusal, retry_after
+from switchboard_client.protocol import (
     SUBPROTOCOLS,
     Format,
     Gap,
@@ -63,7 +70,7 @@ log = logging.getLogger("client")
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """How to connect (see :class:`~client.Client` for the meaning and defaults)."""
+    """How to connect (see :class:`~switchboard_client.Client` for the meaning and defaults)."""
 
     url: str
     format: Format

@@ -1,4 +1,4 @@
-"""Channel requests without I/O (client.channels.Channels): what is sent when, how each reply
+"""Channel requests without I/O (switchboard_client.channels): what is sent when, how each reply
 is matched to its request, and what a reconnect asks for."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.channels import (
+from switchboard_client.channels import (
     Channels,
     Effects,
     Published,
@@ -20,8 +20,8 @@ from client.channels import (
     check_channel,
     check_cursor,
 )
-from client.errors import PublishError, SubscribeError
-from client.protocol import Position, Recovery, Tracker, Welcome
+from switchboard_client.errors import PublishError, SubscribeError
+from switchboard_client.protocol import Position, Recovery, Tracker, Welcome
 
 STREAMS = {"user": Position("u1", 4), "broadcast": Position("b1", 0)}
 
