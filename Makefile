@@ -12,7 +12,7 @@ ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y
 
-.PHONY: venv sysdeps browser-deps tool-deps js-deps run test lint clean distclean
+.PHONY: venv sysdeps browser-deps tool-deps js-deps node run test lint clean distclean
 
 venv: $(STAMP)
 
@@ -62,7 +62,14 @@ tool-deps:
 JS = client/js
 js-deps: $(JS)/node_modules/.package-lock.json
 
-$(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json $(JS)/package.json
+# Node and npm are usually there already; Debian's packages otherwise (bookworm: Node 18).
+node:
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+		echo "installing nodejs and npm"; \
+		$(APT_INSTALL) nodejs npm; \
+	fi
+
+$(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json $(JS)/package.json | node
 	cd $(JS) && npm ci --no-audit --no-fund
 	touch $@
 

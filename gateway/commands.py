@@ -82,10 +82,14 @@ def parse_channel_cursor(value: object) -> Position | None:
     return Position(epoch, offset)
 
 
-def check_channel(conn: Client, msg: dict[str, Any], publish: bool = False) -> str | None:
+def check_channel(conn: Client, msg: dict[str, Any], publish: bool = False,
+                  **reply: Any) -> str | None:
+    """The channel of a subscribe or publish, or None after an error (carrying ``reply``'s
+    fields, e.g. the publish's ``id``)."""
     channel = msg.get("channel")
     if not streams.valid_channel(channel):
-        error(conn, "bad_request", "channel must match [A-Za-z0-9_-]{1,64}", channel=channel)
+        error(conn, "bad_request", "channel must match [A-Za-z0-9_-]{1,64}", channel=channel,
+              **reply)
         return None
     assert isinstance(channel, str)
     allowed = conn.claims.may_publish(channel) if publish else conn.claims.may_subscribe(
@@ -93,7 +97,7 @@ def check_channel(conn: Client, msg: dict[str, Any], publish: bool = False) -> s
     if not allowed:
         what = "publish to" if publish else "subscribe to"
         error(conn, "forbidden", f"your token does not allow you to {what} {channel!r}",
-              channel=channel)
+              channel=channel, **reply)
         return None
     return channel
 
@@ -107,27 +111,32 @@ def handle(svc: Services, conn: Client, msg: dict[str, Any]) -> None:
     elif kind == "unsubscribe":
         unsubscribe(svc, conn, msg)
     elif kind == "publish":
-        channel = check_channel(conn, msg, publish=True)
-        if channel is not None:
-            if "data" not in msg:
-                error(conn, "bad_request", "publish needs 'data'", channel=channel)
-                return
-            msg_id = msg.get("id")
-            # Refused before anything is stored: the reply carries the id as sent, so it
-            # must be one we can repeat exactly (not a lone surrogate, say).
-            if msg_id is not None and echo(msg_id) != msg_id:
-                error(conn, "bad_request", "'id' must be an integer or a short string",
-                      channel=channel)
-                return
-            if not untrusted.finite(msg["data"]):
-                # As the router refuses it: JSON subscribers could not read it back.
-                error(conn, "bad_request", "data holds NaN or Infinity, which JSON clients "
-                      "cannot read", channel=channel, id=msg_id)
-                return
-            svc.spawn(publish(svc, conn, channel, msg["data"], msg_id))
+        publish_command(svc, conn, msg)
     else:
         svc.metrics.client_error()
         error(conn, "unknown_type", f"unknown type {kind!r}")
+
+
+def publish_command(svc: Services, conn: Client, msg: dict[str, Any]) -> None:
+    msg_id = msg.get("id")
+    # Every refusal repeats the id, so the client can settle that request instead of waiting
+    # out its timeout; only an id we can repeat exactly (not a lone surrogate, say).
+    echoable = msg_id is None or echo(msg_id) == msg_id
+    ids = {"id": msg_id} if msg_id is not None and echoable else {}
+    channel = check_channel(conn, msg, publish=True, **ids)
+    if channel is None:
+        return
+    if not echoable:
+        # Refused before anything is stored.
+        error(conn, "bad_request", "'id' must be an integer or a short string", channel=channel)
+    elif "data" not in msg:
+        error(conn, "bad_request", "publish needs 'data'", channel=channel, **ids)
+    elif not untrusted.finite(msg["data"]):
+        # As the router refuses it: JSON subscribers could not read it back.
+        error(conn, "bad_request", "data holds NaN or Infinity, which JSON clients cannot "
+              "read", channel=channel, **ids)
+    else:
+        svc.spawn(publish(svc, conn, channel, msg["data"], msg_id))
 
 
 def subscribe(svc: Services, conn: Client, msg: dict[str, Any]) -> None:

@@ -9,4 +9,10 @@ Shared core used by the gateway, the router and the CLI:
 - :mod:`switchboard.auth`       JWT verification and minting
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    # VERSION's, through the installed distribution's metadata (pyproject reads that file)
+    __version__ = version("switchboard")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "unknown"

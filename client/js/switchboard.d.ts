@@ -1,5 +1,6 @@
-// Type declarations for switchboard.js, the Switchboard browser SDK (an ES module with no
-// dependencies). The wire protocol is docs/protocol.md; the guide is docs/browser.md.
+// Type declarations for switchboard.js, the Switchboard client SDK (an ES module with no
+// dependencies, for browsers, Node 18+ and React Native). The wire protocol is
+// docs/protocol.md; the guide is docs/browser.md.
 
 export declare const VERSION: string;
 /** The WebSocket subprotocol the SDK offers (JSON text frames). */
@@ -120,11 +121,43 @@ export interface Options {
   /** Extra query parameters for every connect (e.g. `{user: "alice"}` on a dev gateway with
    * auth disabled). */
   params?: Record<string, string>;
-  /** Implementations to use instead of the globals (React Native, tests). */
-  WebSocket?: unknown;
-  EventSource?: unknown;
-  fetch?: typeof fetch;
+  /** The WebSocket class to use (default `globalThis.WebSocket`): in Node < 22 the `ws`
+   * package's, or any class with the browser's WebSocket API. */
+  WebSocket?: WebSocketConstructor;
+  /** The EventSource class for the SSE fallback (default `globalThis.EventSource`). Without
+   * one, "auto" never falls back and "sse" throws. */
+  EventSource?: EventSourceConstructor;
+  /** Used by the handshake probe (default `globalThis.fetch`; none: no probe). */
+  fetch?: FetchLike;
 }
+
+/** What the SDK uses of a WebSocket: the browser's, React Native's and the `ws` package's
+ * have it. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onmessage: ((ev: any) => void) | null;
+  onclose: ((ev: any) => void) | null;
+  onerror: ((ev: any) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+export type WebSocketConstructor =
+  new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** What the SDK uses of an EventSource. */
+export interface EventSourceLike {
+  readonly readyState: number;
+  addEventListener(type: string, listener: (ev: any) => void): void;
+  close(): void;
+}
+export type EventSourceConstructor = new (url: string) => EventSourceLike;
+
+/** What the SDK uses of `fetch` (the global one fits). */
+export type FetchLike = (url: string, init?: any) => Promise<{
+  readonly status: number;
+  readonly headers: { get(name: string): string | null };
+  json(): Promise<any>;
+}>;
 
 export interface EventMap {
   message: Message;

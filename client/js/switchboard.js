@@ -1,7 +1,9 @@
 /**
- * Switchboard browser SDK: one dependency-free ES module, no build step.
+ * Switchboard client SDK: one dependency-free ES module, no build step. Gateways serve it to
+ * browsers at `/client.js`; npm has it as `switchboard-client` for bundlers, Node 18+ and React
+ * Native.
  *
- *   import { Switchboard } from "/client.js";
+ *   import { Switchboard } from "/client.js";  // or from "switchboard-client"
  *   const sb = new Switchboard("https://rt.example.com", { tokenProvider: fetchToken });
  *   sb.on("message", (m) => render(m.stream, m.data));
  *   sb.on("recovered", (r) => { if (!r.recovered) refetch(r.lost); });
@@ -16,6 +18,11 @@
  *   `Last-Event-ID` on EventSource's own reconnects and an explicit cursor on its own;
  * - waits while `navigator.onLine` is false and retries on the `online` event.
  *
+ * Outside a browser, pass what the runtime lacks: `WebSocket` (in Node < 22, the `ws` package),
+ * and `EventSource` if you want the SSE fallback (without one there is none). Every browser-only
+ * global (`navigator`, `window`, `location`) is optional: in Node and React Native the SDK
+ * simply has no offline detection and needs an absolute URL.
+ *
  * Browsers hide why a WebSocket handshake failed (every refusal is close 1006), so after a
  * connection fails before its welcome the SDK probes the same URL with a plain `fetch` GET:
  * the gateway answers it exactly like the handshake (401, 403, 503 + Retry-After) except that
@@ -26,7 +33,7 @@
  * @module switchboard
  */
 
-export const VERSION = "0.1.0";
+export const VERSION = "0.2.0";
 export const SUBPROTOCOL_JSON = "switchboard.v1.json";
 
 const CHANNEL_RE = /^[A-Za-z0-9_-]{1,64}$/;
@@ -64,9 +71,9 @@ const EVENTS = ["message", "state", "welcome", "recovered", "error", "subscribed
  *   fallbackAfter?: number,
  *   params?: Record<string, string>,
  *   probe?: boolean,
- *   WebSocket?: any,
- *   EventSource?: any,
- *   fetch?: typeof fetch,
+ *   WebSocket?: new (url: string, protocols?: string[]) => any,
+ *   EventSource?: new (url: string) => any,
+ *   fetch?: (url: string, init?: object) => Promise<any>,
  * }} Options
  */
 
@@ -248,9 +255,15 @@ export class Switchboard {
     this._user = null;
     /** @type {State} */
     this._state = "closed";
+    const passWs = "pass options.WebSocket (in Node, the ws package)";
+    if (this._transportOption === "websocket" && !this._WebSocket) {
+      throw new Error(`switchboard: no WebSocket here; ${passWs}`);
+    }
     this._useSse = this._transportOption === "sse" || !this._WebSocket;
     if (this._useSse && !this._EventSource) {
-      throw new Error("switchboard: no EventSource here; use transport \"websocket\"");
+      throw new Error(this._WebSocket
+        ? "switchboard: no EventSource here; pass options.EventSource or use transport websocket"
+        : `switchboard: no WebSocket or EventSource here; ${passWs}`);
     }
     this._wsWorked = false; // a WebSocket reached its welcome at least once
     this._wsFailures = 0; // WebSocket attempts that failed before a welcome, in a row
@@ -513,7 +526,10 @@ export class Switchboard {
     if (this._conn === conn) this._conn = null;
     if (!s) return;
     if (conn.kind === "websocket") {
-      s.onmessage = s.onclose = s.onerror = null;
+      s.onmessage = s.onclose = null;
+      // Not null: the ws package reports a close() during its handshake as an error event, and
+      // an EventEmitter with no error listener throws it (an uncaught exception in Node).
+      s.onerror = () => {};
       try {
         if (s.readyState <= 1) s.close(code, reason);
       } catch { /* already closing */ }
@@ -737,7 +753,7 @@ export class Switchboard {
         const err = { code: obj.code, message: obj.message || "", fatal: false };
         if (typeof obj.channel === "string") err.channel = obj.channel;
         const pending = obj.id != null ? this._publishes.get(obj.id) : null;
-        if (pending) { // the answer to one of our publishes
+        if (pending) { // the answer to one of our publishes (every refusal repeats its id)
           this._publishes.delete(obj.id);
           clearTimeout(pending.timer);
           pending.reject(Object.assign(new Error(`switchboard: ${err.message}`), err));
