@@ -96,12 +96,14 @@ class Verifier:
                 raise ValueError(f"algorithm {self.algorithm} does not use a shared secret")
         else:
             raise ValueError("a JWT secret or public key is required unless auth is disabled")
-        if not public_key:
-            try:  # PyJWT refuses secrets that look like PEM or SSH keys, for every token
-                jwt.get_algorithm_by_name(self.algorithm).prepare_key(self.key)
-            except jwt.InvalidKeyError as exc:
-                raise ValueError(f"the JWT secret cannot be used for {self.algorithm}: {exc}"
-                                 ) from None
+        # Refused here, not for every token later: PyJWT refuses secrets that look like PEM
+        # or SSH keys, and a public key it cannot parse would refuse every token.
+        what = "public key" if public_key else "secret"
+        try:
+            jwt.get_algorithm_by_name(self.algorithm).prepare_key(self.key)
+        except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"the JWT {what} cannot be used for {self.algorithm}: {exc}"
+                             ) from None
         self._digest = _DIGESTS.get(self.algorithm) if not public_key else None
         self._secret = self.key.encode()
 

@@ -3,27 +3,31 @@
 Subcommands: ``up`` (local cluster), ``gateway``, ``router``, ``token``, ``publish``,
 ``status``. Process entry points import lazily so ``switchboard token`` stays instant.
 
-Errors (bad flags or environment, an unreachable or odd router) are one line on stderr and
-exit status 1, or 2 for a bad command line.
+Errors (bad flags or environment, an unreachable or odd router, a port in use) are one line
+on stderr and exit status 1, or 2 for a bad command line. The servers check what they can
+before they start (settings, the Redis URL, that they can listen) so that a mistake is a line,
+not a traceback from deep in the event loop; an unreachable Redis is not a mistake for them:
+they keep running, log each failed attempt in a line and answer 503 on /readyz until it is
+back.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import math
 import os
+import shutil
+import socket
 import sys
-import urllib.error
-import urllib.request
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
-from urllib.parse import urlsplit
 
-from switchboard import settings_cli
+from switchboard import __version__, routerapi, settings_cli, watch
 from switchboard.config import GatewaySettings, RouterSettings
+from switchboard.routerapi import CliError, one_line
 
 # Commands that talk to a cluster and exit: every failure is one line. The others run
 # processes, where an error we did not anticipate is a bug and keeps its traceback.
@@ -32,23 +36,49 @@ CLIENT_COMMANDS = frozenset({"token", "publish", "status"})
 STARTUP_ERRORS = (OSError, ValueError, ArithmeticError)
 
 
-class CliError(Exception):
-    """A failure the user can fix: :func:`main` prints it as one line and exits 1."""
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One line instead of argparse's usage block (subcommand parsers inherit this)."""
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
-def one_line(text: str, limit: int = 400) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+def _port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {port}")
+    return port
+
+
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not watch.MIN_INTERVAL <= seconds <= watch.MAX_INTERVAL:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be {watch.MIN_INTERVAL:g} to "
+                                         f"{watch.MAX_INTERVAL:g} seconds, got {text}")
+    return seconds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="switchboard", description=__doc__)
+    parser = _Parser(prog="switchboard", description="Run a Switchboard cluster and talk to "
+                     "it. Errors are one line on stderr and exit status 1, or 2 for a bad "
+                     "command line.")
+    parser.add_argument("--version", action="version", version=f"switchboard {__version__}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run a local cluster: Redis, gateways, router")
@@ -59,9 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                     "of one redis-server (N >= 3; env SWITCHBOARD_REDIS_SHARDS; default 0: "
                     "one redis-server)")
     up.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    up.add_argument("--port", type=int, default=None, help="gateway port (env SWITCHBOARD_PORT; "
-                    "default 8080)")
-    up.add_argument("--router-port", type=int, default=None,
+    up.add_argument("--port", type=_port_number, default=None,
+                    help="gateway port (env SWITCHBOARD_PORT; default 8080)")
+    up.add_argument("--router-port", type=_port_number, default=None,
                     help="router port (env SWITCHBOARD_ROUTER_PORT; default 8000)")
     up.add_argument("--gateways", type=int, default=2, help="gateways sharing the port at start "
                     "(clamped to [--min, --max] unless --no-autoscale)")
@@ -103,87 +133,22 @@ def _parser() -> argparse.ArgumentParser:
                      "default http://127.0.0.1:8000)")
     pub.add_argument("--api-key", default=None, help="env SWITCHBOARD_API_KEY")
 
-    st = sub.add_parser("status", help="print the cluster's gateways")
+    st = sub.add_parser("status", help="print the cluster's gateways",
+                        description="Print the cluster's gateways: one row each, and a total.")
     st.add_argument("--router", default=None, help="router URL (env SWITCHBOARD_ROUTER_URL)")
     st.add_argument("--api-key", default=None, help="env SWITCHBOARD_API_KEY")
+    st.add_argument("--watch", action="store_true",
+                    help="refresh until Ctrl-C (exit status 0): in place on a terminal; when "
+                    "stdout is not a terminal each snapshot is printed whole, after a title "
+                    "line. While the router cannot be reached, one line says so and the next "
+                    "refresh tries again")
+    st.add_argument("--interval", type=_interval, default=None, metavar="SECONDS",
+                    help=f"seconds between refreshes with --watch ({watch.MIN_INTERVAL:g} to "
+                    f"{watch.MAX_INTERVAL:g}; default {watch.DEFAULT_INTERVAL:g})")
+    st.add_argument("--count", type=_positive_int, default=None, metavar="N",
+                    help="with --watch, stop after N refreshes; the exit status is then 0 if "
+                    "the last one had an answer and 1 if not")
     return parser
-
-
-def _router_call(url: str, api_key: str, method: str, body: object | None = None) -> object:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Authorization", f"Bearer {api_key}")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            raw = resp.read()
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        raise CliError(f"router answered {exc.code}: {one_line(detail, 300)}") from None
-    except urllib.error.URLError as exc:
-        raise CliError(f"cannot reach the router at {url}: {exc.reason}") from None
-    except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, broken answers
-        raise CliError(f"no answer from the router at {url}: "
-                       f"{str(exc) or type(exc).__name__}") from None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise CliError(f"the answer from {url} is not JSON: is that a Switchboard router?"
-                       ) from None
-
-
-def _header_problem(value: str) -> str | None:
-    """Why ``value`` cannot go in an HTTP header as it is, or None."""
-    for i, ch in enumerate(value):
-        if ch in "\r\n":
-            return f"contains a line break (character {i + 1})"
-        if ord(ch) < 0x20 or ord(ch) == 0x7F:
-            return f"contains a control character (character {i + 1})"
-        if ord(ch) > 0x7E:
-            return f"contains a non-ASCII character (character {i + 1})"
-    return None
-
-
-def _api_key(args: argparse.Namespace) -> str:
-    key: str
-    if args.api_key:
-        key, source = args.api_key, "--api-key"
-    elif os.environ.get("SWITCHBOARD_API_KEY"):
-        key, source = os.environ["SWITCHBOARD_API_KEY"], "SWITCHBOARD_API_KEY"
-    else:
-        key = os.environ.get("SWITCHBOARD_API_KEYS", "").split(",")[0]
-        source = "SWITCHBOARD_API_KEYS"
-    key = key.strip()  # as the router strips its keys and the credentials it is sent
-    if not key:
-        raise CliError("no API key: pass --api-key or set SWITCHBOARD_API_KEY "
-                       "(or SWITCHBOARD_API_KEYS)")
-    problem = _header_problem(key)
-    if problem is not None:
-        raise CliError(f"the API key from {source} {problem}; API keys are printable ASCII")
-    return key
-
-
-def _router_defaults(args: argparse.Namespace) -> tuple[str, str]:
-    base: str
-    if args.router:
-        base, source = args.router, "--router"
-    else:
-        base = os.environ.get("SWITCHBOARD_ROUTER_URL", "") or "http://127.0.0.1:8000"
-        source = "SWITCHBOARD_ROUTER_URL"
-    base = base.strip()
-    try:
-        parts = urlsplit(base)
-        _ = parts.port  # ValueError for a port that is not a number in range
-    except ValueError as exc:
-        raise CliError(f"{source} is not a valid URL ({exc}): {base!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CliError(f"{source} must be an http:// or https:// URL such as "
-                       f"http://127.0.0.1:8000, not {base!r}")
-    if any(ord(ch) <= 0x20 or ord(ch) >= 0x7F for ch in base):
-        raise CliError(f"{source} must be plain ASCII without spaces (percent-encode the "
-                       f"rest): {base!r}")
-    return base.rstrip("/"), _api_key(args)
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -212,23 +177,108 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_redis_url(url: str, source: str = "--redis-url or SWITCHBOARD_REDIS_URL") -> None:
+    """What the backplane would refuse later, inside the event loop (no URL in the message:
+    it may hold a password)."""
+    from switchboard.redisurl import is_cluster, parse_cluster
+
+    try:
+        if is_cluster(url):
+            parse_cluster(url)
+        else:
+            from redis.connection import parse_url
+
+            parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise CliError(f"invalid Redis URL ({source}): {exc}") from None
+
+
+def _check_listen(host: str, port: int, *, reuse_port: bool = False) -> None:
+    """Bind once as the server will (the gateway's options), so that a port in use or a host
+    that is not this machine's is one line before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # other gateways on the port are then expected, not a conflict
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise CliError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    settings = settings_cli.build(GatewaySettings, args)
+    _check_redis_url(settings.redis_url)
+    _check_listen(settings.host, settings.port, reuse_port=settings.reuse_port)
+    from gateway.app import run as run_gateway
+
+    return run_gateway(settings)
+
+
+def _router(args: argparse.Namespace) -> int:
+    settings = settings_cli.build(RouterSettings, args)
+    _check_redis_url(settings.redis_url)
+    _check_listen(settings.host, settings.router_port)
+    from router.main import run as run_router
+
+    return run_router(settings)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from switchboard import supervisor
+
+    # The supervisor checks these again; here it happens before it logs anything, so a bad
+    # flag or variable, or a port in use, is the only line printed.
+    cfg = supervisor.resolve(args, os.environ, new_secret=lambda: "unused")
+    if cfg.redis_url is not None:
+        _check_redis_url(cfg.redis_url, "--redis or SWITCHBOARD_REDIS_URL")
+    for port in (cfg.port, cfg.router_port):
+        _check_listen(cfg.host, port)
+    return int(supervisor.run(args))
+
+
+def _status(args: argparse.Namespace) -> int:
+    base, key = routerapi.target(args)
+    if not args.watch:
+        print(routerapi.cluster_table(base, key))
+        return 0
+    interval = args.interval or watch.DEFAULT_INTERVAL
+    # A router that hangs must not stall the screen for long past the next refresh.
+    timeout = min(10.0, max(1.0, interval))
+
+    def fetch() -> tuple[bool, str]:
+        try:
+            return True, routerapi.cluster_table(base, key, timeout)
+        except routerapi.Unreachable as exc:
+            return False, f"router unreachable: {exc}; retrying every {interval:g}s"
+        except CliError as exc:
+            return False, f"no status: {exc}; retrying every {interval:g}s"
+
+    def title() -> str:
+        return f"switchboard status  {base}  every {interval:g}s  {time.strftime('%H:%M:%S')}"
+
+    tty = sys.stdout.isatty()
+    try:
+        return watch.run(fetch, sys.stdout, title=title, interval=interval, count=args.count,
+                         tty=tty, rows=lambda: shutil.get_terminal_size().lines if tty else None)
+    except BrokenPipeError:  # `status --watch | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "gateway":
-        from gateway.app import run as run_gateway
-
-        return run_gateway(settings_cli.build(GatewaySettings, args))
+        return _gateway(args)
     if args.command == "router":
-        from router.main import run as run_router
-
-        return run_router(settings_cli.build(RouterSettings, args))
+        return _router(args)
     if args.command == "up":
-        from switchboard.supervisor import run as run_up
-
-        return int(run_up(args))
+        return _up(args)
     if args.command == "token":
         return _token(args)
     if args.command == "publish":
-        base, key = _router_defaults(args)
+        base, key = routerapi.target(args)
         try:
             data = json.loads(args.data)
         except json.JSONDecodeError:
@@ -240,19 +290,10 @@ def _run(args: argparse.Namespace) -> int:
             body["channel"] = args.channel
         else:
             body["broadcast"] = True
-        print(json.dumps(_router_call(base + "/v1/publish", key, "POST", body)))
+        print(json.dumps(routerapi.call(base + "/v1/publish", key, "POST", body)))
         return 0
     if args.command == "status":
-        base, key = _router_defaults(args)
-        cluster = _router_call(base + "/v1/cluster", key, "GET")
-        from switchboard.status import render
-
-        try:
-            text = render(cluster)
-        except ValueError as exc:
-            raise CliError(f"unexpected answer from {base}/v1/cluster: {exc}") from None
-        print(text)
-        return 0
+        return _status(args)
     return 2
 
 
@@ -275,7 +316,13 @@ def _fail(args: argparse.Namespace, message: str, status: int = 1) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The one error boundary: whatever fails below becomes one line on stderr."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "status" and not args.watch:
+        for flag in ("interval", "count"):
+            if getattr(args, flag) is not None:
+                parser.exit(2, f"switchboard status: error: --{flag} needs --watch "
+                            "(see switchboard status --help)\n")
     try:
         return _run(args)
     except CliError as exc:
@@ -285,9 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(one_line(exc.code), file=sys.stderr)
             return 1
         raise
-    except KeyboardInterrupt:
-        if args.command not in CLIENT_COMMANDS:
-            raise
+    except KeyboardInterrupt:  # before a server's own handler is installed, or a client's wait
         return _fail(args, "interrupted", 130)
     except Exception as exc:
         if args.command not in CLIENT_COMMANDS and not isinstance(exc, STARTUP_ERRORS):

@@ -91,3 +91,33 @@ def test_skipped_fields_get_no_flag() -> None:
     settings_cli.add_arguments(parser, RouterSettings, skip={"api_keys"})
     assert "--api-keys" not in parser.format_help()
     assert "--router-port" in parser.format_help()
+
+
+@pytest.mark.parametrize(("name", "type_name", "value", "why"), [
+    ("heartbeat_interval", "float", 0.0, "above zero"),
+    ("history_ttl", "float", -1.0, "above zero"),
+    ("redis_timeout", "float", float("nan"), "finite"),
+    ("max_body", "int", 0, "above zero"),
+    ("ping_interval", "float | None", 0.0, "leave it empty to switch it off"),
+    ("drain_window", "float", -0.5, "not be negative"),
+    ("port", "int", 65536, "0-65535"),
+    ("router_port", "int", -1, "0-65535"),
+])
+def test_numbers_out_of_range_are_refused(name: str, type_name: str, value: object,
+                                          why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        settings_cli.check(name, type_name, value)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("drain_window", 0.0), ("rebalance_margin", 0.0), ("port", 0), ("ping_interval", None),
+    ("reuse_port", False), ("prefix", ""), ("heartbeat_interval", 0.01),
+])
+def test_numbers_in_range_and_other_values_pass(name: str, value: object) -> None:
+    settings_cli.check(name, "", value)
+
+
+def test_a_value_out_of_range_names_where_it_came_from() -> None:
+    with pytest.raises(SystemExit, match="SWITCHBOARD_HEARTBEAT_INTERVAL: must be above zero"):
+        settings_cli.build(GatewaySettings, parse(GatewaySettings, []),
+                           {"SWITCHBOARD_HEARTBEAT_INTERVAL": "0"})
