@@ -152,3 +152,11 @@ def test_a_secret_pyjwt_refuses_is_refused_at_start() -> None:
            "-----END PUBLIC KEY-----\n")
     with pytest.raises(ValueError, match="cannot be used for HS256"):
         Verifier(secret=pem)
+
+
+@pytest.mark.parametrize("key", ["not a key", "-----BEGIN PUBLIC KEY-----\nAAAA\n"
+                                 "-----END PUBLIC KEY-----\n"])
+def test_a_public_key_that_cannot_be_parsed_is_refused_at_start(key: str) -> None:
+    # otherwise the gateway would start and refuse every token
+    with pytest.raises(ValueError, match="public key cannot be used for RS256"):
+        Verifier(public_key=key)
