@@ -36,6 +36,7 @@ from switchboard import streams
 from switchboard.auth import Claims, TokenError, Verifier
 from switchboard.config import GatewaySettings
 from switchboard.redisurl import is_cluster
+from switchboard.untrusted import quotable
 
 log = logging.getLogger("switchboard.gateway")
 
@@ -76,7 +77,7 @@ class Gateway:
             backplane=self.backplane, metrics=self.metrics, spawn=self.spawn,
         )
         self.hub = self.services.hub
-        self.delivery = Delivery(self.services, self._registrations)
+        self.delivery = Delivery(self.services, self._registrations, drain=self.request_drain)
         self._background: set[asyncio.Task[None]] = set()
         self.tcp: set[Connection] = set()
         self._admission = Admission(
@@ -235,6 +236,17 @@ class Gateway:
             for conn in list(self.tcp):
                 conn._abort()
             raise SystemExit(1)
+        self._stopping.set()
+
+    def request_drain(self, reason: str) -> None:
+        """A ``drain`` command from the router (``POST /v1/gateways/ID/drain``): the same
+        drain as SIGTERM, after which the process exits 0 and its supervisor replaces it.
+        Unlike a second signal, a repeated command changes nothing."""
+        if self._stopping.is_set():
+            log.info("drain requested over Redis (%s): already stopping", quotable(reason))
+            return
+        log.warning("drain requested over Redis (%s): draining, then exiting",
+                    quotable(reason))
         self._stopping.set()
 
     async def run_until_stopped(self) -> None:

@@ -188,7 +188,7 @@ class RedisBackplane:
             connections=load.get("connections", 0), ws=load.get("ws", 0),
             sse=load.get("sse", 0), draining=self.draining, started_ms=self.started_ms,
             heartbeat_ms=now, ready=self.listening and not self.draining,
-            max_connections=s.max_connections or 0))
+            max_connections=s.max_connections or 0, delivered=load.get("delivered")))
         pipe.hset(key, mapping=entry)
         # Three missed heartbeats and the key is gone: publishers then treat us as dead.
         pipe.pexpire(key, contract.registry_ttl_ms(s.heartbeat_interval))

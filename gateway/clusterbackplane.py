@@ -5,8 +5,10 @@ It is :class:`~gateway.backplane.RedisBackplane` with three parts replaced (docs
 - pub/sub is sharded (:class:`~gateway.sharded.ShardedSubscriber`, one connection per master):
   the gateway subscribes to the channel of every user it holds a connection of
   (``sb:{u:USER}:live``), to broadcast (``sb:{b}:live``) and to the channels its clients
-  joined (``sb:{c:NAME}:live``). A user's channel is subscribed, and confirmed, before the
-  registration reads the tops, so everything published after them reaches us;
+  joined (``sb:{c:NAME}:live``), and to its own control channel (``sb:{gw:ID}:control``,
+  the router's drain command: on one node that travels on ``sb:gw:ID``). A user's channel
+  is subscribed, and confirmed, before the registration reads the tops, so everything
+  published after them reaches us;
 - scripts run by EVAL inside pipelines: a promoted replica has an empty script cache, and a
   cluster pipeline cannot recover from NOSCRIPT;
 - the canary pings every master link through a channel in a slot that master owns; a lost
@@ -69,6 +71,7 @@ class ClusterBackplane(RedisBackplane):
         super().start(events)
         self._subscriber.start()
         self._broadcasts = self.keys.live_channel(streams.BROADCAST_KEY)
+        self._control = self.keys.control_channel(self.gateway_id)
         self._broadcasts_once = False  # confirmed at least once: the gateway may be ready
         self._spawn_broadcasts()
 
@@ -81,8 +84,8 @@ class ClusterBackplane(RedisBackplane):
         await self._subscriber.stop()
 
     def _spawn_broadcasts(self) -> None:
-        """Subscribe to broadcasts, retrying until it is confirmed once; later losses the
-        subscriber repairs by itself."""
+        """Subscribe to broadcasts and our control channel, retrying until both are
+        confirmed once; later losses the subscriber repairs by itself."""
         task = asyncio.get_running_loop().create_task(self._want_broadcasts())
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -91,6 +94,7 @@ class ClusterBackplane(RedisBackplane):
         while not self._stopped:
             try:
                 await self._subscriber.want(self._broadcasts)
+                await self._subscriber.want(self._control)
                 self._broadcasts_once = True
                 return
             except sharded.ShardedError as exc:
@@ -104,7 +108,7 @@ class ClusterBackplane(RedisBackplane):
         if not self.registered:
             return "gateway cannot reach Redis"
         if not self._broadcasts_once:
-            return "gateway is not subscribed to broadcasts yet"
+            return "gateway is not subscribed to broadcasts and its control channel yet"
         lost = self._subscriber.unready
         return None if lost is None else f"sharded pub/sub path not proven: {lost}"
 

@@ -21,7 +21,7 @@ from gateway.ports import Registration, Services
 from gateway.retry import retrying
 from gateway.tracker import Fill, Steps
 from gateway.wire import Wire
-from switchboard import contract, streams
+from switchboard import contract, streams, untrusted
 from switchboard.closecodes import Close
 from switchboard.contract import Control, Message
 
@@ -33,10 +33,14 @@ CATCH_UP_ROUNDS = 3
 
 class Delivery:
     def __init__(self, services: Services,
-                 registrations: Callable[[], list[Registration]]) -> None:
+                 registrations: Callable[[], list[Registration]],
+                 drain: Callable[[str], None] | None = None) -> None:
+        """``drain(reason)``: start this gateway's drain, as SIGTERM does (a ``drain``
+        control envelope asks for it; without the hook it is ignored)."""
         self.svc = services
         # The registrations of the connections that are welcomed (re-written after an outage).
         self._registrations = registrations
+        self._drain = drain
 
     # -- BackplaneEvents ----------------------------------------------------------------------
 
@@ -54,6 +58,13 @@ class Delivery:
             reason = str(control.args[2]) if len(control.args) > 2 else "disconnected"
             for client in self.svc.hub.user_clients(user):
                 client.transport.close(code, reason)
+        elif control.op == contract.OP_DRAIN:
+            reason = str(control.args[0]) if control.args else "drain"
+            if self._drain is None:
+                log.warning("drain requested over Redis (%s), but nothing here can drain",
+                            untrusted.quotable(reason))
+            else:
+                self._drain(reason)
 
     def reconnecting(self) -> None:
         self.svc.tracker.hold_all()
@@ -68,7 +79,8 @@ class Delivery:
     def load(self) -> dict[str, int]:
         counts = self.svc.hub.count_by_wire()
         ws = counts[Wire.JSON] + counts[Wire.MSGPACK]
-        return {"connections": len(self.svc.hub), "ws": ws, "sse": counts[Wire.SSE]}
+        return {"connections": len(self.svc.hub), "ws": ws, "sse": counts[Wire.SSE],
+                "delivered": self.svc.metrics.delivered_total()}
 
     # -- delivery -----------------------------------------------------------------------------
 

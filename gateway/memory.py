@@ -212,7 +212,7 @@ class MemoryBackplane:
             connections=load.get("connections", 0), ws=load.get("ws", 0),
             sse=load.get("sse", 0), draining=self.draining,
             started_ms=0, heartbeat_ms=contract.now_ms(), ready=not self.draining,
-            max_connections=self.max_connections or 0)
+            max_connections=self.max_connections or 0, delivered=load.get("delivered"))
         return vanished
 
     async def heartbeat(self) -> bool:

@@ -120,6 +120,10 @@ class GatewayMetrics:
         if latency >= 0:
             hot.latency.observe(latency)
 
+    def delivered_total(self) -> int:
+        """Live deliveries (message x connection) since start, every wire format."""
+        return sum(self._hot.delivered)
+
     def resumed(self, recovered: bool) -> None:
         self._resumes.labels("recovered" if recovered else "not_recovered").inc()
 

@@ -65,7 +65,8 @@ class BackplaneEvents(Protocol):
         of our connections meanwhile."""
 
     def load(self) -> dict[str, int]:
-        """Connection counts for the heartbeat (``connections``, ``ws``, ``sse``)."""
+        """Counts for the heartbeat: ``connections``, ``ws``, ``sse``, and ``delivered`` (live
+        deliveries since start)."""
 
 
 class Backplane(Protocol):

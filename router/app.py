@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,7 +11,18 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from router import channels, cluster, handlers, models, probes, publish, users
+from router import (
+    admin,
+    channels,
+    cluster,
+    gateways,
+    handlers,
+    history,
+    models,
+    probes,
+    publish,
+    users,
+)
 from router.auth import require_key
 from router.context import Context
 from router.fastpath import FastPublish
@@ -17,12 +30,14 @@ from router.metrics import RouterMetrics
 from router.middleware import RequestMetrics
 from switchboard import __version__
 from switchboard.config import RouterSettings
+from switchboard.contract import GatewayInfo, now_ms
 from switchboard.store import Store
 
 DESCRIPTION = """\
 Publish to Switchboard's WebSocket and SSE clients, and ask about users and the cluster.
 
-Every `/v1` route needs `Authorization: Bearer API_KEY`. Request bodies are JSON or
+Every `/v1` route needs `Authorization: Bearer API_KEY` (or HTTP Basic with an API key as the
+password, for browsers: the admin page at `/admin`). Request bodies are JSON or
 `application/msgpack`; publish results come as msgpack when `Accept` asks for it. A 2xx means
 the message is in its stream's replay buffer; errors are JSON `{"error", "message"}`, and
 503 (with `Retry-After`) means Redis is unavailable and nothing was acknowledged.
@@ -39,10 +54,12 @@ class RouterApp(FastAPI):
         return self.openapi_schema or {}
 
 
-def create_app(settings: RouterSettings, store: Store | None = None) -> FastPublish:
+def create_app(settings: RouterSettings, store: Store | None = None, *,
+               sample_history: bool = True) -> FastPublish:
     """The router app: :class:`FastPublish` answering the publish routes in front of the
     FastAPI app (its ``app``). Without ``store`` it opens fail-fast Redis clients (redis-py,
-    and a pipelined connection for publishing) and closes them on shutdown."""
+    and a pipelined connection for publishing) and closes them on shutdown.
+    ``sample_history``: sample the registry for ``/v1/cluster/history`` while it runs."""
     if not settings.api_keys:
         raise ValueError("the router needs at least one API key (api_keys)")
     owned = store is None
@@ -50,11 +67,25 @@ def create_app(settings: RouterSettings, store: Store | None = None) -> FastPubl
         store = Store.open(settings, "switchboard-router")
     ctx = Context(settings, store, RouterMetrics())
 
+    async def registry() -> list[GatewayInfo]:
+        with ctx.redis("history"):
+            return await ctx.store.gateways()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if owned:
-            await ctx.store.aclose()
+        sampler = None
+        if sample_history:
+            sampler = asyncio.create_task(history.run(ctx.history, registry, now_ms),
+                                          name="admin-history")
+        try:
+            yield
+        finally:
+            if sampler is not None:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+            if owned:
+                await ctx.store.aclose()
 
     app = RouterApp(
         title="Switchboard router",
@@ -73,9 +104,10 @@ def create_app(settings: RouterSettings, store: Store | None = None) -> FastPubl
         )
     root = APIRouter()
     probes.add_routes(root, ctx)
+    admin.add_routes(root, ctx)
     app.include_router(root)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key(settings.api_keys))])
-    for module in (publish, users, channels, cluster):
+    for module in (publish, users, channels, cluster, gateways):
         module.add_routes(v1, ctx)
     app.include_router(v1)
     return FastPublish(app, ctx)

@@ -1,4 +1,5 @@
-"""``GET /v1/cluster``: the gateways in the registry and how evenly they are loaded."""
+"""``GET /v1/cluster``: the gateways in the registry and how evenly they are loaded, and
+``GET /v1/cluster/history``: the last minutes of connections and deliveries per second."""
 
 from __future__ import annotations
 
@@ -65,3 +66,15 @@ def add_routes(api: APIRouter, ctx: Context) -> None:
             gateways = await ctx.store.gateways()
         return JSONResponse(summarize(gateways))
 
+
+    @api.get(
+        "/cluster/history",
+        tags=["cluster"],
+        summary="Connections and deliveries per second over the last minutes",
+        description="Sampled from the registry by this router every few seconds since it "
+        "started (each router keeps its own), oldest first.",
+        response_model=models.History,
+        responses=models.errors(401),
+    )
+    async def history() -> JSONResponse:
+        return JSONResponse(ctx.history.as_json())

@@ -9,9 +9,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from redis import exceptions as redis_errors
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from router.errors import RedisUnavailable
+from router.history import History
 from router.metrics import Operation, RouterMetrics
 from switchboard.config import RouterSettings
 from switchboard.store import Store
@@ -22,7 +23,7 @@ log = logging.getLogger("switchboard.router")
 LOG_INTERVAL = 10.0
 
 
-def describe(exc: RedisError) -> str:
+def describe(exc: RedisError | RedisClusterException) -> str:
     """Loggable text: connection errors name host:port; a pipeline's ResponseError text would
     quote the command and its arguments (message bodies), so only its class is given."""
     if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
@@ -38,7 +39,8 @@ class RedisHealth:
     failing: bool = False
     last_logged: float = field(default=-1e9)
 
-    def failed(self, operation: str, exc: RedisError, now: float) -> None:
+    def failed(self, operation: str, exc: RedisError | RedisClusterException,
+               now: float) -> None:
         if not self.failing or now - self.last_logged >= self.interval:
             log.warning("redis unavailable during %s: %s", operation, describe(exc))
             self.last_logged = now
@@ -56,13 +58,15 @@ class Context:
     store: Store
     metrics: RouterMetrics
     health: RedisHealth = field(default_factory=RedisHealth)
+    history: History = field(default_factory=History)  # the admin page's chart
 
     @contextmanager
     def redis(self, operation: Operation) -> Iterator[None]:
         """Run Redis work; a failure becomes a 503 and is counted, success clears the alarm."""
         try:
             yield
-        except RedisError as exc:
+        # RedisClusterException (no node reachable) is not a RedisError
+        except (RedisError, RedisClusterException) as exc:
             self.metrics.redis_error(operation)
             self.health.failed(operation, exc, time.monotonic())
             raise RedisUnavailable() from exc

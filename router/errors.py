@@ -9,8 +9,10 @@ responses; lower-layer errors (redis-py, Starlette, FastAPI) are translated ther
     ApiError
     ├── MalformedBody          400  the body is not a JSON or msgpack object
     ├── Unauthorized           401  missing or unknown API key
+    ├── Forbidden              403  a browser (Basic) state change without the admin header
     ├── NotFound               404
     ├── MethodNotAllowed       405
+    ├── Conflict               409  the target cannot take the request now (not listening)
     ├── BodyTooLarge           413  Content-Length or the bytes read exceed max_body
     ├── BatchTooLarge          413  more messages than max_batch
     ├── UnsupportedMediaType   415  neither JSON nor msgpack
@@ -65,8 +67,14 @@ class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"
 
-    def __init__(self, message: str = "a valid 'Authorization: Bearer API_KEY' is required"):
-        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+    def __init__(self, message: str = "a valid 'Authorization: Bearer API_KEY' is required",
+                 challenge: str = "Bearer"):
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(ApiError):
@@ -77,6 +85,11 @@ class NotFound(ApiError):
 class MethodNotAllowed(ApiError):
     status = 405
     code = "method_not_allowed"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
 
 
 class BodyTooLarge(ApiError):
@@ -114,7 +127,8 @@ class RedisUnavailable(ApiError):
 
 _CODES = {
     cls.status: cls.code
-    for cls in (MalformedBody, Unauthorized, NotFound, MethodNotAllowed, BodyTooLarge,
+    for cls in (MalformedBody, Unauthorized, Forbidden, NotFound, MethodNotAllowed, Conflict,
+                BodyTooLarge,
                 UnsupportedMediaType, InvalidField, InternalError, RedisUnavailable)
 }
 

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from router import bodies, errors, publish, validation
-from router.auth import bearer_credentials, key_matches
+from router.auth import ADMIN_HEADER, authorize
 from router.context import Context
 
 log = logging.getLogger("switchboard.router")
@@ -31,7 +31,8 @@ ROUTES: dict[str, Handler] = {
     "/v1/publish/batch": publish.publish_messages,
 }
 # The request headers the publish routes read (ASGI gives names in lower case).
-WANTED = frozenset({b"authorization", b"content-type", b"content-length", b"accept", b"origin"})
+WANTED = frozenset({b"authorization", b"content-type", b"content-length", b"accept", b"origin",
+                    ADMIN_HEADER.lower().encode()})
 VARY = (b"vary", b"Accept")
 
 
@@ -104,9 +105,8 @@ class FastPublish:
     async def _answer(self, handler: Handler, headers: dict[bytes, str],
                       receive: Receive) -> tuple[bytes, str, list[tuple[bytes, bytes]]]:
         # The order of the FastAPI route: key (401), media type (415), size (413), body (400).
-        presented = bearer_credentials(headers.get(b"authorization"))
-        if presented is None or not key_matches(presented, self.keys):
-            raise errors.Unauthorized()
+        authorize(headers.get(b"authorization"), self.keys, method="POST",
+                  admin_header=headers.get(ADMIN_HEADER.lower().encode()))
         fmt = validation.body_format(headers.get(b"content-type"))
         raw = await bodies.collect(body_chunks(receive), headers.get(b"content-length"),
                                    self.ctx.settings.max_body)

@@ -17,7 +17,8 @@ from switchboard.store import TargetKind
 Outcome = Literal["ok", "duplicate", "failed"]
 Mode = Literal["single", "batch"]
 Operation = Literal[
-    "publish", "batch", "connections", "disconnect", "presence", "cluster", "ready"
+    "publish", "batch", "connections", "disconnect", "presence", "cluster", "ready",
+    "channels", "drain", "history"
 ]
 
 TARGET_LABELS: dict[TargetKind, str] = {"u": "user", "c": "channel", "b": "broadcast"}

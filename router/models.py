@@ -136,6 +136,40 @@ class Cluster(BaseModel):
                              "draining; 1.0 when there are none")
 
 
+class ChannelSummary(BaseModel):
+    channel: str
+    users: int = Field(..., description="distinct users subscribed")
+    connections: int = Field(..., description="subscribed connections, all users")
+
+
+class Channels(BaseModel):
+    channels: list[ChannelSummary] = Field(..., description="in name order")
+    truncated: bool = Field(..., description="true: more channels may exist than listed "
+                            "(over 'limit', or the bounded scan stopped first)")
+
+
+class DrainAccepted(BaseModel):
+    gateway: str
+    already_draining: bool = Field(..., description="its registry entry said draining "
+                                   "already; the command was sent again all the same")
+    notified: int = Field(..., description="subscribers of the gateway's control channel "
+                          "that received the command")
+
+
+class Sample(BaseModel):
+    t_ms: int = Field(..., description="when the router sampled the registry (Unix ms)")
+    gateways: int
+    connections: int = Field(..., description="connections over every registered gateway")
+    deliveries_per_s: float = Field(..., description="live deliveries (message x "
+                                    "connection) per second, summed over gateways")
+
+
+class History(BaseModel):
+    interval_s: float = Field(..., description="seconds between samples")
+    window_s: float = Field(..., description="how far back the samples reach at most")
+    samples: list[Sample] = Field(..., description="oldest first")
+
+
 class Error(BaseModel):
     error: str = Field(..., description="machine-readable code")
     message: str

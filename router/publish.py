@@ -70,7 +70,7 @@ def add_routes(api: APIRouter, ctx: Context) -> None:
         tags=["publish"],
         summary="Publish one message to a user, a channel or everyone",
         response_model=models.PublishResult,
-        responses={200: MSGPACK_RESULT, **models.errors(400, 401, 413, 415, 422, 503)},
+        responses={200: MSGPACK_RESULT, **models.errors(400, 401, 403, 413, 415, 422, 503)},
         openapi_extra=models.request_body(models.PublishRequest),
     )
     async def publish(request: Request) -> Response:
@@ -85,7 +85,7 @@ def add_routes(api: APIRouter, ctx: Context) -> None:
         "naming its index and nothing is published. More than max_batch messages is a 413. "
         "Results come in the order of the messages.",
         response_model=models.BatchResult,
-        responses={200: MSGPACK_RESULT, **models.errors(400, 401, 413, 415, 422, 503)},
+        responses={200: MSGPACK_RESULT, **models.errors(400, 401, 403, 413, 415, 422, 503)},
         openapi_extra=models.request_body(models.BatchRequest),
     )
     async def publish_batch(request: Request) -> Response:

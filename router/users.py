@@ -44,7 +44,7 @@ def add_routes(api: APIRouter, ctx: Context) -> None:
         description="Gateways close them with `code` (default 4201) and `reason`. Codes "
         "4200..4299 let clients reconnect after jitter; 4000..4099 are terminal.",
         response_model=models.Disconnected,
-        responses=models.errors(400, 401, 404, 413, 415, 422, 503),
+        responses=models.errors(400, 401, 403, 404, 413, 415, 422, 503),
         openapi_extra=models.request_body(models.DisconnectRequest, required=False),
     )
     async def disconnect(user: UserPath, request: Request) -> JSONResponse:

@@ -264,6 +264,16 @@ def parse_batch(doc: dict[str, Any], max_batch: int) -> list[PublishRequest]:
 # -- users ------------------------------------------------------------------------------------
 
 
+# Gateway ids the router API can name (the defaults are gw-RANDOM; Kubernetes pod names fit).
+GATEWAY_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def parse_gateway_id(value: str) -> str:
+    if GATEWAY_ID_RE.fullmatch(value) is None:
+        raise InvalidField("'gateway_id' must match [A-Za-z0-9_.:-]{1,128}", field="gateway_id")
+    return value
+
+
 def parse_user(value: str) -> str:
     if not streams.valid_user(value):
         raise InvalidField(f"'user' must be {USER_RULE}", field="user")

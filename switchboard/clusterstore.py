@@ -8,10 +8,14 @@ What differs from one node (docs/scaling.md):
   user's channel; a publish reaches exactly them;
 - gateway liveness is checked outside scripts: presence and a user's connections drop the
   entries of gateways whose registry key has expired, reading the registry separately;
-- a disconnect is a control envelope on the user's channel.
+- a disconnect is a control envelope on the user's channel; a drain is one on the gateway's
+  own control channel (``sb:{gw:ID}:control``), which cluster gateways subscribe to;
+- listing channels SCANs every master.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
@@ -20,7 +24,7 @@ from switchboard.clusterclient import connect_cluster
 from switchboard.clusterpipe import ClusterPipelined
 from switchboard.config import RedisSettings
 from switchboard.pipelined import Script
-from switchboard.store import Store, Target, text
+from switchboard.store import SCAN_COUNT, Store, Target, text
 
 CLUSTER_PUBLISH_SCRIPT = Script(contract.CLUSTER_PUBLISH_LUA)
 
@@ -70,6 +74,36 @@ class ClusterStore(Store):
         envelope = contract.pack_control(contract.OP_DISCONNECT, user, code, reason)
         channel = self.keys.live_channel(streams.user_key(user))
         return int(await self.redis.spublish(channel, envelope))
+
+    async def drain(self, gateway_id: str, reason: str) -> int:
+        envelope = contract.pack_control(contract.OP_DRAIN, reason)
+        return int(await self.redis.spublish(self.keys.control_channel(gateway_id), envelope))
+
+    async def channels(self, limit: int, scan_budget: int) -> tuple[list[str], bool]:
+        """As on one node, each master scanned in turn within one shared budget."""
+        found: set[str] = set()
+        examined = 0
+        complete = True
+        await self.redis.initialize()  # a no-op once the slot map is known
+        for node in self.redis.get_primaries():
+            cursor: Any = 0
+            while True:
+                if examined >= scan_budget or len(found) > limit:
+                    complete = False
+                    break
+                reply, batch = await self.redis.scan(
+                    cursor, match=self.keys.presence_pattern(), count=SCAN_COUNT,
+                    target_nodes=node)
+                # redis-py answers a cluster SCAN with a cursor per node: one node here
+                cursor = next(iter(reply.values())) if isinstance(reply, dict) else reply
+                examined += SCAN_COUNT
+                found.update(c for k in batch if (c := self.keys.presence_channel(text(k))))
+                if int(cursor) == 0:
+                    break
+            if not complete:
+                break
+        names = sorted(found)
+        return names[:limit], not complete or len(names) > limit
 
     async def presence(self, channel: str) -> dict[str, int]:
         key = self.keys.presence(channel)

@@ -7,7 +7,8 @@ Redis Cluster later.
 Envelopes travel over pub/sub and sit in the replay log, and are msgpack arrays:
 
 - message: ``[stream_key, epoch, offset, published_ms, data]``
-- control: ``["!", op, *args]``, e.g. ``["!", "disconnect", user, code, reason]``
+- control: ``["!", op, *args]``, e.g. ``["!", "disconnect", user, code, reason]`` or
+  ``["!", "drain", reason]`` (sent to one gateway: drain as on SIGTERM, then exit)
 
 The publish script builds the message envelope itself because only it knows the offset: it
 packs the first three items with Redis' built-in cmsgpack and appends the caller's pre-packed
@@ -26,6 +27,7 @@ from switchboard import streams
 
 CONTROL = "!"
 OP_DISCONNECT = "disconnect"
+OP_DRAIN = "drain"
 
 
 class EnvelopeError(ValueError):
@@ -69,6 +71,9 @@ class GatewayInfo:
     # A killed process's connections are closed by its kernel at once, so this turns False
     # long before its registry entry expires.
     listening: bool | None = None
+    # Live deliveries (message x connection) since the gateway started; the router's admin
+    # history turns it into deliveries per second.
+    delivered: int | None = None
 
 
 def registry_entry(info: GatewayInfo) -> dict[str, str | int]:
@@ -83,12 +88,15 @@ def registry_entry(info: GatewayInfo) -> dict[str, str | int]:
         entry["ready"] = "1" if info.ready else "0"
     if info.max_connections is not None:
         entry["max_connections"] = info.max_connections  # 0: no limit
+    if info.delivered is not None:
+        entry["delivered"] = info.delivered
     return entry
 
 
 def parse_registry_entry(gateway_id: str, f: dict[str, str]) -> GatewayInfo:
     """Read back what :func:`registry_entry` wrote (older gateways may lack fields)."""
     limit = f.get("max_connections")
+    delivered = f.get("delivered")
     return GatewayInfo(
         gateway_id=gateway_id, host=f.get("host", ""), port=int(f.get("port", 0)),
         connections=int(f.get("connections", 0)), ws=int(f.get("ws", 0)),
@@ -96,6 +104,7 @@ def parse_registry_entry(gateway_id: str, f: dict[str, str]) -> GatewayInfo:
         started_ms=int(f.get("started", 0)), heartbeat_ms=int(f.get("heartbeat", 0)),
         ready=f["ready"] == "1" if "ready" in f else None,
         max_connections=int(limit) if limit and limit.isdigit() else None,
+        delivered=int(delivered) if delivered and delivered.isdigit() else None,
     )
 
 
@@ -142,6 +151,18 @@ class Keys:
     def gateway_channel(self, gateway_id: str) -> str:
         return self.gateway(gateway_id)
 
+    def presence_pattern(self) -> str:
+        """SCAN MATCH pattern of every channel's presence hash (the prefix glob-escaped)."""
+        return glob_escape(self.prefix) + "{c:*}:presence"
+
+    def presence_channel(self, key: str) -> str | None:
+        """The channel whose presence hash ``key`` is, or None for any other key."""
+        head, tail = f"{self.prefix}{{c:", "}:presence"
+        if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
+            name = key[len(head) : -len(tail)]
+            return name if streams.valid_channel(name) else None
+        return None
+
     # Redis Cluster mode (docs/scaling.md): sharded pub/sub channels live in the slot of the
     # stream they carry, so the publish script's SPUBLISH stays in the slot it writes.
 
@@ -149,9 +170,18 @@ class Keys:
         """Cluster mode: the sharded channel of one stream (user, broadcast or channel)."""
         return f"{self.prefix}{{{stream_key}}}:live"
 
+    def control_channel(self, gateway_id: str) -> str:
+        """Cluster mode: the sharded channel of control envelopes for one gateway (drain)."""
+        return f"{self.prefix}{{gw:{gateway_id}}}:control"
+
     def canary_channel(self, gateway_id: str, tag: str) -> str:
         """Cluster mode: a gateway's canary on one node (``tag`` hashes to a slot it owns)."""
         return f"{self.prefix}canary:{gateway_id}:{{{tag}}}"
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern (SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 # Lua shared by the scripts that need gateway liveness. A gateway's registry key (also the

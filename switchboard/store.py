@@ -25,6 +25,9 @@ from switchboard.redisurl import is_cluster
 
 TargetKind = Literal["u", "b", "c"]
 
+# Keys one SCAN call examines (its COUNT hint).
+SCAN_COUNT = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -228,6 +231,39 @@ class Store:
             user = text(raw)
             counts[user] = counts.get(user, 0) + 1
         return counts
+
+    async def gateway(self, gateway_id: str) -> GatewayInfo | None:
+        """One gateway's registry entry, or None when it has none (unknown, or expired)."""
+        row = await self.redis.hgetall(self.keys.gateway(gateway_id))
+        if not row:
+            return None
+        return contract.parse_registry_entry(
+            gateway_id, {text(k): text(v) for k, v in row.items()})
+
+    async def drain(self, gateway_id: str, reason: str) -> int:
+        """Tell one gateway to drain (as on SIGTERM) over its own pub/sub channel, the one
+        unicast deliveries use; returns how many subscribers received it (0: not listening)."""
+        envelope = contract.pack_control(contract.OP_DRAIN, reason)
+        return int(await self.redis.publish(self.keys.gateway_channel(gateway_id), envelope))
+
+    async def channels(self, limit: int, scan_budget: int) -> tuple[list[str], bool]:
+        """Channels that have a presence hash, at most ``limit`` of them, sorted; True when
+        the list may be incomplete (more found, or ``scan_budget`` keys examined first).
+        SCAN, never KEYS: each call examines about ``SCAN_COUNT`` keys."""
+        found: set[str] = set()
+        cursor: Any = 0
+        examined = 0
+        complete = False
+        while examined < scan_budget and len(found) <= limit:
+            cursor, batch = await self.redis.scan(
+                cursor, match=self.keys.presence_pattern(), count=SCAN_COUNT)
+            examined += SCAN_COUNT
+            found.update(c for k in batch if (c := self.keys.presence_channel(text(k))))
+            if int(cursor) == 0:
+                complete = True
+                break
+        names = sorted(found)
+        return names[:limit], not complete or len(names) > limit
 
     async def gateways(self) -> list[GatewayInfo]:
         ids = [text(g) for g in await self.redis.zrange(self.keys.gateways(), 0, -1)]

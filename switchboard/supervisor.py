@@ -613,16 +613,24 @@ class Supervisor:
             for child in self.children():
                 if child.running() or child.proc is None:
                     continue
-                log.warning("%s (pid %d) %s", child.name, child.pid,
-                            describe_exit(child.proc.returncode))
-                if not child.budget.spend(time.monotonic()):
+                drained = child in self.gateways and child.proc.returncode == 0
+                if drained:
+                    # A gateway exits 0 only after a drain it was asked for (the router's
+                    # POST /v1/gateways/ID/drain): replace it, it did not crash.
+                    log.info("%s (pid %d) drained and exited; replacing it", child.name,
+                             child.pid)
+                else:
+                    log.warning("%s (pid %d) %s", child.name, child.pid,
+                                describe_exit(child.proc.returncode))
+                if not drained and not child.budget.spend(time.monotonic()):
                     log.error("%s died again after %d restarts within %.0f s; giving up and "
                               "shutting down", child.name, child.budget.limit,
                               child.budget.window)
                     return 1
-                log.info("restarting %s (restart %d of %d allowed per %.0f s)", child.name,
-                         child.budget.used(time.monotonic()), child.budget.limit,
-                         child.budget.window)
+                if not drained:
+                    log.info("restarting %s (restart %d of %d allowed per %.0f s)",
+                             child.name, child.budget.used(time.monotonic()),
+                             child.budget.limit, child.budget.window)
                 try:
                     self.start([child])
                     log.info("%s is back (pid %d)", child.name, child.pid)

@@ -107,6 +107,7 @@ def test_server_distribution_pins_its_client_and_ships_the_browser_sdk(
     with zipfile.ZipFile(wheels["server"]) as z:
         served = z.read("gateway/static/client.js")
     assert served == (ROOT / "client" / "js" / "switchboard.js").read_bytes()
+    assert {"router/static/admin.html", "router/static/admin.js"} <= set(names)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import argparse
 import shlex
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -221,6 +222,33 @@ def test_a_crash_looping_child_is_restarted_then_given_up_on() -> None:
     assert sup.supervise() == 1  # two restarts allowed, the third death gives up
     assert child.pid != first
     assert child.budget.used(time.monotonic()) == 2
+    sup.shutdown()
+
+
+def test_a_drained_gateway_is_replaced_without_spending_its_restart_budget(
+        tmp_path: Path) -> None:
+    # A gateway exits 0 only after a drain (e.g. POST /v1/gateways/ID/drain from the admin
+    # page): drained more often than the budget allows, up must still not give up.
+    runs = tmp_path / "runs"
+    sup = Supervisor(CFG, {})
+    child = python_child("gateway-1", f"open({str(runs)!r}, 'a').write('x'); "
+                         "import time; time.sleep(0.1)", RestartBudget(limit=1, window=60.0))
+    sup.gateways = [child]
+    sup.start([child])
+
+    def stop_after_four_runs() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (
+                not runs.exists() or len(runs.read_text()) < 4):
+            time.sleep(0.05)
+        sup.stop.set()
+
+    watcher = threading.Thread(target=stop_after_four_runs)
+    watcher.start()
+    assert sup.supervise() == 0  # not 1: nothing crashed
+    watcher.join()
+    assert len(runs.read_text()) >= 4
+    assert child.budget.used(time.monotonic()) == 0
     sup.shutdown()
 
 
