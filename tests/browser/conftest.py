@@ -122,8 +122,8 @@ def demo(redis_server: RedisServer, logdir: Path) -> Iterator[DemoCluster]:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (make browser-deps)")
+    # a failure, not a skip: make test installs it (browser-deps)
+    assert Path(CHROMIUM).exists(), f"no chromium at {CHROMIUM} (make test installs it)"
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b

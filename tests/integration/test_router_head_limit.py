@@ -56,8 +56,6 @@ def refusal(raw: bytes) -> dict[str, str]:
 def router(request: pytest.FixtureRequest, redis_server: RedisServer,
            logdir: Path) -> Proc:
     parser = str(request.param)
-    if parser == "httptools":
-        pytest.importorskip("httptools")
     proc = start_router(redis_server, logdir, SWITCHBOARD_HTTP_PARSER=parser)
     assert f"({parser})" in proc.output(), proc.output()
     return proc
