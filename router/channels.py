@@ -9,7 +9,8 @@ examined, saying ``truncated`` when it may have missed some.
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
@@ -20,10 +21,14 @@ from switchboard.streams import CHANNEL_RE
 
 MAX_LIMIT = 500  # channels listed at most per request (each costs a presence read)
 SCAN_BUDGET = 100_000  # keys one listing may examine
+# Every open admin page polls the listing: one listing per limit and interval serves them all,
+# so the cost on Redis does not grow with the number of tabs.
+LISTING_TTL = 2.0
 
 
 def add_routes(api: APIRouter, ctx: Context) -> None:
     """Register on ``api``, the authenticated ``/v1`` router."""
+    listings: dict[int, tuple[float, dict[str, Any]]] = {}  # limit -> (when, answer)
 
     @api.get(
         "/channels",
@@ -38,6 +43,9 @@ def add_routes(api: APIRouter, ctx: Context) -> None:
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT,
                                     description="most channels to list")] = 100,
     ) -> JSONResponse:
+        cached = listings.get(limit)
+        if cached is not None and time.monotonic() - cached[0] < LISTING_TTL:
+            return JSONResponse(cached[1])
         with ctx.redis("channels"):
             names, truncated = await ctx.store.channels(limit, SCAN_BUDGET)
             listed = []
@@ -46,7 +54,9 @@ def add_routes(api: APIRouter, ctx: Context) -> None:
                 if counts:  # every entry was a dead gateway's: the channel is empty now
                     listed.append({"channel": name, "users": len(counts),
                                    "connections": sum(counts.values())})
-        return JSONResponse({"channels": listed, "truncated": truncated})
+        answer = {"channels": listed, "truncated": truncated}
+        listings[limit] = (time.monotonic(), answer)
+        return JSONResponse(answer)
 
     @api.get(
         "/channels/{channel}/presence",
