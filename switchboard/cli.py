@@ -253,7 +253,9 @@ def _status(args: argparse.Namespace) -> int:
             return True, routerapi.cluster_table(base, key, timeout)
         except routerapi.Unreachable as exc:
             return False, f"router unreachable: {exc}; retrying every {interval:g}s"
-        except CliError as exc:
+        except routerapi.Refused as exc:
+            if not exc.transient:  # a wrong key or URL: asking again will not help
+                raise
             return False, f"no status: {exc}; retrying every {interval:g}s"
 
     def title() -> str:

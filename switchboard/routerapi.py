@@ -25,6 +25,19 @@ class Unreachable(CliError):
     """No HTTP answer from the router at all (refused, unresolvable, timed out, hung up)."""
 
 
+class Refused(CliError):
+    """An HTTP error answer; ``status`` says whether asking again may help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def transient(self) -> bool:
+        # the router or its Redis is busy or restarting; a wrong key or URL stays wrong
+        return self.status >= 500 or self.status in (408, 429)
+
+
 def one_line(text: str, limit: int = 400) -> str:
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[:limit - 3] + "..."
@@ -52,7 +65,8 @@ def call(url: str, key: str, method: str, body: object | None = None,
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
     except urllib.error.HTTPError as exc:
-        raise CliError(f"router answered {exc.code}: {error_detail(exc.read())}") from None
+        raise Refused(exc.code, f"router answered {exc.code}: {error_detail(exc.read())}"
+                      ) from None
     except urllib.error.URLError as exc:
         raise Unreachable(f"cannot reach the router at {url}: {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, broken answers

@@ -24,8 +24,10 @@ T = TypeVar("T")
 ENV_PREFIX = "SWITCHBOARD_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-# Numbers for which zero means something: spread over no time, move at any excess.
-MAY_BE_ZERO = frozenset({"drain_window", "rebalance_margin"})
+# Numbers for which zero means something: spread over no time, move at any excess, no head
+# deadline (off), no channel subscriptions, never replay on resume.
+MAY_BE_ZERO = frozenset({"drain_window", "rebalance_margin", "header_timeout", "max_channels",
+                         "replay_limit"})
 
 
 def env_name(field_name: str) -> str:

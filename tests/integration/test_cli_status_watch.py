@@ -151,6 +151,17 @@ def test_watch_without_a_terminal_prints_each_snapshot_whole(small: Cluster) -> 
     assert done.stdout.count("total: 0 connections on 1 gateway") == 3
 
 
+def test_watch_with_a_wrong_key_stops_with_one_line(small: Cluster) -> None:
+    # a 401 does not go away by asking again, unlike a router that is down or answers 503
+    done = subprocess.run(
+        [sys.executable, "-m", "switchboard.cli", "status", "--watch", "--interval", "0.1",
+         "--router", f"http://127.0.0.1:{small.router.port}"],
+        env={**os.environ, "SWITCHBOARD_API_KEY": "not-the-key"}, cwd=ROOT,
+        capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done
+    assert len(done.stderr.splitlines()) == 1 and "401" in done.stderr, done.stderr
+
+
 def _warnings_about_redis(proc: Proc) -> int:
     return sum(1 for line in proc.output().splitlines()
                if " WARNING " in line and ("Redis" in line or "redis" in line))

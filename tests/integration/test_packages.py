@@ -22,7 +22,8 @@ import pytest
 from tests.integration.cluster import Cluster, cluster, token
 from tests.support import RedisServer
 
-pytestmark = pytest.mark.integration
+# two isolated builds and a fresh venv, each fetching from the index on a fresh machine
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = (ROOT / "VERSION").read_text().strip()

@@ -171,6 +171,7 @@ def test_version_is_the_installed_distributions() -> None:
     done = switchboard("--version")
     assert done.returncode == 0 and done.stderr == "", done
     assert done.stdout == f"switchboard {importlib.metadata.version('switchboard')}\n"
+    assert done.stdout == f"switchboard {(ROOT / 'VERSION').read_text().strip()}\n"
 
 
 def test_version_without_an_installed_distribution_says_unknown() -> None:

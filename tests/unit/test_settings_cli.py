@@ -112,9 +112,18 @@ def test_numbers_out_of_range_are_refused(name: str, type_name: str, value: obje
 @pytest.mark.parametrize(("name", "value"), [
     ("drain_window", 0.0), ("rebalance_margin", 0.0), ("port", 0), ("ping_interval", None),
     ("reuse_port", False), ("prefix", ""), ("heartbeat_interval", 0.01),
+    # zero means something documented: no head deadline, no subscriptions, never replay
+    ("header_timeout", 0.0), ("max_channels", 0), ("replay_limit", 0),
 ])
 def test_numbers_in_range_and_other_values_pass(name: str, value: object) -> None:
     settings_cli.check(name, "", value)
+
+
+def test_a_documented_zero_is_accepted_from_the_environment() -> None:
+    from switchboard.config import RouterSettings
+    router = settings_cli.build(RouterSettings, parse(RouterSettings, []),
+                                {"SWITCHBOARD_HEADER_TIMEOUT": "0"})
+    assert router.header_timeout == 0  # docs/operations.md: 0 turns the deadline off
 
 
 def test_a_value_out_of_range_names_where_it_came_from() -> None:

@@ -33,7 +33,7 @@ from switchboard_client.channels import Published, Subscribed, check_channel
 from switchboard_client.connection import Connector, Options, State, TokenProvider
 from switchboard_client.protocol import SUBPROTOCOLS, Format, Item, Position, Stats
 
-log = logging.getLogger("client")
+log = logging.getLogger("switchboard_client")
 
 
 class _End:

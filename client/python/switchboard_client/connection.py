@@ -65,7 +65,7 @@ from switchboard_client.protocol import (
 State = Literal["connecting", "open", "reconnecting", "closed"]
 TokenProvider = Callable[[], Awaitable[str]]
 
-log = logging.getLogger("client")
+log = logging.getLogger("switchboard_client")
 
 
 @dataclass(frozen=True, slots=True)
