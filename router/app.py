@@ -18,6 +18,7 @@ from router import (
     gateways,
     handlers,
     history,
+    messages,
     models,
     probes,
     publish,
@@ -107,7 +108,7 @@ def create_app(settings: RouterSettings, store: Store | None = None, *,
     admin.add_routes(root, ctx)
     app.include_router(root)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key(settings.api_keys))])
-    for module in (publish, users, channels, cluster, gateways):
+    for module in (publish, users, channels, messages, cluster, gateways):
         module.add_routes(v1, ctx)
     app.include_router(v1)
     return FastPublish(app, ctx)

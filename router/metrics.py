@@ -7,7 +7,7 @@ small fixed set: target kinds, outcomes, operations, route templates, methods, s
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
@@ -18,7 +18,7 @@ Outcome = Literal["ok", "duplicate", "failed"]
 Mode = Literal["single", "batch"]
 Operation = Literal[
     "publish", "batch", "connections", "disconnect", "presence", "cluster", "ready",
-    "channels", "drain", "history"
+    "channels", "drain", "history", "messages", "top"
 ]
 
 TARGET_LABELS: dict[TargetKind, str] = {"u": "user", "c": "channel", "b": "broadcast"}
@@ -55,6 +55,10 @@ class RouterMetrics:
             ["operation"],
             registry=self.registry,
         )
+        # Every series from 0: rate() needs two samples, so an error counter born at 1 would
+        # hide a short burst of errors from the alert.
+        for operation in get_args(Operation):
+            self._redis_errors.labels(operation)
         self._http = Counter(
             "switchboard_router_http_requests",
             "HTTP requests answered, by route template, method and status",

@@ -170,6 +170,40 @@ class History(BaseModel):
     samples: list[Sample] = Field(..., description="oldest first")
 
 
+class StreamPosition(BaseModel):
+    epoch: str
+    offset: int = Field(..., description="offset of the stream's latest message; 0: none yet")
+
+
+class LoggedMessage(BaseModel):
+    offset: int
+    published_ms: int = Field(..., description="when the router (or gateway) stored it, Unix ms")
+    data: Any = Field(..., description="as published: any JSON value; data published as "
+                      "msgpack binary is base64 text in a JSON answer, binary in a msgpack one")
+
+
+class MessagesPage(BaseModel):
+    stream: str = Field(..., description="wire name: 'user', 'broadcast' or 'ch.NAME'")
+    epoch: str = Field(..., description="the stream's current epoch; every message is in it")
+    top: StreamPosition = Field(..., description="the stream's position when it was read")
+    messages: list[LoggedMessage] = Field(..., description="contiguous offsets, oldest first")
+    next: str | None = Field(..., description="EPOCH:OFFSET to pass as 'since' for the next "
+                             "page; null: this page reaches 'top'")
+    complete: bool = Field(..., description="false: messages between the requested position "
+                           "and the first one here are lost (see 'lost')")
+    lost: Literal["epoch_changed", "trimmed"] | None = Field(
+        ..., description="why 'complete' is false: 'epoch_changed' (the stream's history was "
+        "lost, or 'since' is above the top: the page starts at the new epoch's first message "
+        "still logged), 'trimmed' (the log no longer reaches back that far: history_size, "
+        "history_ttl); null when complete")
+
+
+class StreamTop(BaseModel):
+    stream: str = Field(..., description="wire name: 'user', 'broadcast' or 'ch.NAME'")
+    epoch: str
+    offset: int = Field(..., description="offset of the stream's latest message; 0: none yet")
+
+
 class Error(BaseModel):
     error: str = Field(..., description="machine-readable code")
     message: str

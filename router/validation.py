@@ -320,3 +320,22 @@ def parse_disconnect(doc: dict[str, Any] | None) -> DisconnectRequest:
 def disconnect_code_allowed(code: int) -> bool:
     """Codes the router API may close with: terminal 4000-4099 or reconnect 4200-4299."""
     return 4000 <= code <= 4099 or 4200 <= code <= 4299
+
+
+# -- history ----------------------------------------------------------------------------------
+
+MAX_PAGE = 1000  # messages per page of the history API
+DEFAULT_PAGE = 100
+MAX_OFFSET_DIGITS = 18  # as in a client's cursor (switchboard.streams.parse_cursor)
+# A position in one stream, as in a client's cursor entries without the stream name.
+SINCE_RE = re.compile(rf"{streams.EPOCH_RE.pattern}:[0-9]{{1,{MAX_OFFSET_DIGITS}}}")
+SINCE_RULE = "EPOCH:OFFSET (1..32 letters or digits, ':', 1..18 digits)"
+
+
+def parse_since(value: str) -> streams.Position:
+    """``since`` of a history read: a position ``EPOCH:OFFSET`` (a client's cursor entry
+    ``STREAM:EPOCH:OFFSET`` without its stream, or a page's ``next``)."""
+    if SINCE_RE.fullmatch(value) is None:
+        raise InvalidField(f"'since' must be {SINCE_RULE}", field="since")
+    epoch, _, offset = value.partition(":")
+    return streams.Position(epoch, int(offset))

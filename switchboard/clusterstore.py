@@ -10,7 +10,8 @@ What differs from one node (docs/scaling.md):
   entries of gateways whose registry key has expired, reading the registry separately;
 - a disconnect is a control envelope on the user's channel; a drain is one on the gateway's
   own control channel (``sb:{gw:ID}:control``), which cluster gateways subscribe to;
-- listing channels SCANs every master.
+- listing channels SCANs every master;
+- the history reads' scripts run with EVAL (their source sent along), as the gateway's do.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class ClusterStore(Store):
 
     def _route(self, target: Target, keys: list[str]) -> str:
         return self.keys.live_channel(target.stream_key)
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        # EVAL, as the cluster gateway runs its scripts: the source travels along, so a
+        # master promoted by a failover never answers NOSCRIPT. One slot: the stream's tag.
+        return await self.redis.eval(script.script, len(keys), *keys, *args)
 
     async def _live_gateways(self, gateway_ids: set[str]) -> set[str]:
         if not gateway_ids:

@@ -284,6 +284,31 @@ local epoch, offset = ensure_meta(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 return {epoch, offset}
 """
 
+# The router's history API (router/messages.py): a stream's top and one page of its log, read
+# in one step, so the page and the top it is measured against are one consistent snapshot.
+# A stream without a position gets one first, as a connecting client's does (ensure_meta).
+# KEYS: meta, log. ARGV: 1 candidate epoch, 2 meta ttl ms, 3 mode 'since' | 'last' | 'first',
+#       4 epoch of the 'since' position, 5 its offset ('since') or N ('last'), 6 most entries.
+# Where the page starts (the same rule as router.messages.start_offset):
+# - since (E, K): K + 1 when E is the stream's epoch and K <= top; otherwise the stream's
+#   history before the request is lost and the page starts at 1, the epoch's first message;
+# - last N: max(1, top - N + 1); first: 1.
+# Returns {epoch, top, XRANGE entries from the start up to the top, at most ARGV[6]}.
+READ_PAGE_LUA = _ENSURE_META_FN + r"""
+local epoch, top = ensure_meta(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+local from = 1
+if ARGV[3] == 'last' then
+  from = math.max(1, top - tonumber(ARGV[5]) + 1)
+elseif ARGV[3] == 'since' and ARGV[4] == epoch and tonumber(ARGV[5]) <= top then
+  from = tonumber(ARGV[5]) + 1
+end
+local entries = {}
+if from <= top then
+  entries = redis.call('XRANGE', KEYS[2], from .. '-0', top .. '-0', 'COUNT', ARGV[6])
+end
+return {epoch, top, entries}
+"""
+
 # KEYS: meta, log. ARGV: epoch. Forgets a stream whose offsets went back (Redis came back
 # with older data): its next message starts a new epoch, so every cursor and live position in
 # the old one reads as history lost instead of silently matching reused offsets.
@@ -406,6 +431,27 @@ def pack_message(msg: Message) -> bytes:
 
 def pack_control(op: str, *args: Any) -> bytes:
     return bytes(msgpack.packb([CONTROL, op, *args], use_bin_type=True))
+
+
+def log_messages(entries: list[Any]) -> list[Message]:
+    """The messages of an ``XRANGE`` reply: ``[id, fields]`` pairs, the fields a flat list
+    (hiredis, a script's reply) or a dict (redis-py); an entry that does not unpack is
+    skipped, so a reader sees the gap it leaves."""
+    found: list[Message] = []
+    for _entry_id, fields in entries:
+        if isinstance(fields, dict):
+            raw = fields.get(b"e")
+        else:
+            raw = dict(zip(fields[::2], fields[1::2], strict=False)).get(b"e")
+        if not isinstance(raw, bytes):
+            continue
+        try:
+            env = unpack(raw)
+        except EnvelopeError:
+            continue
+        if isinstance(env, Message):
+            found.append(env)
+    return found
 
 
 def unpack(raw: bytes) -> Message | Control:

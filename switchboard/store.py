@@ -19,11 +19,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from switchboard import contract, streams
 from switchboard.config import RedisSettings
-from switchboard.contract import GatewayInfo
+from switchboard.contract import GatewayInfo, Message
 from switchboard.pipelined import Arg, PipelinedRedis, Script
 from switchboard.redisurl import is_cluster
+from switchboard.streams import Position
 
 TargetKind = Literal["u", "b", "c"]
+PageMode = Literal["since", "last", "first"]
 
 # Keys one SCAN call examines (its COUNT hint).
 SCAN_COUNT = 1000
@@ -50,6 +52,24 @@ class Published:
     offset: int
     recipients: int
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """Where a page of a stream's log starts: after a position (``since``), ``last`` messages
+    before the top, or at the first message of the stream's epoch (``first``)."""
+
+    mode: PageMode = "first"
+    since: Position | None = None
+    last: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """A stream's top and log entries from the query's start, read in one atomic step."""
+
+    top: Position
+    messages: list[Message]
 
 
 def text(value: object) -> str:
@@ -124,6 +144,8 @@ class Store:
         self.keys = contract.Keys(settings.prefix)
         self._route_to_user = client.register_script(contract.ROUTE_TO_USER_LUA)
         self._presence = client.register_script(contract.PRESENCE_LUA)
+        self._read_page = client.register_script(contract.READ_PAGE_LUA)
+        self._ensure_meta = client.register_script(contract.ENSURE_META_LUA)
 
     @classmethod
     def open(cls, settings: RedisSettings, client_name: str) -> Store:
@@ -208,6 +230,30 @@ class Store:
                  for target, data, idem in items]
         raws = await self.pipelined.run_script_many(self.publish_script, calls)
         return [self._result(t, r) for (t, _, _), r in zip(items, raws, strict=True)]
+
+    # -- history ------------------------------------------------------------------------------
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a script registered on the command client (EVALSHA, loaded again if flushed)."""
+        return await script(keys=keys, args=args)
+
+    async def read_page(self, stream_key: str, query: PageQuery, count: int) -> LogPage:
+        """The stream's top and at most ``count`` log entries from where ``query`` starts
+        (:data:`contract.READ_PAGE_LUA`), one round trip. A stream without a position gets
+        one (epoch, offset 0), as it does when a client connects."""
+        since = query.since
+        raw = await self._run(
+            self._read_page, [self.keys.meta(stream_key), self.keys.log(stream_key)],
+            [streams.random_id(), contract.ms(self.settings.meta_ttl), query.mode,
+             since.epoch if since else "", since.offset if since else query.last, count])
+        return LogPage(Position(text(raw[0]), int(raw[1])), contract.log_messages(raw[2]))
+
+    async def top(self, stream_key: str) -> Position:
+        """The stream's current (epoch, offset), giving it a position if it has none."""
+        raw = await self._run(
+            self._ensure_meta, [self.keys.meta(stream_key), self.keys.log(stream_key)],
+            [streams.random_id(), contract.ms(self.settings.meta_ttl)])
+        return Position(text(raw[0]), int(raw[1]))
 
     # -- connections and sessions -------------------------------------------------------------
 
