@@ -78,7 +78,7 @@ ROUTER_CASES = [
     ([], {"SWITCHBOARD_ROUTER_PORT": "abc"}, "SWITCHBOARD_ROUTER_PORT"),
     (["--host", "no-such-host.invalid"], {}, "cannot listen on no-such-host.invalid"),
     (["--redis-url", "foo://x"], {}, "invalid Redis URL"),
-    (["--header-timeout", "-1"], {}, "--header-timeout: must be above zero"),
+    (["--header-timeout", "-1"], {}, "--header-timeout: must not be negative"),
     (["--max-body", "0"], {}, "--max-body: must be above zero"),
     (["--http-parser", "fast"], {}, "--http-parser"),
     (["--api-keys", ""], {"SWITCHBOARD_API_KEYS": ""}, "no API keys"),
