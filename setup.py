@@ -20,5 +20,7 @@ setup(install_requires=[
     "PyJWT[crypto]>=2.8",
     "fastapi>=0.110",
     "uvicorn>=0.29",
+    # the gateway's backend proxy (gateway/proxy.py; imported only when a proxy URL is set)
+    "httpx>=0.27,<1",
     "uvloop>=0.19; sys_platform != 'win32'",
 ])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -21,14 +22,24 @@ from typing import Any
 
 from websockets.http11 import Request, Response
 
-from gateway import commands, handshake, http, mover, shutdown
+from gateway import commands, handshake, http, mover, proxyrules, shutdown
 from gateway.admission import Admission, refusal
 from gateway.backplane import RedisBackplane
 from gateway.delivery import Delivery
-from gateway.errors import HandshakeRefused
+from gateway.errors import HandshakeRefused, ProxyUnavailable
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
-from gateway.ports import Accepted, Backplane, Client, Registration, Services
+from gateway.ports import (
+    Accepted,
+    Backplane,
+    Client,
+    ConnectRequest,
+    Deferred,
+    Proxy,
+    Registration,
+    Services,
+)
+from gateway.proxyrefresh import Refresher
 from gateway.server import Connection
 from gateway.tracker import Tracker
 from gateway.transport import FlushScheduler, Writer
@@ -54,9 +65,11 @@ _STATIC = {
 
 class Gateway:
     def __init__(self, settings: GatewaySettings, loop: asyncio.AbstractEventLoop,
-                 backplane: Callable[[str, GatewayMetrics], Backplane] | None = None) -> None:
+                 backplane: Callable[[str, GatewayMetrics], Backplane] | None = None,
+                 proxy: Callable[[str, GatewayMetrics], Proxy | None] | None = None) -> None:
         """``backplane`` builds the backplane for a gateway id and its metrics (default: the
-        Redis one of ``settings``; tests pass :class:`gateway.memory.MemoryBackplane`)."""
+        Redis one of ``settings``; tests pass :class:`gateway.memory.MemoryBackplane`);
+        ``proxy`` the same for the proxy (default: HTTP, when a proxy URL is set)."""
         self.settings = settings
         self.loop = loop
         self.gateway_id = settings.gateway_id or f"gw-{streams.random_id(8)}"
@@ -72,10 +85,18 @@ class Gateway:
         self.flusher = FlushScheduler(loop)
         build = backplane or redis_backplane(settings)
         self.backplane = build(self.gateway_id, self.metrics)
+        self.proxy = (proxy or http_proxy(settings))(self.gateway_id, self.metrics)
         self.services = Services(
             settings=settings, gateway_id=self.gateway_id, hub=Hub(), tracker=Tracker(),
             backplane=self.backplane, metrics=self.metrics, spawn=self.spawn,
+            proxy=self.proxy,
         )
+        # Only with a connect proxy are connects deferred; only with a refresh proxy are
+        # expiring connections tracked.
+        self._connect_proxy = self.proxy if self.proxy is not None and self.proxy.connects \
+            else None
+        self.refresher = Refresher(self.services, self.proxy) \
+            if self.proxy is not None and self.proxy.refreshes else None
         self.hub = self.services.hub
         self.delivery = Delivery(self.services, self._registrations, drain=self.request_drain)
         self._background: set[asyncio.Task[None]] = set()
@@ -103,14 +124,74 @@ class Gateway:
     def new_writer(self, tcp: asyncio.Transport, on_overflow: Callable[[], None]) -> Writer:
         return Writer(tcp, self.flusher, self.settings.write_buffer_limit, on_overflow)
 
-    def accept(self, request: Request, params: dict[str, str]) -> Accepted:
+    def accept(self, request: Request, params: dict[str, str]) -> Accepted | Deferred:
         headers = request.headers
         attempt = handshake.Attempt(request.method, params, headers.get("Origin"),
                                     headers.get("Host"), headers.get("Last-Event-ID"))
+        if self._connect_proxy is not None:
+            return self._defer(attempt, request, params)
         return handshake.decide(
             attempt, origins=self.origins, admit=self.admit,
             authenticate=lambda: self.authenticate(request, params),
             max_channels=self.settings.max_channels)
+
+    def _defer(self, attempt: handshake.Attempt, request: Request,
+               params: dict[str, str]) -> Deferred:
+        claims, connect = handshake.defer(
+            attempt, origins=self.origins, admit=self.admit,
+            authenticate=lambda: self._authenticate_optional(request, params),
+            max_channels=self.settings.max_channels)
+        headers = request.headers
+        return Deferred(claims, connect, attempt.origin, headers.get("User-Agent"),
+                        proxyrules.forwarded_headers(self.settings.proxy_headers, headers.get),
+                        params)
+
+    def _authenticate_optional(self, request: Request, params: dict[str, str]) -> Claims | None:
+        """With a connect proxy the token is optional; one that is sent must be valid."""
+        if self.verifier is None:
+            return self.authenticate(request, params)
+        token = http.bearer_token(request, params)
+        return self.verifier.verify(token) if token else None
+
+    async def accept_deferred(self, deferred: Deferred, transport: str,
+                              remote_addr: str | None, deadline: float) -> Accepted:
+        """Ask the connect proxy: 503 (with Retry-After) when it cannot answer in time, its
+        401/403 when it refuses, else the claims it grants and the channels it joins."""
+        proxy = self._connect_proxy
+        assert proxy is not None
+        body = proxyrules.connect_body(
+            gateway=self.gateway_id, transport=transport, remote_addr=remote_addr,
+            origin=deferred.origin, user_agent=deferred.user_agent, headers=deferred.headers,
+            params=deferred.params, claims=deferred.claims)
+        try:
+            verdict = await proxy.connect(body, deadline - self.loop.time())
+            if isinstance(verdict, proxyrules.Denied):
+                raise _denied(verdict)
+            claims = verdict.claims(deferred.claims)
+            asked = deferred.request
+            channels = tuple(dict.fromkeys(asked.channels + verdict.join))
+            if len(channels) > self.settings.max_channels:
+                raise proxyrules.BadAnswer("'join' takes the connection past max_channels")
+        except proxyrules.BadAnswer as exc:
+            self.metrics.proxy_error("connect", "bad_answer")
+            log.warning("proxy connect answer refused: %s", exc)
+            raise _unavailable("the backend's answer was not usable") from None
+        except ProxyUnavailable:
+            raise _unavailable("the backend could not be asked") from None
+        except HandshakeRefused:
+            raise
+        except Exception:
+            # A proxy is never to crash a handshake: whatever went wrong is a 503 and a log.
+            log.exception("proxy connect failed")
+            raise _unavailable("the backend could not be asked") from None
+        reason = self.admission()  # drained or lost Redis while the backend was asked
+        if reason is not None:
+            raise refusal(503, "unavailable", reason, 1 + random.randint(0, 2))
+        # The joined channels are granted: subscribed at connect without further questions.
+        claims = dataclasses.replace(
+            claims, channels=tuple(dict.fromkeys(claims.channels + verdict.join)))
+        return Accepted(claims, ConnectRequest(asked.session, asked.cursor, channels,
+                                               granted=verdict.join))
 
     def cors_origin(self, request: Request) -> str | None:
         origin = request.headers.get("Origin")
@@ -150,6 +231,8 @@ class Gateway:
 
     def client_joined(self, conn: Client) -> None:
         self.metrics.connected(conn.transport.wire)
+        if self.refresher is not None:
+            self.refresher.track(conn)
 
     def client_closing(self, conn: Client, code: int | None) -> None:
         self.metrics.closed(conn.transport.wire, code)
@@ -216,6 +299,8 @@ class Gateway:
         self._tasks.append(self.loop.create_task(self._keepalive_loop()))
         if s.rebalance:
             self._tasks.append(self.loop.create_task(mover.rebalance_loop(self.services)))
+        if self.refresher is not None:
+            self._tasks.append(self.loop.create_task(self.refresher.run()))
         log.info("gateway %s listening on %s:%d", self.gateway_id, s.host, s.port)
         if self.verifier is None:
             log.warning("AUTH IS DISABLED: any client may connect as any user (dev only)")
@@ -268,6 +353,9 @@ class Gateway:
                 await asyncio.wait_for(self._all_closed.wait(), self.settings.close_timeout + 1)
         await self.backplane.stop()
         await shutdown.stop_tasks(self._tasks, 1.0)
+        if self.proxy is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proxy.aclose(), 1.0)
         log.info("gateway %s stopped", self.gateway_id)
 
 
@@ -278,6 +366,27 @@ def redis_backplane(settings: GatewaySettings) -> Callable[[str, GatewayMetrics]
 
         return lambda gw, metrics: ClusterBackplane(settings, gw, metrics)
     return lambda gw, metrics: RedisBackplane(settings, gw, metrics)
+
+
+def http_proxy(settings: GatewaySettings) -> Callable[[str, GatewayMetrics], Proxy | None]:
+    """The HTTP proxy, when any proxy URL is set (None: no proxy, nothing on any path, and
+    httpx is not even imported)."""
+    if not proxyrules.configured(settings):
+        return lambda gw, metrics: None
+    from gateway.proxy import HttpProxy
+
+    return lambda gw, metrics: HttpProxy(settings, gw, metrics)
+
+
+def _denied(verdict: proxyrules.Denied) -> HandshakeRefused:
+    message = quotable(verdict.reason) or "connect refused by the backend"
+    if verdict.status == 401:
+        return handshake.unauthorized(message)
+    return HandshakeRefused(403, "forbidden", message)
+
+
+def _unavailable(message: str) -> HandshakeRefused:
+    return refusal(503, "unavailable", message, 1 + random.randint(0, 2))
 
 
 def _read_key(value: str) -> str:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gateway import hub
+from gateway import hub, proxyrules
 from gateway.attach import attach
-from gateway.errors import BackendUnavailable
+from gateway.errors import BackendUnavailable, ProxyUnavailable
 from gateway.ports import Client, Registration, Services
 from gateway.wire import Outgoing
 from switchboard import streams, untrusted
@@ -175,6 +175,16 @@ async def join(svc: Services, conn: Client, channel: str, cursor: Position | Non
     def current() -> bool:
         return session.joining.get(key) is token and conn in svc.hub
 
+    if svc.proxy is not None and svc.proxy.subscribes(channel):
+        refused = await ask_subscribe(svc, conn, channel)
+        if refused is not None:
+            if current():
+                session.leave(key)
+                channel_left(svc, conn, key)
+                error(conn, *refused, channel=channel)
+            else:
+                superseded(conn, channel)
+            return
     async with conn.channel_lock():
         if not current():
             superseded(conn, channel)
@@ -242,7 +252,58 @@ async def leave_presence(svc: Services, conn: Client, reg: Registration,
             await svc.backplane.leave(reg, channel)
 
 
+async def ask_subscribe(svc: Services, conn: Client, channel: str) -> tuple[str, str] | None:
+    """The subscribe proxy's refusal as (code, message), or None if it allows."""
+    assert svc.proxy is not None
+    body = proxyrules.connection_body(
+        "subscribe", gateway=svc.gateway_id, claims=conn.claims, conn_id=conn.conn_id,
+        session=conn.session.session_id, channel=channel)
+    try:
+        verdict = await svc.proxy.subscribe(body)
+    except ProxyUnavailable:
+        return "unavailable", f"cannot subscribe to {channel!r} right now"
+    if isinstance(verdict, proxyrules.Denied):
+        return "forbidden", verdict.reason or f"you may not subscribe to {channel!r}"
+    return None
+
+
 async def publish(svc: Services, conn: Client, channel: str, data: Any, msg_id: Any) -> None:
+    if svc.proxy is not None and svc.proxy.publishes(channel):
+        # Under the connection's channel lock: its proxied publishes are asked and stored
+        # one at a time, in the order it sent them.
+        async with conn.channel_lock():
+            await proxied_publish(svc, conn, channel, data, msg_id)
+        return
+    await store(svc, conn, channel, data, msg_id)
+
+
+async def proxied_publish(svc: Services, conn: Client, channel: str, data: Any,
+                          msg_id: Any) -> None:
+    """Ask the publish proxy (never twice: a publish is not idempotent), then store what it
+    allowed, rewritten or not."""
+    assert svc.proxy is not None
+    body = proxyrules.connection_body(
+        "publish", gateway=svc.gateway_id, claims=conn.claims, conn_id=conn.conn_id,
+        session=conn.session.session_id, channel=channel, data=data)
+    try:
+        verdict = await svc.proxy.publish(body)
+    except ProxyUnavailable:
+        error(conn, "unavailable", "message not stored, try again", channel=channel, id=msg_id)
+        return
+    except ValueError as exc:  # data JSON cannot carry (nesting too deep for any encoder)
+        error(conn, "bad_request", f"data cannot be published: {exc}", channel=channel,
+              id=msg_id)
+        return
+    if isinstance(verdict, proxyrules.Denied):
+        error(conn, "forbidden", verdict.reason or f"you may not publish to {channel!r}",
+              channel=channel, id=msg_id)
+        return
+    if conn.is_closed():
+        return
+    await store(svc, conn, channel, verdict.data if verdict.rewritten else data, msg_id)
+
+
+async def store(svc: Services, conn: Client, channel: str, data: Any, msg_id: Any) -> None:
     try:
         result = await svc.backplane.publish(channel, data)
     except (ValueError, TypeError, OverflowError) as exc:

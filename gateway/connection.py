@@ -172,6 +172,9 @@ class BaseConnection(asyncio.Protocol):
         self.phase = Phase.CLOSED
         if self.writer is not None:
             self.writer.discard()
+        if previous is Phase.HANDSHAKE and self._welcome_task is not None:
+            # A connect parked on the connect proxy: nobody waits for its answer any more.
+            self._welcome_task.cancel()
         # A running welcome is left to finish: cancelling it could leave its map entry written
         # by a pipeline already sent; it notices the close and takes the entry back itself.
         if previous in (Phase.WS, Phase.SSE):

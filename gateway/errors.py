@@ -4,8 +4,10 @@
 
     GatewayError
     ├── BackendUnavailable       Redis (or whatever backs the backplane) did not do what we
-    │   └── ChannelUnavailable   asked: a connection error, a timeout, an error reply, a lost
-    │                            pub/sub connection, a channel subscription not confirmed
+    │   ├── ChannelUnavailable   asked: a connection error, a timeout, an error reply, a lost
+    │   │                        pub/sub connection, a channel subscription not confirmed
+    │   └── ProxyUnavailable     the proxy's backend gave no verdict: timeout, connection
+    │                            error, HTTP status, malformed answer, breaker open, too busy
     ├── HandshakeRefused         a connect answered with an HTTP status and a JSON message
     │                            (400 bad parameters, 401 token, 403 origin, 405 method,
     │                            429 accept rate, 503 draining, full or Redis down)
@@ -33,6 +35,16 @@ class BackendUnavailable(GatewayError):
 
 class ChannelUnavailable(BackendUnavailable):
     """The pub/sub subscription for a channel could not be confirmed in time."""
+
+
+class ProxyUnavailable(BackendUnavailable):
+    """A proxy call gave no verdict; ``kind`` is its metric label (``timeout``,
+    ``connection``, ``http_4xx``, ``http_5xx``, ``bad_answer``, ``breaker_open``,
+    ``overloaded``)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class HandshakeRefused(GatewayError):

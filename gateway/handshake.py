@@ -34,6 +34,31 @@ def decide(attempt: Attempt, *, origins: OriginPolicy,
            admit: Callable[[], HandshakeRefused | None],
            authenticate: Callable[[], Claims], max_channels: int) -> Accepted:
     """Raises :class:`HandshakeRefused` with the status the client gets."""
+    admit_attempt(attempt, origins, admit)
+    try:
+        claims = authenticate()
+    except TokenError as exc:
+        raise unauthorized(str(exc)) from None
+    return Accepted(claims, connect_request(attempt, max_channels))
+
+
+def defer(attempt: Attempt, *, origins: OriginPolicy,
+          admit: Callable[[], HandshakeRefused | None],
+          authenticate: Callable[[], Claims | None],
+          max_channels: int) -> tuple[Claims | None, ConnectRequest]:
+    """The same checks in the same order for a connect the connect proxy decides, except
+    that the token is optional (``authenticate`` returns None without one); a token that is
+    sent must be valid. The proxy is asked only after all of them passed."""
+    admit_attempt(attempt, origins, admit)
+    try:
+        claims = authenticate()
+    except TokenError as exc:
+        raise unauthorized(str(exc)) from None
+    return claims, connect_request(attempt, max_channels)
+
+
+def admit_attempt(attempt: Attempt, origins: OriginPolicy,
+                  admit: Callable[[], HandshakeRefused | None]) -> None:
     if attempt.method != "GET":
         raise HandshakeRefused(405, "method_not_allowed", "use GET", [("Allow", "GET")])
     if not origins.allows(attempt.origin, attempt.host):
@@ -42,12 +67,11 @@ def decide(attempt: Attempt, *, origins: OriginPolicy,
     refusal = admit()
     if refusal is not None:
         raise refusal
-    try:
-        claims = authenticate()
-    except TokenError as exc:
-        raise HandshakeRefused(401, "unauthorized", str(exc),
-                               [("WWW-Authenticate", 'Bearer realm="switchboard"')]) from None
-    return Accepted(claims, connect_request(attempt, max_channels))
+
+
+def unauthorized(message: str) -> HandshakeRefused:
+    return HandshakeRefused(401, "unauthorized", message,
+                            [("WWW-Authenticate", 'Bearer realm="switchboard"')])
 
 
 def connect_request(attempt: Attempt, max_channels: int) -> ConnectRequest:

@@ -6,13 +6,14 @@ counts are added once per message (``inc(n)``), never once per connection.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gateway.hotmetrics import DeliveryCollector
 from gateway.wire import WIRES, Wire
 from switchboard import closecodes
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_PROXY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _FANOUT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
 
@@ -83,6 +84,23 @@ class GatewayMetrics:
         self._rebalance_checks = Counter(
             "switchboard_gateway_rebalance_checks", "Rebalance rounds decided (moves or not)",
             registry=r,
+        )
+        # Proxy calls: event is one of gateway.proxyrules.EVENTS, result allowed / denied /
+        # rewritten, kind one of the ProxyUnavailable kinds: all bounded.
+        self._proxy_calls = Counter(
+            "switchboard_gateway_proxy_calls",
+            "Proxy calls answered by the backend, by event and verdict", ["event", "result"],
+            registry=r,
+        )
+        self._proxy_errors = Counter(
+            "switchboard_gateway_proxy_errors",
+            "Proxy calls without a verdict, by event and kind (timeout, connection, http_4xx, "
+            "http_5xx, bad_answer, breaker_open, overloaded)", ["event", "kind"], registry=r,
+        )
+        self._proxy_seconds = Histogram(
+            "switchboard_gateway_proxy_seconds",
+            "Time of proxy calls the backend answered, by event", ["event"],
+            buckets=_PROXY_BUCKETS, registry=r,
         )
         self.ready = Gauge(
             "switchboard_gateway_ready",
@@ -159,6 +177,13 @@ class GatewayMetrics:
 
     def client_error(self) -> None:
         self._client_errors.inc()
+
+    def proxy_call(self, event: str, result: str, seconds: float) -> None:
+        self._proxy_calls.labels(event, result).inc()
+        self._proxy_seconds.labels(event).observe(seconds)
+
+    def proxy_error(self, event: str, kind: str) -> None:
+        self._proxy_errors.labels(event, kind).inc()
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

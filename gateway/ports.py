@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
+from gateway.proxyrules import Allowed, ConnectGrant, Denied, Refreshed
 from gateway.session import Session
 from gateway.tracker import Tracker
 from gateway.transport import Transport, Writer
@@ -127,6 +128,37 @@ class Backplane(Protocol):
         """Every registered gateway, for rebalancing."""
 
 
+class Proxy(Protocol):
+    """The application's backend, asked before a connect, a subscribe, a client publish, and
+    before a connection's claims expire (:class:`gateway.proxy.HttpProxy`).
+
+    Each call returns the backend's verdict or raises
+    :class:`~gateway.errors.ProxyUnavailable`, within ``timeout`` seconds (a connect within
+    ``budget`` if that is less). Bodies are built by :mod:`gateway.proxyrules`; a body JSON
+    cannot carry (a client's data nested too deeply) raises ValueError before any call.
+    """
+
+    connects: bool  # a connect URL is configured: connects are deferred to the backend
+    refreshes: bool  # a refresh URL is configured: expiring connections are refreshed
+    timeout: float
+
+    def subscribes(self, channel: str) -> bool:
+        """Is a subscribe to ``channel`` asked about?"""
+
+    def publishes(self, channel: str) -> bool:
+        """Is a client publish to ``channel`` asked about?"""
+
+    async def connect(self, body: dict[str, Any], budget: float) -> ConnectGrant | Denied: ...
+
+    async def subscribe(self, body: dict[str, Any]) -> Allowed | Denied: ...
+
+    async def publish(self, body: dict[str, Any]) -> Allowed | Denied: ...
+
+    async def refresh(self, body: dict[str, Any]) -> Refreshed | Denied: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Client(Protocol):
     """What the flows need of one client connection (WebSocket or SSE alike)."""
 
@@ -155,8 +187,14 @@ class ConnectionHooks(Protocol):
 
     def tcp_closed(self, conn: Client) -> None: ...
 
-    def accept(self, request: Request, params: dict[str, str]) -> Accepted:
+    def accept(self, request: Request, params: dict[str, str]) -> Accepted | Deferred:
         """Decide a ``/ws`` or ``/sse`` connect (:func:`gateway.handshake.decide`); raises
+        :class:`~gateway.errors.HandshakeRefused`. :class:`Deferred` when the connect proxy
+        decides (only when one is configured)."""
+
+    async def accept_deferred(self, deferred: Deferred, transport: str,
+                              remote_addr: str | None, deadline: float) -> Accepted:
+        """Ask the connect proxy, answering by loop time ``deadline``; raises
         :class:`~gateway.errors.HandshakeRefused`."""
 
     def cors_origin(self, request: Request) -> str | None:
@@ -182,6 +220,19 @@ class Accepted:
 
 
 @dataclass(frozen=True, slots=True)
+class Deferred:
+    """A connect that passed every check of its own and waits for the connect proxy: the
+    token's claims (None: no token), what it asked for, and the request's facts."""
+
+    claims: Claims | None
+    request: ConnectRequest
+    origin: str | None
+    user_agent: str | None
+    headers: dict[str, str]
+    params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectRequest:
     """What a client asked for at connect: the session to resume, its cursor (wire name →
     position) and the channels to subscribe."""
@@ -189,6 +240,8 @@ class ConnectRequest:
     session: str | None = None
     cursor: dict[str, Position] = field(default_factory=dict)
     channels: tuple[str, ...] = ()
+    # Channels of ``channels`` the connect proxy joined: the subscribe proxy is not asked.
+    granted: tuple[str, ...] = ()
 
 
 NO_REQUEST = ConnectRequest()  # shared, never mutated
@@ -205,3 +258,4 @@ class Services:
     backplane: Backplane
     metrics: GatewayMetrics
     spawn: Callable[[Coroutine[Any, Any, None]], None]
+    proxy: Proxy | None = None  # the application's backend, when any proxy URL is set

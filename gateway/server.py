@@ -9,6 +9,7 @@ timers are the base class's (:class:`gateway.connection.BaseConnection`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import uuid
@@ -24,7 +25,7 @@ from websockets.typing import Subprotocol
 from gateway import http
 from gateway.connection import BaseConnection, Phase
 from gateway.errors import HandshakeRefused
-from gateway.ports import ConnectionHooks, Services
+from gateway.ports import Accepted, ConnectionHooks, Deferred, Proxy, Services
 from gateway.ratelimit import TokenBucket
 from gateway.session import Session
 from gateway.transport import SseTransport, WsTransport
@@ -85,11 +86,14 @@ class Connection(BaseConnection):
             else:
                 self._respond(self.hooks.plain_http(request, path))
         except HandshakeRefused as refusal:
-            self.svc.metrics.rejected(refusal.status)
-            # CORS on refusals of both endpoints, so a page can read why (401, 429, 503...).
-            headers = refusal.headers + http.cors_headers(self.hooks.cors_origin(request))
-            self._respond(http.error_response(refusal.status, refusal.code, refusal.message,
-                                              headers))
+            self._refuse(request, refusal)
+
+    def _refuse(self, request: Request, refusal: HandshakeRefused) -> None:
+        self.svc.metrics.rejected(refusal.status)
+        # CORS on refusals of both endpoints, so a page can read why (401, 429, 503...).
+        headers = refusal.headers + http.cors_headers(self.hooks.cors_origin(request))
+        self._respond(http.error_response(refusal.status, refusal.code, refusal.message,
+                                          headers))
 
     def _handshake(self) -> ServerProtocol:
         """The protocol parsing the HTTP request (until a WebSocket opens)."""
@@ -100,13 +104,16 @@ class Connection(BaseConnection):
         self._handshake().send_response(response)
         self.write_protocol_data()
 
-    def _authorize(self, request: Request, params: dict[str, str]) -> Claims:
-        accepted = self.hooks.accept(request, params)
-        self.request = accepted.request
-        return accepted.claims
-
     def _open_ws(self, request: Request, params: dict[str, str]) -> None:
-        claims = self._authorize(request, params)
+        accepted = self.hooks.accept(request, params)
+        if isinstance(accepted, Deferred):
+            self._defer(request, accepted, "ws")
+            return
+        self._accept_ws(request, accepted)
+
+    def _accept_ws(self, request: Request, accepted: Accepted) -> None:
+        self.request = accepted.request
+        claims = accepted.claims
         handshake = self._handshake()
         response = handshake.accept(request)
         if response.status_code != 101:
@@ -150,7 +157,15 @@ class Connection(BaseConnection):
             opened.receive_data(leftover)
 
     def _open_sse(self, request: Request, params: dict[str, str]) -> None:
-        claims = self._authorize(request, params)
+        accepted = self.hooks.accept(request, params)
+        if isinstance(accepted, Deferred):
+            self._defer(request, accepted, "sse")
+            return
+        self._accept_sse(request, accepted)
+
+    def _accept_sse(self, request: Request, accepted: Accepted) -> None:
+        self.request = accepted.request
+        claims = accepted.claims
         assert self._tcp is not None
         origin = request.headers.get("Origin")
         self._tcp.write(http.sse_head(origin))
@@ -164,6 +179,58 @@ class Connection(BaseConnection):
         self.transport = SseTransport(self, self.writer)
         self._begin(claims)
 
+    # -- a connect the connect proxy decides -------------------------------------------------
+
+    def _defer(self, request: Request, deferred: Deferred, transport: str) -> None:
+        """Park the request while the connect proxy is asked (only with a connect proxy).
+
+        The call is bounded by the proxy's timeout and the handshake timeout, and in number
+        by the proxy's concurrency limit (beyond it the connect is refused 503 at once); a
+        timer aborts the socket should no answer come a second past the handshake timeout.
+        A client that hangs up meanwhile cancels the call (:meth:`connection_lost`).
+        """
+        assert self._tcp is not None
+        peer = self._tcp.get_extra_info("peername")
+        remote = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        loop = self.hooks.loop
+        timeout = self.svc.settings.handshake_timeout
+        # The call ends by the deadline and is answered (503 at worst); the abort, a second
+        # later, is only for an answer that never comes.
+        self._timer = loop.call_later(timeout + 1.0, self._abort)
+        task = loop.create_task(self._open_deferred(request, deferred, transport, remote,
+                                                    loop.time() + timeout))
+        self._welcome_task = task
+        task.add_done_callback(self._deferred_done)
+
+    async def _open_deferred(self, request: Request, deferred: Deferred, transport: str,
+                             remote: str | None, deadline: float) -> None:
+        try:
+            accepted = await self.hooks.accept_deferred(deferred, transport, remote, deadline)
+        except HandshakeRefused as refusal:
+            if self._answer_parked():
+                self._refuse(request, refusal)
+            return
+        if not self._answer_parked():
+            return
+        if transport == "ws":
+            self._accept_ws(request, accepted)
+        else:
+            self._accept_sse(request, accepted)
+
+    def _answer_parked(self) -> bool:
+        """Stop the parked handshake's timer; False if the client is gone."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return not self.is_closed()
+
+    def _deferred_done(self, task: asyncio.Task[None]) -> None:
+        if self._welcome_task is task:
+            self._welcome_task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("deferred connect failed", exc_info=task.exception())
+            self._abort()
+
     # -- session ------------------------------------------------------------------------------
 
     def _begin(self, claims: Claims) -> None:
@@ -172,6 +239,9 @@ class Connection(BaseConnection):
         session_id = self.request.session or streams.random_id(16)
         self.session = Session(session_id=session_id, user=claims.user)
         self.svc.hub.add(self)
+        proxy = self.svc.proxy
+        if proxy is not None and self.request.channels:
+            self._defer_channels(proxy)
         for name in self.request.channels:
             if claims.may_subscribe(name):
                 self.session.begin_join(streams.channel_key(name))
@@ -188,3 +258,22 @@ class Connection(BaseConnection):
         if not task.cancelled() and task.exception() is not None:
             log.error("welcome failed", exc_info=task.exception())
             self.close(Close.INTERNAL_ERROR, "internal error")
+
+    def _defer_channels(self, proxy: Proxy) -> None:
+        """Connect-time channels the subscribe proxy must allow become subscribes answered
+        after the welcome (``subscribed`` or ``error``), like a client's early commands;
+        those the connect proxy joined are not asked about again."""
+        request = self.request
+        asked = [name for name in request.channels if name not in request.granted
+                 and self.claims.may_subscribe(name) and proxy.subscribes(name)]
+        if not asked:
+            return
+        commands = self.pending_commands = self.pending_commands or []
+        for name in asked:
+            msg: dict[str, Any] = {"type": "subscribe", "channel": name}
+            pos = request.cursor.get(streams.wire_name(streams.channel_key(name)))
+            if pos is not None:
+                msg["cursor"] = {"epoch": pos.epoch, "offset": pos.offset}
+            commands.append(msg)
+        self.request = dataclasses.replace(
+            request, channels=tuple(n for n in request.channels if n not in asked))

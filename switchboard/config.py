@@ -128,6 +128,53 @@ class GatewaySettings(RedisSettings):
     inbound_burst: int = field(
         default=50, metadata={"help": "client messages allowed in a burst"}
     )
+    # The proxy (docs/operations.md, "Proxy"): the gateway asks your backend over HTTP before
+    # it accepts a connect, a subscribe or a client publish, and before a connection expires.
+    proxy_connect_url: str = field(
+        default="", metadata={"help": "backend URL asked before a connect is accepted; "
+                                      "a token is then optional (off when empty)"}
+    )
+    proxy_subscribe_url: str = field(
+        default="", metadata={"help": "backend URL asked before a subscribe (off when empty)"}
+    )
+    proxy_publish_url: str = field(
+        default="", metadata={"help": "backend URL asked before a client publish; it may "
+                                      "rewrite the data (off when empty)"}
+    )
+    proxy_refresh_url: str = field(
+        default="", metadata={"help": "backend URL asked to extend a connection before its "
+                                      "expiry; 4001 if refused (off when empty)"}
+    )
+    proxy_secret: str = field(
+        default="", metadata={"help": "shared secret signing proxy calls "
+                                      "(X-Switchboard-Signature, HMAC-SHA256)"}
+    )
+    proxy_timeout: float = field(
+        default=2.0, metadata={"help": "seconds one proxy call may take, retry included"}
+    )
+    proxy_max_concurrency: int = field(
+        default=100, metadata={"help": "proxy calls in flight per gateway; refused as "
+                                       "unavailable beyond"}
+    )
+    proxy_breaker_failures: int = field(
+        default=5, metadata={"help": "consecutive failed proxy calls that open the breaker"}
+    )
+    proxy_breaker_cooldown: float = field(
+        default=5.0, metadata={"help": "seconds the open breaker refuses calls before one "
+                                       "probe"}
+    )
+    proxy_headers: tuple[str, ...] = field(
+        default=(), metadata={"help": "request headers forwarded to the connect proxy "
+                                      "(e.g. Cookie, X-Forwarded-For)"}
+    )
+    proxy_subscribe_channels: tuple[str, ...] = field(
+        default=("*",), metadata={"help": "channels (names or prefix*) whose subscribes are "
+                                          "proxied"}
+    )
+    proxy_publish_channels: tuple[str, ...] = field(
+        default=("*",), metadata={"help": "channels (names or prefix*) whose client publishes "
+                                          "are proxied"}
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -763,6 +763,11 @@ export class Switchboard {
           this._pendingSubscribes.delete(err.channel);
           this._channels.delete(err.channel);
           this._positions.delete(CHANNEL_PREFIX + err.channel);
+        } else if (err.channel && err.code === "unavailable"
+          && this._pendingSubscribes.has(err.channel)) {
+          // Not subscribed for now (Redis or the application's backend could not be asked):
+          // the channel stays wanted and is asked for again after a backoff.
+          this._retrySubscribe(conn, err.channel);
         }
         return this._emit("error", err);
       }
@@ -844,9 +849,30 @@ export class Switchboard {
     return lost;
   }
 
+  /**
+   * Ask again for a subscribe the gateway answered `unavailable`, after a full-jitter backoff
+   * (0.5 s base, 20 s cap), on the same WebSocket connection; an SSE connection (which cannot
+   * send) and a later connection ask for it at their connect.
+   */
+  _retrySubscribe(conn, channel) {
+    if (conn.kind !== "websocket") return;
+    const retries = conn.subscribeRetries || (conn.subscribeRetries = new Map());
+    const attempt = retries.get(channel) || 0;
+    retries.set(channel, attempt + 1);
+    const delay = Math.random() * Math.min(20, 0.5 * 2 ** Math.min(attempt, 16));
+    setTimeout(() => {
+      if (this._conn !== conn || !conn.welcomed || !this._channels.has(channel)) return;
+      const position = this._positions.get(CHANNEL_PREFIX + channel);
+      this._pendingSubscribes.add(channel);
+      this._send({ type: "subscribe", channel,
+        ...(position ? { cursor: { epoch: position.epoch, offset: position.offset } } : {}) });
+    }, delay * 1000);
+  }
+
   _subscribed(conn, obj) {
     const channel = obj.channel;
     this._pendingSubscribes.delete(channel);
+    if (conn.subscribeRetries) conn.subscribeRetries.delete(channel);
     if (!this._channels.has(channel)) return; // unsubscribed meanwhile
     const stream = CHANNEL_PREFIX + channel;
     const lost = this._position({ [stream]: obj }, false);

@@ -319,6 +319,15 @@ class Channels:
                 self._forget(channel)
                 fx.unmatched.append((code, message))
             return
+        if code == "unavailable" and channel in self.announcing and msg_id is None:
+            # The connect-time subscribe could not be decided (the application's backend was
+            # unreachable): not subscribed now; still wanted, so the next connect asks again.
+            self.announcing.discard(channel)
+            if sent_change is not None and sent_change.kind == "subscribe":
+                self._fail_subscribe(fx, sent_change, code, message)
+            else:
+                fx.unmatched.append((code, message))
+            return
         if msg_id is not None and (by_id := self._sent_publish(channel, msg_id)) is not None:
             self._resolve(fx, by_id, error=PublishError(code, message, channel=channel))
         elif sent_change is not None and sent_change.kind == "subscribe":

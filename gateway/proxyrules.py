@@ -1,0 +1,359 @@
+"""The proxy's decisions, free of I/O: signing, the circuit breaker, and what an answer means.
+
+The gateway asks the application's backend over HTTP before it accepts a connect, a
+subscribe or a client publish, and before a connection's claims expire
+(:mod:`gateway.proxy` makes the calls). Everything here is pure and unit-tested: how a call
+is signed (:func:`sign`, :func:`verify`, also what a backend runs), when the breaker lets a
+call through (:class:`Breaker`), what a request body holds (``*_body``) and what an answer
+means (``parse_*``, which raise :class:`BadAnswer` for anything else: a malformed answer is a
+failed call, never a crash and never a yes).
+
+Answers are JSON objects with a boolean ``allow``; docs/operations.md ("Proxy") lists the
+fields of each event.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from switchboard import streams
+from switchboard.auth import Claims
+from switchboard.config import GatewaySettings
+
+EVENTS = ("connect", "subscribe", "publish", "refresh")
+SIGNATURE_HEADER = "X-Switchboard-Signature"
+# A backend should refuse a signature older than this (replays of a recorded call).
+SIGNATURE_TOLERANCE = 300
+MAX_ANSWER_BYTES = 64 * 1024
+MAX_REASON = 200  # characters of a backend's reason repeated to a client
+
+
+def configured(settings: GatewaySettings) -> bool:
+    """Is any proxy URL set?"""
+    return any((settings.proxy_connect_url, settings.proxy_subscribe_url,
+                settings.proxy_publish_url, settings.proxy_refresh_url))
+
+
+class BadAnswer(ValueError):
+    """The backend answered something that is not a valid answer for the event."""
+
+
+# -- signing ----------------------------------------------------------------------------------
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """``t=TIMESTAMP,v1=HEX``: HMAC-SHA256 of ``b"TIMESTAMP." + body`` under ``secret``."""
+    mac = hmac.new(secret, b"%d." % timestamp + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def verify(secret: bytes, header: str, body: bytes, now: float,
+           tolerance: float = SIGNATURE_TOLERANCE) -> bool:
+    """What a backend checks: a ``v1`` signature of ``body`` at a timestamp within
+    ``tolerance`` seconds of ``now``."""
+    fields: dict[str, list[str]] = {}
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        fields.setdefault(key, []).append(value)
+    try:
+        timestamp = int(fields.get("t", [""])[0])
+    except ValueError:
+        return False
+    if abs(now - timestamp) > tolerance:
+        return False
+    expected = sign(secret, timestamp, body).rpartition("v1=")[2]
+    return any(hmac.compare_digest(expected, v) for v in fields.get("v1", []))
+
+
+# -- circuit breaker --------------------------------------------------------------------------
+
+
+class Breaker:
+    """Closed, open after ``failures`` consecutive failures, half-open after ``cooldown``.
+
+    Open: every call is refused at once. After the cool-down one call (the probe) goes
+    through; its success closes the breaker, its failure opens it for another cool-down.
+    Other calls are refused while the probe is out. Time is passed in (``now``).
+    """
+
+    __slots__ = ("cooldown", "failures", "limit", "opened_at", "probing")
+
+    def __init__(self, failures: int, cooldown: float) -> None:
+        self.limit = failures
+        self.cooldown = cooldown
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+    def allow(self, now: float) -> bool:
+        """May a call go out now? (A True in the half-open state makes that call the probe.)"""
+        if self.opened_at is None:
+            return True
+        if self.probing or now - self.opened_at < self.cooldown:
+            return False
+        self.probing = True
+        return True
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self.probing = False
+
+    def failure(self, now: float) -> None:
+        self.failures += 1
+        if self.probing or self.failures >= self.limit:
+            self.opened_at = now
+        self.probing = False
+
+    def release(self) -> None:
+        """A call ended without a verdict on the backend (cancelled): let another probe."""
+        self.probing = False
+
+
+# -- request bodies ---------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    # msgpack clients may publish binary data: the backend gets base64, as JSON clients do;
+    # anything else msgpack can carry (an extension type) as text, as JSON subscribers get it.
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return str(value)
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    """JSON bytes of a request body, whatever a client put in it: orjson, or the standard
+    library for what orjson refuses (lone surrogates, which it escapes; huge integers; deep
+    nesting). ValueError for what neither can write."""
+    try:
+        return orjson.dumps(body, default=_json_default)
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        return json.dumps(body, separators=(",", ":"), default=_json_default).encode()
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ValueError(f"cannot be sent to the backend: {type(exc).__name__}") from None
+
+
+def claims_view(claims: Claims) -> dict[str, Any]:
+    exp = claims.expires
+    return {"user": claims.user, "exp": int(exp) if math.isfinite(exp) else None,
+            "channels": list(claims.channels), "publish": list(claims.publish)}
+
+
+def connect_body(*, gateway: str, transport: str, remote_addr: str | None,
+                 origin: str | None, user_agent: str | None, headers: dict[str, str],
+                 params: dict[str, str], claims: Claims | None) -> dict[str, Any]:
+    return {
+        "event": "connect", "gateway": gateway, "transport": transport,
+        "remote_addr": remote_addr, "origin": origin, "user_agent": user_agent,
+        "headers": headers, "params": {k: v for k, v in params.items() if k != "token"},
+        "claims": claims_view(claims) if claims is not None else None,
+    }
+
+
+def forwarded_headers(allowed: tuple[str, ...], get: Any) -> dict[str, str]:
+    """The allow-listed request headers that are present, by lower-case name (``get`` looks
+    one up, e.g. ``request.headers.get``)."""
+    out: dict[str, str] = {}
+    for name in allowed:
+        value = get(name)
+        if value is not None:
+            out[name.lower()] = value
+    return out
+
+
+def connection_body(event: str, *, gateway: str, claims: Claims, conn_id: str,
+                    session: str, **extra: Any) -> dict[str, Any]:
+    """Subscribe, publish and refresh: who asks (with the connect proxy's ``info``)."""
+    return {"event": event, "gateway": gateway, "user": claims.user, "conn": conn_id,
+            "session": session, "claims": claims_view(claims), "info": info_of(claims),
+            **extra}
+
+
+# -- claims granted by the backend ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyClaims(Claims):
+    """Claims of a connection the connect or refresh proxy decided: ``info`` is the
+    backend's object, kept for the connection's lifetime and sent with later calls."""
+
+    info: dict[str, Any] | None = None
+
+
+def info_of(claims: Claims) -> dict[str, Any] | None:
+    return claims.info if isinstance(claims, ProxyClaims) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """The backend said no (``status``: the HTTP status of a refused connect)."""
+
+    reason: str
+    status: int = 403
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectGrant:
+    user: str | None
+    channels: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    join: tuple[str, ...] = ()
+    info: dict[str, Any] | None = None
+    expire_at: float | None = None
+
+    def claims(self, token: Claims | None) -> ProxyClaims:
+        """The connection's claims: the token's (if any) widened by the grant. The backend's
+        user wins; without one, the token's user."""
+        user = self.user or (token.user if token is not None else None)
+        if user is None:
+            raise BadAnswer("'user' is required when the connect carried no token")
+        expires = self.expire_at if self.expire_at is not None else (
+            token.expires if token is not None else math.inf)
+        base_ch = token.channels if token is not None else ()
+        base_pub = token.publish if token is not None else ()
+        return ProxyClaims(user=user, expires=expires,
+                           channels=tuple(dict.fromkeys(base_ch + self.channels)),
+                           publish=tuple(dict.fromkeys(base_pub + self.publish)),
+                           info=self.info)
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """A subscribe or publish may go ahead; ``data`` replaces a publish's data if
+    ``rewritten``."""
+
+    rewritten: bool = False
+    data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    expire_at: float
+    channels: tuple[str, ...] | None = None
+    publish: tuple[str, ...] | None = None
+    info: dict[str, Any] | None = None
+    replace_info: bool = False
+
+    def claims(self, old: Claims) -> ProxyClaims:
+        return ProxyClaims(
+            user=old.user, expires=self.expire_at,
+            channels=old.channels if self.channels is None else self.channels,
+            publish=old.publish if self.publish is None else self.publish,
+            info=self.info if self.replace_info else info_of(old))
+
+
+# -- parsing answers --------------------------------------------------------------------------
+
+
+def _load(body: bytes) -> dict[str, Any]:
+    if len(body) > MAX_ANSWER_BYTES:
+        raise BadAnswer(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadAnswer("answer is not JSON") from None
+    if not isinstance(answer, dict):
+        raise BadAnswer("answer is not a JSON object")
+    if not isinstance(answer.get("allow"), bool):
+        raise BadAnswer("answer has no boolean 'allow'")
+    return answer
+
+
+def _reason(answer: dict[str, Any]) -> str:
+    reason = answer.get("reason", "")
+    if not isinstance(reason, str):
+        raise BadAnswer("'reason' must be a string")
+    return reason[:MAX_REASON]
+
+
+def _patterns(answer: dict[str, Any], name: str) -> tuple[str, ...] | None:
+    value = answer.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+            isinstance(v, str) and 0 < len(v) <= 65 for v in value):
+        raise BadAnswer(f"'{name}' must be a list of channel names or prefix* patterns")
+    return tuple(value)
+
+
+def _info(answer: dict[str, Any]) -> dict[str, Any] | None:
+    info = answer.get("info")
+    if info is not None and not isinstance(info, dict):
+        raise BadAnswer("'info' must be an object")
+    return info
+
+
+def _expire_at(answer: dict[str, Any], required: bool = False) -> float | None:
+    value = answer.get("expire_at")
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+            value):
+        raise BadAnswer("'expire_at' must be a number (Unix seconds)")
+    return float(value)
+
+
+def parse_connect(body: bytes) -> ConnectGrant | Denied:
+    answer = _load(body)
+    if not answer["allow"]:
+        status = answer.get("status", 403)
+        if status not in (401, 403):
+            raise BadAnswer("'status' of a refused connect must be 401 or 403")
+        return Denied(_reason(answer), status)
+    user = answer.get("user")
+    if user is not None and not streams.valid_user(user):
+        raise BadAnswer("'user' is not a valid user id")
+    join = _patterns(answer, "join") or ()
+    if not all(streams.valid_channel(c) for c in join):
+        raise BadAnswer("'join' must list channel names")
+    return ConnectGrant(user=user, channels=_patterns(answer, "channels") or (),
+                        publish=_patterns(answer, "publish") or (),
+                        join=tuple(dict.fromkeys(join)), info=_info(answer),
+                        expire_at=_expire_at(answer))
+
+
+def parse_subscribe(body: bytes) -> Allowed | Denied:
+    answer = _load(body)
+    return Allowed() if answer["allow"] else Denied(_reason(answer))
+
+
+def parse_publish(body: bytes) -> Allowed | Denied:
+    answer = _load(body)
+    if not answer["allow"]:
+        return Denied(_reason(answer))
+    if "data" in answer:
+        return Allowed(rewritten=True, data=answer["data"])
+    return Allowed()
+
+
+def parse_refresh(body: bytes) -> Refreshed | Denied:
+    answer = _load(body)
+    if not answer["allow"]:
+        return Denied(_reason(answer), 401)
+    return Refreshed(expire_at=_expire_at(answer, required=True) or 0.0,
+                     channels=_patterns(answer, "channels"),
+                     publish=_patterns(answer, "publish"),
+                     info=_info(answer), replace_info="info" in answer)
+
+
+# -- when to refresh --------------------------------------------------------------------------
+
+
+def refresh_lead(timeout: float) -> float:
+    """How long before a connection's expiry the refresh is asked: room for the call and
+    a few retries of it (at least a second)."""
+    return max(1.0, 3 * timeout)
