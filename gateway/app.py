@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import socket
+import time
 from collections.abc import Callable, Coroutine
 from importlib import resources
 from typing import Any
@@ -156,7 +157,8 @@ class Gateway:
     async def accept_deferred(self, deferred: Deferred, transport: str,
                               remote_addr: str | None, deadline: float) -> Accepted:
         """Ask the connect proxy: 503 (with Retry-After) when it cannot answer in time, its
-        401/403 when it refuses, else the claims it grants and the channels it joins."""
+        401/403 when it refuses, 401 when what it grants has already expired (``expire_at``
+        in the past), else the claims it grants and the channels it joins."""
         proxy = self._connect_proxy
         assert proxy is not None
         body = proxyrules.connect_body(
@@ -168,6 +170,11 @@ class Gateway:
             if isinstance(verdict, proxyrules.Denied):
                 raise _denied(verdict)
             claims = verdict.claims(deferred.claims)
+            if claims.expires <= time.time():
+                # Granted until a time already past (or the token expired while the backend
+                # was asked): refused as an expired token is, so the client fetches new
+                # credentials; accepted, it would live on without a refresh URL.
+                raise handshake.unauthorized("expired")
             asked = deferred.request
             channels = tuple(dict.fromkeys(asked.channels + verdict.join))
             if len(channels) > self.settings.max_channels:

@@ -9,6 +9,7 @@ Denied or malformed requests get an ``error`` message; the connection stays.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any
 
 from gateway import hub, proxyrules
@@ -20,6 +21,12 @@ from switchboard import streams, untrusted
 from switchboard.streams import Position
 
 log = logging.getLogger("switchboard.gateway")
+
+# The proxied publishes of each connection that has some waiting, in the order it sent them
+# (the first is the one being asked about). An entry lives only while its queue is worked
+# off by its one task (:func:`_work_off`), so it neither outlives the connection nor costs
+# a connection that never publishes through the proxy anything.
+_proxied: dict[Client, deque[tuple[str, Any, Any]]] = {}
 
 
 def echo(value: Any) -> str | int | None:
@@ -135,6 +142,8 @@ def publish_command(svc: Services, conn: Client, msg: dict[str, Any]) -> None:
         # As the router refuses it: JSON subscribers could not read it back.
         error(conn, "bad_request", "data holds NaN or Infinity, which JSON clients cannot "
               "read", channel=channel, **ids)
+    elif svc.proxy is not None and svc.proxy.publishes(channel):
+        queue_proxied(svc, conn, channel, msg["data"], msg_id)
     else:
         svc.spawn(publish(svc, conn, channel, msg["data"], msg_id))
 
@@ -262,26 +271,49 @@ async def ask_subscribe(svc: Services, conn: Client, channel: str) -> tuple[str,
         verdict = await svc.proxy.subscribe(body)
     except ProxyUnavailable:
         return "unavailable", f"cannot subscribe to {channel!r} right now"
+    except Exception:
+        # Anything else (a body that would not encode, a bug) is no verdict either: the join
+        # must end and answer, never die with its channel left in session.joining.
+        log.exception("proxy subscribe to %s failed", channel)
+        return "unavailable", f"cannot subscribe to {channel!r} right now"
     if isinstance(verdict, proxyrules.Denied):
         return "forbidden", verdict.reason or f"you may not subscribe to {channel!r}"
     return None
 
 
-async def publish(svc: Services, conn: Client, channel: str, data: Any, msg_id: Any) -> None:
-    if svc.proxy is not None and svc.proxy.publishes(channel):
-        # Under the connection's channel lock: its proxied publishes are asked and stored
-        # one at a time, in the order it sent them.
-        async with conn.channel_lock():
-            await proxied_publish(svc, conn, channel, data, msg_id)
+def queue_proxied(svc: Services, conn: Client, channel: str, data: Any, msg_id: Any) -> None:
+    """Queue a publish the publish proxy decides. A connection's proxied publishes are asked
+    and stored one at a time, in the order it sent them, apart from its subscribes (which
+    wait for no publish); at most ``inbound_burst`` wait per connection, one more is refused
+    ``unavailable`` at once (a slow backend must not let a client pile up work)."""
+    queue = _proxied.get(conn)
+    if queue is None:
+        queue = _proxied[conn] = deque()
+        svc.spawn(_work_off(svc, conn, queue))
+    elif len(queue) >= max(1, svc.settings.inbound_burst):
+        error(conn, "unavailable", "too many publishes waiting for the backend, message not "
+              "stored", channel=channel, id=msg_id)
         return
-    await store(svc, conn, channel, data, msg_id)
+    queue.append((channel, data, msg_id))
+
+
+async def _work_off(svc: Services, conn: Client, queue: deque[tuple[str, Any, Any]]) -> None:
+    try:
+        while queue and not conn.is_closed():
+            await proxied_publish(svc, conn, *queue[0])
+            queue.popleft()
+    finally:
+        if _proxied.get(conn) is queue:
+            del _proxied[conn]
 
 
 async def proxied_publish(svc: Services, conn: Client, channel: str, data: Any,
                           msg_id: Any) -> None:
     """Ask the publish proxy (never twice: a publish is not idempotent), then store what it
-    allowed, rewritten or not."""
+    allowed, rewritten or not. Nothing is asked for a connection that is gone."""
     assert svc.proxy is not None
+    if conn.is_closed():
+        return
     body = proxyrules.connection_body(
         "publish", gateway=svc.gateway_id, claims=conn.claims, conn_id=conn.conn_id,
         session=conn.session.session_id, channel=channel, data=data)
@@ -294,16 +326,21 @@ async def proxied_publish(svc: Services, conn: Client, channel: str, data: Any,
         error(conn, "bad_request", f"data cannot be published: {exc}", channel=channel,
               id=msg_id)
         return
+    except Exception:
+        # No verdict: the publish is answered and the connection's next one asked.
+        log.exception("proxy publish to %s failed", channel)
+        error(conn, "unavailable", "message not stored, try again", channel=channel, id=msg_id)
+        return
     if isinstance(verdict, proxyrules.Denied):
         error(conn, "forbidden", verdict.reason or f"you may not publish to {channel!r}",
               channel=channel, id=msg_id)
         return
     if conn.is_closed():
         return
-    await store(svc, conn, channel, verdict.data if verdict.rewritten else data, msg_id)
+    await publish(svc, conn, channel, verdict.data if verdict.rewritten else data, msg_id)
 
 
-async def store(svc: Services, conn: Client, channel: str, data: Any, msg_id: Any) -> None:
+async def publish(svc: Services, conn: Client, channel: str, data: Any, msg_id: Any) -> None:
     try:
         result = await svc.backplane.publish(channel, data)
     except (ValueError, TypeError, OverflowError) as exc:

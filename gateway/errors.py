@@ -39,8 +39,8 @@ class ChannelUnavailable(BackendUnavailable):
 
 class ProxyUnavailable(BackendUnavailable):
     """A proxy call gave no verdict; ``kind`` is its metric label (``timeout``,
-    ``connection``, ``http_4xx``, ``http_5xx``, ``bad_answer``, ``breaker_open``,
-    ``overloaded``)."""
+    ``connection``, ``http_4xx``, ``http_5xx``, ``http_other`` (a 1xx or 3xx: redirects are
+    not followed), ``bad_answer``, ``breaker_open``, ``overloaded``)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)

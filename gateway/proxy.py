@@ -11,10 +11,12 @@ timeout:
 - a breaker per backend URL opens after ``proxy_breaker_failures`` consecutive failures and
   refuses at once (``breaker_open``) for ``proxy_breaker_cooldown`` seconds, then lets one
   probe through;
-- connect, subscribe and refresh ask again once after a connection error (nothing reached the
-  backend's application, or the keep-alive connection was closed under us), within the same
-  timeout; a publish is never asked twice;
-- the backend's answer is read up to 64 KiB; non-2xx, non-JSON or a wrong shape is a failure.
+- connect, subscribe and refresh ask again once after a connection error (refused, reset, a
+  keep-alive connection closed under us, a broken answer), within the same timeout. The
+  backend may have got the first request (a read error comes after it was sent): only these
+  idempotent events are retried, so a repeat is harmless; a publish is never asked twice;
+- the backend's answer is read up to 64 KiB as sent (``Accept-Encoding: identity``; a
+  compressed answer is refused); non-2xx, non-JSON or a wrong shape is a failure.
 
 The secret signs every body (``X-Switchboard-Signature: t=UNIX,v1=HEX``); it is never logged,
 and neither are URLs (they may carry credentials) or bodies.
@@ -42,8 +44,9 @@ log = logging.getLogger("switchboard.gateway")
 
 T = TypeVar("T")
 
-# Retried once: nothing was answered (refused, reset, a keep-alive connection the backend had
-# closed). Timeouts are not retried: the budget is spent.
+# Retried once (idempotent events only): no answer came (refused, reset, a keep-alive
+# connection the backend had closed, an answer broken off). The request may have reached the
+# backend; asking again is harmless. Timeouts are not retried: the budget is spent.
 _RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
               httpx.WriteError)
 
@@ -133,7 +136,8 @@ class HttpProxy:
         if self._in_flight >= self._limit:
             raise self._failed(event, "overloaded", f"more than {self._limit} proxy calls in "
                                "flight")
-        if not breaker.allow(self._clock()):
+        ticket = breaker.allow(self._clock())
+        if ticket is None:
             raise self._failed(event, "breaker_open", "backend failing, breaker open")
         self._in_flight += 1
         started = self._clock()
@@ -145,7 +149,7 @@ class HttpProxy:
                                            2 if retry else 1)
         except ProxyUnavailable as exc:
             was_open = breaker.is_open
-            breaker.failure(self._clock())
+            breaker.failure(ticket, self._clock())
             if breaker.is_open and not was_open:
                 log.warning("proxy %s: breaker open for %.1f s after %d failures", event,
                             breaker.cooldown, breaker.failures)
@@ -153,8 +157,8 @@ class HttpProxy:
         finally:
             self._in_flight -= 1
             if verdict is None:
-                breaker.release()  # cancelled: no verdict either way (a no-op after failure)
-        breaker.success()
+                breaker.release(ticket)  # cancelled: no verdict (a no-op after failure)
+        breaker.success(ticket)
         self._metrics.proxy_call(event, _result(verdict), self._clock() - started)
         return verdict
 
@@ -164,7 +168,10 @@ class HttpProxy:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise ProxyUnavailable("timeout", "no answer within the proxy timeout")
-            headers = {"Content-Type": "application/json", "X-Switchboard-Event": event,
+            # identity: the answer cap counts the bytes received, and a compressed answer
+            # could inflate far past it in one chunk before it is counted.
+            headers = {"Content-Type": "application/json", "Accept-Encoding": "identity",
+                       "X-Switchboard-Event": event,
                        proxyrules.SIGNATURE_HEADER: proxyrules.sign(
                            self._secret, int(self._wall()), data)}
             try:
@@ -192,15 +199,22 @@ class HttpProxy:
 
     async def _post(self, url: str, data: bytes, headers: dict[str, str],
                     seconds: float) -> tuple[int, bytes]:
-        """Status and body (at most MAX_ANSWER_BYTES + 1 bytes are read)."""
+        """Status and body (at most MAX_ANSWER_BYTES + 1 bytes are read, only of a 2xx)."""
         limit = proxyrules.MAX_ANSWER_BYTES
         # httpx's timeouts are per phase (connect, each read); the pool wait and the whole
         # exchange are bounded here too, so a trickling backend cannot outlast the budget.
         async with asyncio.timeout(seconds), self._client.stream(
                 "POST", url, content=data, headers=headers,
                 timeout=httpx.Timeout(seconds)) as response:
+            if not 200 <= response.status_code < 300:
+                return response.status_code, b""  # a failure whatever it says
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise ProxyUnavailable("bad_answer", "malformed answer: compressed "
+                                       "(Content-Encoding) although identity was asked")
             chunks: list[bytes] = []
             size = 0
+            # With no Content-Encoding these are the bytes as received (nothing inflates).
             async for chunk in response.aiter_bytes():
                 chunks.append(chunk)
                 size += len(chunk)

@@ -7,7 +7,8 @@ before its expiry:
 - the backend extends it (``expire_at``, optionally new ``channels``/``publish``/``info``):
   the new claims apply to later subscribes and publishes, and the next refresh is scheduled;
 - the backend refuses: the connection is closed 4001 (reconnect only with a new token);
-- the backend cannot be asked (down, slow, breaker open, malformed answer): asked again
+- the backend cannot be asked (down, slow, breaker open, malformed answer, or any other
+  failure of the call): asked again
   every second or so until the real expiry; still no answer then: closed 1013 (try again
   later), so the client reconnects with backoff and its connect decides afresh.
 
@@ -78,6 +79,13 @@ class Refresher:
             try:
                 verdict = await self.proxy.refresh(body)
             except ProxyUnavailable:
+                verdict = None
+            except Exception:
+                # Whatever else went wrong (a body that would not encode, a bug): no verdict,
+                # like an unreachable backend, so the close at expiry still comes.
+                log.exception("proxy refresh failed")
+                verdict = None
+            if verdict is None:
                 left = expires - time.time()
                 if left <= 0:
                     conn.close(Close.TRY_AGAIN_LATER, "could not refresh the connection")

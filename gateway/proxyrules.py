@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,11 @@ SIGNATURE_HEADER = "X-Switchboard-Signature"
 SIGNATURE_TOLERANCE = 300
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_REASON = 200  # characters of a backend's reason repeated to a client
+# An ``info`` object is sent back with every later call about its connection: it must encode
+# (see :func:`_info`), within these bounds.
+MAX_INFO_DEPTH = 32
+MAX_INFO_BYTES = MAX_ANSWER_BYTES
+_HEX_MAC = re.compile(r"[0-9a-f]{64}")
 
 
 def configured(settings: GatewaySettings) -> bool:
@@ -58,22 +64,34 @@ def sign(secret: bytes, timestamp: int, body: bytes) -> str:
 def verify(secret: bytes, header: str, body: bytes, now: float,
            tolerance: float = SIGNATURE_TOLERANCE) -> bool:
     """What a backend checks: a ``v1`` signature of ``body`` at a timestamp within
-    ``tolerance`` seconds of ``now``."""
+    ``tolerance`` seconds of ``now``. Anything else in the header (non-ASCII text included)
+    is a False, never an exception: ``hmac.compare_digest`` raises TypeError on a non-ASCII
+    str, so only 64 lower-case hex digits are compared."""
     fields: dict[str, list[str]] = {}
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
         fields.setdefault(key, []).append(value)
-    try:
-        timestamp = int(fields.get("t", [""])[0])
-    except ValueError:
+    stamp = fields.get("t", [""])[0]
+    if not (stamp.isascii() and stamp.isdigit()):
         return False
+    timestamp = int(stamp)
     if abs(now - timestamp) > tolerance:
         return False
     expected = sign(secret, timestamp, body).rpartition("v1=")[2]
-    return any(hmac.compare_digest(expected, v) for v in fields.get("v1", []))
+    return any(_HEX_MAC.fullmatch(v) is not None and hmac.compare_digest(expected, v)
+               for v in fields.get("v1", []))
 
 
 # -- circuit breaker --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A call the breaker let through: of which period (``generation``), and whether it is
+    the half-open probe. Only the current period's calls change the breaker."""
+
+    generation: int
+    probe: bool = False
 
 
 class Breaker:
@@ -82,14 +100,20 @@ class Breaker:
     Open: every call is refused at once. After the cool-down one call (the probe) goes
     through; its success closes the breaker, its failure opens it for another cool-down.
     Other calls are refused while the probe is out. Time is passed in (``now``).
+
+    :meth:`allow` hands each call a :class:`Ticket` that it returns with its outcome. Every
+    opening and closing starts a new generation: a call started before (still out when the
+    breaker opened, say) then changes nothing, and in the half-open state only the probe's
+    outcome (or its cancellation) decides.
     """
 
-    __slots__ = ("cooldown", "failures", "limit", "opened_at", "probing")
+    __slots__ = ("cooldown", "failures", "generation", "limit", "opened_at", "probing")
 
     def __init__(self, failures: int, cooldown: float) -> None:
         self.limit = failures
         self.cooldown = cooldown
         self.failures = 0
+        self.generation = 0
         self.opened_at: float | None = None
         self.probing = False
 
@@ -97,29 +121,39 @@ class Breaker:
     def is_open(self) -> bool:
         return self.opened_at is not None
 
-    def allow(self, now: float) -> bool:
-        """May a call go out now? (A True in the half-open state makes that call the probe.)"""
+    def allow(self, now: float) -> Ticket | None:
+        """A ticket if a call may go out now (in the half-open state, the probe's), else
+        None."""
         if self.opened_at is None:
-            return True
+            return Ticket(self.generation)
         if self.probing or now - self.opened_at < self.cooldown:
-            return False
+            return None
         self.probing = True
-        return True
+        return Ticket(self.generation, probe=True)
 
-    def success(self) -> None:
+    def success(self, ticket: Ticket) -> None:
+        if ticket.generation != self.generation:
+            return
         self.failures = 0
-        self.opened_at = None
-        self.probing = False
+        if ticket.probe:
+            self.opened_at = None
+            self.probing = False
+            self.generation += 1
 
-    def failure(self, now: float) -> None:
+    def failure(self, ticket: Ticket, now: float) -> None:
+        if ticket.generation != self.generation:
+            return
         self.failures += 1
-        if self.probing or self.failures >= self.limit:
+        if ticket.probe or self.failures >= self.limit:
             self.opened_at = now
-        self.probing = False
+            self.probing = False
+            self.generation += 1
 
-    def release(self) -> None:
-        """A call ended without a verdict on the backend (cancelled): let another probe."""
-        self.probing = False
+    def release(self, ticket: Ticket) -> None:
+        """A call ended without a verdict on the backend (cancelled): if it was the probe,
+        let another one through."""
+        if ticket.probe and ticket.generation == self.generation:
+            self.probing = False
 
 
 # -- request bodies ---------------------------------------------------------------------------
@@ -291,10 +325,39 @@ def _patterns(answer: dict[str, Any], name: str) -> tuple[str, ...] | None:
 
 
 def _info(answer: dict[str, Any]) -> dict[str, Any] | None:
+    """The answer's ``info``, refused unless every later call can carry it: JSON that parses
+    may still be too deep to encode again (``encode`` would raise in each of those calls)."""
     info = answer.get("info")
-    if info is not None and not isinstance(info, dict):
+    if info is None:
+        return None
+    if not isinstance(info, dict):
         raise BadAnswer("'info' must be an object")
+    if _depth(info) > MAX_INFO_DEPTH:
+        raise BadAnswer(f"'info' nested deeper than {MAX_INFO_DEPTH} levels")
+    try:
+        size = len(encode({"info": info}))
+    except ValueError as exc:
+        raise BadAnswer(f"'info' {exc}") from None
+    if size > MAX_INFO_BYTES:
+        raise BadAnswer(f"'info' larger than {MAX_INFO_BYTES} bytes")
     return info
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (iteratively: no recursion limit)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item \
+            if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_INFO_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _expire_at(answer: dict[str, Any], required: bool = False) -> float | None:

@@ -4,6 +4,7 @@ breaker, malformed answers and signatures, without a network."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -223,6 +224,59 @@ async def test_a_cancelled_call_frees_its_slot() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert proxy.in_flight == 0
+    await proxy.aclose()
+
+
+async def test_a_call_from_before_the_breaker_opened_does_not_decide_the_probe() -> None:
+    clock = Clock()
+    arrived = {"old": asyncio.Event(), "probe": asyncio.Event()}
+    release_probe = asyncio.Event()
+    reached: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        name = json.loads(request.content)["n"]
+        reached.append(name)
+        if name in arrived:
+            arrived[name].set()
+            await (release_probe.wait() if name == "probe" else asyncio.Event().wait())
+            return ok(allow=True)
+        return httpx.Response(503)
+
+    proxy, _ = make(handler, clock=clock, proxy_breaker_failures=1, proxy_timeout=60.0)
+    old = asyncio.create_task(proxy.subscribe({"n": "old"}))
+    await arrived["old"].wait()
+    with pytest.raises(ProxyUnavailable):
+        await proxy.subscribe({"n": "fail"})  # the breaker opens
+    clock.now += 5.0
+    probe = asyncio.create_task(proxy.subscribe({"n": "probe"}))
+    await arrived["probe"].wait()
+    old.cancel()  # a call from before, ended while the probe is out
+    with pytest.raises(asyncio.CancelledError):
+        await old
+    with pytest.raises(ProxyUnavailable) as info:
+        await proxy.subscribe({"n": "second"})
+    assert info.value.kind == "breaker_open"  # not a second probe
+    assert "second" not in reached
+    release_probe.set()
+    assert await probe == Allowed()
+    assert not proxy.breaker_open("subscribe")
+    await proxy.aclose()
+
+
+async def test_answers_are_asked_uncompressed_and_a_compressed_one_is_refused() -> None:
+    seen: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        # The cap counts bytes as received: a small gzip body could inflate far past it.
+        return httpx.Response(200, content=gzip.compress(b'{"allow": true}'),
+                              headers={"Content-Encoding": "gzip"})
+
+    proxy, _ = make(handler)
+    with pytest.raises(ProxyUnavailable) as info:
+        await proxy.subscribe({})
+    assert info.value.kind == "bad_answer"
+    assert seen[0].headers["Accept-Encoding"] == "identity"
     await proxy.aclose()
 
 

@@ -7,6 +7,7 @@ import hmac
 import json
 import math
 
+import orjson
 import pytest
 
 from gateway import proxyrules
@@ -43,6 +44,18 @@ def test_a_tampered_body_an_other_secret_or_an_old_timestamp_do_not_verify() -> 
     assert not proxyrules.verify(SECRET, header, body, now=1700000000 + 301)
     assert not proxyrules.verify(SECRET, "garbage", body, now=1700000000)
     assert not proxyrules.verify(SECRET, "t=x,v1=00", body, now=1700000000)
+
+
+def test_a_non_ascii_or_malformed_signature_is_refused_not_an_error() -> None:
+    body = b'{"event":"connect"}'
+    good = proxyrules.sign(SECRET, 1700000000, body)
+    mac = good.rpartition("v1=")[2]
+    for header in ("t=1700000000,v1=\u00e9" + mac[1:], "t=1700000000,v1=\u00e9",
+                   "t=\u0661\u0667,v1=" + mac, "t=1700000000,v1=" + mac.upper(),
+                   "t=1700000000,v1=" + mac + "0"):
+        assert not proxyrules.verify(SECRET, header, body, now=1700000000)
+    assert proxyrules.verify(SECRET, "t=1700000000,v1=\u00e9,v1=" + mac, body,
+                             now=1700000000)
 
 
 def test_request_bodies_encode_whatever_a_client_sent() -> None:
@@ -86,36 +99,71 @@ def test_forwarded_headers_are_the_allow_listed_ones_present() -> None:
 def test_breaker_opens_after_n_consecutive_failures_and_refuses_during_the_cooldown() -> None:
     b = Breaker(failures=3, cooldown=5.0)
     for t in range(2):
-        assert b.allow(t)
-        b.failure(t)
-    b.success()  # a success resets the count
+        ticket = b.allow(t)
+        assert ticket is not None
+        b.failure(ticket, t)
+    ticket = b.allow(2.0)
+    assert ticket is not None
+    b.success(ticket)  # a success resets the count
     for t in range(3):
-        assert b.allow(t)
-        b.failure(t)
+        ticket = b.allow(t)
+        assert ticket is not None
+        b.failure(ticket, t)
     assert b.is_open
-    assert not b.allow(3.0)
-    assert not b.allow(6.9)
+    assert b.allow(3.0) is None
+    assert b.allow(6.9) is None
 
 
 def test_after_the_cooldown_one_probe_goes_through_and_decides() -> None:
     b = Breaker(failures=1, cooldown=5.0)
-    b.failure(0.0)
-    assert b.allow(5.0)  # the probe
-    assert not b.allow(5.1)  # others wait for it
-    b.failure(5.5)  # the probe failed: open again for a whole cool-down
-    assert not b.allow(10.0)
-    assert b.allow(10.5)
-    b.success()
+    first = b.allow(0.0)
+    assert first is not None
+    b.failure(first, 0.0)
+    probe = b.allow(5.0)
+    assert probe is not None and probe.probe
+    assert b.allow(5.1) is None  # others wait for it
+    b.failure(probe, 5.5)  # the probe failed: open again for a whole cool-down
+    assert b.allow(10.0) is None
+    probe = b.allow(10.5)
+    assert probe is not None
+    b.success(probe)
     assert not b.is_open
     assert b.allow(10.6) and b.allow(10.7)
 
 
 def test_a_cancelled_probe_lets_another_one_through() -> None:
     b = Breaker(failures=1, cooldown=1.0)
-    b.failure(0.0)
-    assert b.allow(2.0)
-    b.release()
-    assert b.allow(2.1)
+    first = b.allow(0.0)
+    assert first is not None
+    b.failure(first, 0.0)
+    probe = b.allow(2.0)
+    assert probe is not None
+    b.release(probe)
+    assert b.allow(2.1) is not None
+
+
+def test_only_the_probe_decides_the_half_open_state() -> None:
+    # Calls started while the breaker was closed end while the probe is out: a cancelled
+    # one must not let a second probe through, and late outcomes must not decide.
+    b = Breaker(failures=1, cooldown=1.0)
+    old = [b.allow(0.0) for _ in range(4)]
+    assert all(t is not None for t in old)
+    first, cancelled, late_ok, late_fail = old
+    assert first and cancelled and late_ok and late_fail
+    b.failure(first, 0.0)
+    assert b.is_open
+    probe = b.allow(2.0)
+    assert probe is not None
+    b.release(cancelled)
+    assert b.allow(2.1) is None  # still one probe out
+    b.success(late_ok)
+    assert b.is_open  # an old call's success does not close it
+    b.failure(late_fail, 2.2)
+    assert b.allow(2.3) is None and b.opened_at == 0.0  # nor does its failure reopen it
+    b.success(probe)
+    assert not b.is_open
+    b.failure(late_fail, 2.4)  # and once closed, an old failure does not count
+    assert b.failures == 0
 
 
 # -- answers ----------------------------------------------------------------------------------
@@ -174,6 +222,39 @@ def test_malformed_connect_answers_are_bad_answers(body: bytes) -> None:
         proxyrules.parse_connect(body)
 
 
+def nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = {"k": value}
+    return value
+
+
+def granted_info(event: str, answer: bytes) -> object:
+    if event == "refresh":
+        return proxyrules.parse_refresh(answer.replace(b"{", b'{"expire_at": 9, ', 1))
+    return proxyrules.parse_connect(answer)
+
+
+@pytest.mark.parametrize("event", ["connect", "refresh"])
+def test_an_info_later_calls_could_not_encode_is_a_bad_answer(event: str) -> None:
+    # ~1000 levels parse (orjson reads up to 1024) but no encoder writes them back into a
+    # body: every later call about the connection would fail before reaching the backend.
+    deep = b'{"allow": true, "user": "u", "info": ' + b'{"k":' * 1000 + b"1" + b"}" * 1001
+    assert isinstance(orjson.loads(deep), dict)  # it does parse
+    assert len(deep) < proxyrules.MAX_ANSWER_BYTES
+    with pytest.raises(BadAnswer):
+        granted_info(event, deep)
+    too_deep = {"allow": True, "user": "u", "info": nested(proxyrules.MAX_INFO_DEPTH + 1)}
+    with pytest.raises(BadAnswer):
+        granted_info(event, json.dumps(too_deep).encode())
+    fine = {"allow": True, "user": "u", "info": nested(proxyrules.MAX_INFO_DEPTH)}
+    info = getattr(granted_info(event, json.dumps(fine).encode()), "info", None)
+    assert isinstance(info, dict)
+    claims = ProxyClaims(user="u", expires=math.inf, info=info)
+    proxyrules.encode(proxyrules.connection_body(
+        "subscribe", gateway="gw", claims=claims, conn_id="c", session="s", channel="x"))
+
+
 def test_subscribe_and_publish_verdicts() -> None:
     assert proxyrules.parse_subscribe(answer(allow=True)) == Allowed()
     assert proxyrules.parse_subscribe(answer(allow=False, reason="members only")) == Denied(
@@ -230,3 +311,8 @@ def test_the_verification_snippet_in_the_operations_doc_accepts_our_signatures()
     assert not verify(SECRET, header, body + b" ")
     assert not verify(b"other", header, body)
     assert not verify(SECRET, proxyrules.sign(SECRET, int(time.time()) - 3600, body), body)
+    mac = header.rpartition("v1=")[2]
+    t = header.split(",")[0]
+    for forged in (f"{t},v1=\u00e9{mac[1:]}", f"{t},v1=\u00e9", "t=\u0661,v1=" + mac,
+                   f"{t},v1={mac.upper()}", t, "v1=" + mac, ""):
+        assert verify(SECRET, forged, body) is False  # refused, never a TypeError
