@@ -43,24 +43,6 @@ log = logging.getLogger("switchboard.gateway")
 OP_PING = "ping"
 
 
-def log_entries(entries: list[Any]) -> list[Message]:
-    """The messages of an ``XRANGE`` reply: ``[id, fields]`` pairs, the fields a flat list
-    (hiredis) or a dict (redis-py); an entry that does not unpack is skipped."""
-    found: list[Message] = []
-    for _entry_id, fields in entries:
-        raw = fields.get(b"e") if isinstance(fields, dict) else dict(
-            zip(fields[::2], fields[1::2], strict=True)).get(b"e")
-        if raw is None:
-            continue
-        try:
-            env = contract.unpack(raw)
-        except contract.EnvelopeError:
-            continue
-        if isinstance(env, Message):
-            found.append(env)
-    return found
-
-
 class RedisBackplane:
     def __init__(self, settings: GatewaySettings, gateway_id: str,
                  metrics: GatewayMetrics) -> None:
@@ -369,7 +351,7 @@ class RedisBackplane:
         replies = await self._registrar.execute_many([
             ("XRANGE", self.keys.log(key), f"{first}-0", f"{last}-0", "COUNT", last - first + 1)
             for key, first, last in ranges])
-        return [log_entries(entries) for entries in replies]
+        return [contract.log_messages(entries) for entries in replies]
 
     async def read_tops(self, stream_keys: list[str]) -> dict[str, Position]:
         """Current (epoch, offset) of streams that exist."""

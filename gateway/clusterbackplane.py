@@ -26,7 +26,7 @@ from typing import Any
 from redis.asyncio.cluster import ClusterPipeline
 
 from gateway import sharded
-from gateway.backplane import RedisBackplane, log_entries
+from gateway.backplane import RedisBackplane
 from gateway.canary import deadline_for
 from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.ports import BackplaneEvents, Registration
@@ -199,7 +199,7 @@ class ClusterBackplane(RedisBackplane):
         pipe = self.redis.pipeline(transaction=False)
         for key, first, last in ranges:
             pipe.xrange(self.keys.log(key), f"{first}-0", f"{last}-0", count=last - first + 1)
-        return [log_entries(entries) for entries in await pipe.execute()]
+        return [contract.log_messages(entries) for entries in await pipe.execute()]
 
     def unregister(self, reg: Registration) -> None:
         self._release_user(reg.user)
