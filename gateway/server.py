@@ -80,9 +80,9 @@ class Connection(BaseConnection):
         path, params = http.split_target(request.path)
         try:
             if path == "/ws":
-                self._open_ws(request, params)
+                self._open(request, params, "ws")
             elif path == "/sse":
-                self._open_sse(request, params)
+                self._open(request, params, "sse")
             else:
                 self._respond(self.hooks.plain_http(request, path))
         except HandshakeRefused as refusal:
@@ -104,12 +104,19 @@ class Connection(BaseConnection):
         self._handshake().send_response(response)
         self.write_protocol_data()
 
-    def _open_ws(self, request: Request, params: dict[str, str]) -> None:
+    def _open(self, request: Request, params: dict[str, str], transport: str) -> None:
+        """Accept a ``ws`` or ``sse`` connect now, or park it for the connect proxy."""
         accepted = self.hooks.accept(request, params)
         if isinstance(accepted, Deferred):
-            self._defer(request, accepted, "ws")
-            return
-        self._accept_ws(request, accepted)
+            self._defer(request, accepted, transport)
+        else:
+            self._accept(request, accepted, transport)
+
+    def _accept(self, request: Request, accepted: Accepted, transport: str) -> None:
+        if transport == "ws":
+            self._accept_ws(request, accepted)
+        else:
+            self._accept_sse(request, accepted)
 
     def _accept_ws(self, request: Request, accepted: Accepted) -> None:
         self.request = accepted.request
@@ -155,13 +162,6 @@ class Connection(BaseConnection):
         self.ws = opened
         if leftover:
             opened.receive_data(leftover)
-
-    def _open_sse(self, request: Request, params: dict[str, str]) -> None:
-        accepted = self.hooks.accept(request, params)
-        if isinstance(accepted, Deferred):
-            self._defer(request, accepted, "sse")
-            return
-        self._accept_sse(request, accepted)
 
     def _accept_sse(self, request: Request, accepted: Accepted) -> None:
         self.request = accepted.request
@@ -210,12 +210,8 @@ class Connection(BaseConnection):
             if self._answer_parked():
                 self._refuse(request, refusal)
             return
-        if not self._answer_parked():
-            return
-        if transport == "ws":
-            self._accept_ws(request, accepted)
-        else:
-            self._accept_sse(request, accepted)
+        if self._answer_parked():
+            self._accept(request, accepted, transport)
 
     def _answer_parked(self) -> bool:
         """Stop the parked handshake's timer; False if the client is gone."""
