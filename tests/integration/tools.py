@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -34,7 +34,7 @@ import yaml
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from tests.support import API_KEY, ROOT, Proc, free_port, terminate
+from tests.support import API_KEY, ROOT, Proc, free_port, terminate, wait_until
 
 DEPLOY = ROOT / "deploy"
 T = TypeVar("T")
@@ -42,25 +42,10 @@ T = TypeVar("T")
 
 async def eventually(check: Callable[[], T], timeout: float, what: str,
                      interval: float = 0.2) -> T:
-    """Poll a blocking ``check`` off the event loop until it returns a truthy value.
-
-    ``check`` may raise AssertionError (or any error) while the condition does not hold yet;
-    the last error is reported at the deadline. Bounded in time and in count.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: BaseException | None = None
-    for _ in range(int(timeout / interval) + 2):
-        try:
-            value = await asyncio.to_thread(check)
-            if value:
-                return value
-        except Exception as exc:
-            last = exc
-        if loop.time() > deadline:
-            break
-        await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    """:func:`tests.support.wait_until` off the event loop, for a ``check`` that blocks (HTTP,
+    an admin socket): it may raise while the condition does not hold yet."""
+    value = await asyncio.to_thread(wait_until, check, timeout, what, interval)
+    return cast(T, value)
 
 
 def require_tool(name: str) -> str:
