@@ -141,8 +141,9 @@ def require_key(
         _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
         _basic: Annotated[None, Security(basic_scheme)],
     ) -> None:
-        authorize(request.headers.get("authorization"), frozen, method=request.method,
-                  admin_header=request.headers.get(ADMIN_HEADER),
-                  challenge_basic=challenge_basic)
+        presented = presented_key(request.headers.get("authorization"))
+        if presented is None or not key_matches(presented.key, frozen):
+            raise refusal(presented, challenge_basic)
+        confirm_state_change(presented, request.method, request.headers.get(ADMIN_HEADER))
 
     return check
