@@ -31,7 +31,9 @@ from gateway.ports import BackplaneEvents, Registration
 from gateway.pubsub import PubSubConnection, PubSubError
 from gateway.sharedreads import SharedReads
 from gateway.shutdown import stop_tasks
+from gateway.webhookstate import Command, WebhookState
 from switchboard import contract, resp, streams
+from switchboard import whcontract as wh
 from switchboard.config import GatewaySettings
 from switchboard.contract import GatewayInfo, Message
 from switchboard.pipelined import Arg, PipelinedRedis, Script
@@ -79,6 +81,14 @@ class RedisBackplane:
         self._joining: list[tuple[Registration, list[str],
                                   asyncio.Future[tuple[int, dict[str, Position]]]]] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        # Online/offline and join/leave state for the webhook dispatcher, when it is on.
+        self.webhooks = WebhookState(settings, gateway_id, self._send_webhook_state) \
+            if settings.webhook_url else None
+
+    async def _send_webhook_state(self, commands: list[Command]) -> None:
+        assert self._registrar is not None
+        with unavailable("webhook_state"):
+            await self._registrar.execute_many(commands)
 
     def _open_clients(self) -> tuple[Any, Store]:
         """The command client and the store for client publishes."""
@@ -127,13 +137,17 @@ class RedisBackplane:
 
     def _background(self) -> dict[str, Coroutine[Any, Any, None]]:
         """The loops that run from start() to stop(), by name."""
-        return {"heartbeat": self._heartbeat_loop(), "pubsub": self._listen_loop(),
-                "unregister": self._unregister_loop()}
+        loops = {"heartbeat": self._heartbeat_loop(), "pubsub": self._listen_loop(),
+                 "unregister": self._unregister_loop()}
+        if self.webhooks is not None:
+            loops["webhook_state"] = self.webhooks.run()
+        return loops
 
     async def stop(self) -> None:
         """Deregister (publishers stop routing to us), then stop background work."""
         with contextlib.suppress(BackendUnavailable):
             await self._flush_gone()
+        await self._forget_roster()
         with contextlib.suppress(RedisError, OSError):
             pipe = self.redis.pipeline(transaction=False)
             pipe.delete(self.keys.gateway(self.gateway_id))
@@ -154,6 +168,14 @@ class RedisBackplane:
             self._registrar.close()
         if self._pubsub is not None:
             self._pubsub.close()
+
+    async def _forget_roster(self) -> None:
+        """At a clean stop, once every leave is written: nothing of ours is left to sweep."""
+        if self.webhooks is None or self.events.load().get("connections", 0):
+            return
+        if await self.webhooks.flushed(self.settings.redis_timeout):
+            with contextlib.suppress(BackendUnavailable):
+                await self.webhooks.forget_roster()
 
     # -- registry -----------------------------------------------------------------------------
 
@@ -176,6 +198,9 @@ class RedisBackplane:
         pipe.pexpire(key, contract.registry_ttl_ms(s.heartbeat_interval))
         pipe.zadd(self.keys.gateways(), {self.gateway_id: now})
         settle = self._queue_ping(pipe, now)
+        if self.webhooks is not None:
+            pipe.hset(self.webhooks.roster, wh.ROSTER_INC, self.webhooks.incarnation)
+            pipe.sadd(self.webhooks.keys.rosters(), self.gateway_id)
         try:
             with unavailable("heartbeat"):
                 results = await pipe.execute()
@@ -183,7 +208,11 @@ class RedisBackplane:
             self.canary.withdraw(now)  # never published: not a verdict on the subscription
             raise
         await settle(results[3:])
-        return int(results[0]) > 0  # HSET counts the fields it created
+        # HSET counts the fields it created. A roster that had vanished was taken by the
+        # webhook dispatcher's sweep (or lost with Redis): our connections must be written
+        # again, as after a lost registry entry.
+        roster_lost = self.webhooks is not None and int(results[-2]) > 0
+        return int(results[0]) > 0 or roster_lost
 
     @property
     def listening(self) -> bool:
@@ -275,7 +304,9 @@ class RedisBackplane:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for (_, stream_keys, fut), reply in zip(batch, replies, strict=True):
+        for (reg, stream_keys, fut), reply in zip(batch, replies, strict=True):
+            if self.webhooks is not None:
+                self.webhooks.connected(reg)
             if not fut.done():
                 fut.set_result((int(reply[0]), {
                     key: Position(text(reply[1 + 2 * i]), int(reply[2 + 2 * i]))
@@ -324,9 +355,13 @@ class RedisBackplane:
             self.metrics.redis_error("join")
             raise
         raw = results[1]
+        if self.webhooks is not None:
+            self.webhooks.joined(reg, channel)
         return Position(text(raw[0]), int(raw[1]))
 
     async def leave(self, reg: Registration, channel: str) -> None:
+        if self.webhooks is not None:
+            self.webhooks.left(reg, channel)
         try:
             with unavailable("leave"):
                 await self.redis.hdel(self.keys.presence(channel), reg.conn_id)
@@ -380,6 +415,8 @@ class RedisBackplane:
 
     async def reregister(self, regs: list[Registration], chunk: int = 1000) -> None:
         """Write the map, session and presence entries of live connections again."""
+        if self.webhooks is not None:
+            self.webhooks.rewritten(regs)
         ttl = contract.session_ttl_ms(self.settings.history_ttl,
                                       self.settings.heartbeat_interval)
         for start in range(0, len(regs), chunk):
@@ -395,6 +432,8 @@ class RedisBackplane:
 
     def unregister(self, reg: Registration) -> None:
         """Queued and flushed in batches: a reconnect storm must not cost a round trip each."""
+        if self.webhooks is not None:
+            self.webhooks.disconnected(reg)
         self._gone.append(reg)
         self._gone_event.set()
 

@@ -15,11 +15,8 @@ fields of each event.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,18 +25,17 @@ import orjson
 from switchboard import streams
 from switchboard.auth import Claims
 from switchboard.config import GatewaySettings
+from switchboard.signing import SIGNATURE_TOLERANCE, sign, verify
 
 EVENTS = ("connect", "subscribe", "publish", "refresh")
 SIGNATURE_HEADER = "X-Switchboard-Signature"
-# A backend should refuse a signature older than this (replays of a recorded call).
-SIGNATURE_TOLERANCE = 300
+__all__ = ["SIGNATURE_TOLERANCE", "sign", "verify"]  # the proxy's signature, kept here
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_REASON = 200  # characters of a backend's reason repeated to a client
 # An ``info`` object is sent back with every later call about its connection: it must encode
 # (see :func:`_info`), within these bounds.
 MAX_INFO_DEPTH = 32
 MAX_INFO_BYTES = MAX_ANSWER_BYTES
-_HEX_MAC = re.compile(r"[0-9a-f]{64}")
 
 
 def configured(settings: GatewaySettings) -> bool:
@@ -50,36 +46,6 @@ def configured(settings: GatewaySettings) -> bool:
 
 class BadAnswer(ValueError):
     """The backend answered something that is not a valid answer for the event."""
-
-
-# -- signing ----------------------------------------------------------------------------------
-
-
-def sign(secret: bytes, timestamp: int, body: bytes) -> str:
-    """``t=TIMESTAMP,v1=HEX``: HMAC-SHA256 of ``b"TIMESTAMP." + body`` under ``secret``."""
-    mac = hmac.new(secret, b"%d." % timestamp + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
-
-
-def verify(secret: bytes, header: str, body: bytes, now: float,
-           tolerance: float = SIGNATURE_TOLERANCE) -> bool:
-    """What a backend checks: a ``v1`` signature of ``body`` at a timestamp within
-    ``tolerance`` seconds of ``now``. Anything else in the header (non-ASCII text included)
-    is a False, never an exception: ``hmac.compare_digest`` raises TypeError on a non-ASCII
-    str, so only 64 lower-case hex digits are compared."""
-    fields: dict[str, list[str]] = {}
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        fields.setdefault(key, []).append(value)
-    stamp = fields.get("t", [""])[0]
-    if not (stamp.isascii() and stamp.isdigit()):
-        return False
-    timestamp = int(stamp)
-    if abs(now - timestamp) > tolerance:
-        return False
-    expected = sign(secret, timestamp, body).rpartition("v1=")[2]
-    return any(_HEX_MAC.fullmatch(v) is not None and hmac.compare_digest(expected, v)
-               for v in fields.get("v1", []))
 
 
 # -- circuit breaker --------------------------------------------------------------------------

@@ -25,8 +25,8 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
-from switchboard import __version__, routerapi, settings_cli, watch
-from switchboard.config import GatewaySettings, RouterSettings
+from switchboard import __version__, redisurl, routerapi, settings_cli, watch
+from switchboard.config import GatewaySettings, RouterSettings, WebhookSettings
 from switchboard.routerapi import CliError, one_line
 
 # Commands that talk to a cluster and exit: every failure is one line. The others run
@@ -115,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rt = sub.add_parser("router", help="run one router process")
     settings_cli.add_arguments(rt, RouterSettings)
+
+    whk = sub.add_parser("webhooks", help="run a webhook dispatcher (docs/webhooks.md)")
+    settings_cli.add_arguments(whk, WebhookSettings)
 
     tok = sub.add_parser("token", help="mint a client JWT (HS256)")
     tok.add_argument("--user", required=True)
@@ -211,10 +214,27 @@ def _check_listen(host: str, port: int, *, reuse_port: bool = False) -> None:
 def _gateway(args: argparse.Namespace) -> int:
     settings = settings_cli.build(GatewaySettings, args)
     _check_redis_url(settings.redis_url)
+    if settings.webhook_url and redisurl.is_cluster(settings.redis_url):
+        raise CliError("--webhook-url: webhooks need one Redis node for now, not a Redis "
+                       "Cluster (docs/webhooks.md)")
     _check_listen(settings.host, settings.port, reuse_port=settings.reuse_port)
     from gateway.app import run as run_gateway
 
     return run_gateway(settings)
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    settings = settings_cli.build(WebhookSettings, args)
+    _check_redis_url(settings.redis_url)
+    if not settings.webhook_url:
+        raise CliError("no receiver: set --webhook-url or SWITCHBOARD_WEBHOOK_URL")
+    if redisurl.is_cluster(settings.redis_url):
+        raise CliError("webhooks need one Redis node for now, not a Redis Cluster "
+                       "(docs/webhooks.md)")
+    _check_listen(settings.host, settings.webhook_port)
+    from switchboard.webhooks.main import run as run_webhooks
+
+    return run_webhooks(settings)
 
 
 def _router(args: argparse.Namespace) -> int:
@@ -275,6 +295,8 @@ def _run(args: argparse.Namespace) -> int:
         return _gateway(args)
     if args.command == "router":
         return _router(args)
+    if args.command == "webhooks":
+        return _webhooks(args)
     if args.command == "up":
         return _up(args)
     if args.command == "token":

@@ -35,7 +35,54 @@ class RedisSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class GatewaySettings(RedisSettings):
+class WebhookStateSettings(RedisSettings):
+    """What gateways and the webhook dispatcher must agree on (docs/webhooks.md)."""
+
+    webhook_url: str = field(
+        default="", metadata={"help": "receiver of webhook events (POST); gateways track "
+                                      "online state only when it is set (off when empty)"}
+    )
+    webhook_offline_delay: float = field(
+        default=15.0, metadata={"help": "seconds a user (or channel member) must stay gone "
+                                        "before user.offline (presence.leave, "
+                                        "channel.vacated) fires: reconnects do not flap"}
+    )
+    webhook_outbox_max: int = field(
+        default=100_000, metadata={"help": "events queued in Redis per outbox partition; "
+                                           "beyond, new events are counted as lost"}
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookSettings(WebhookStateSettings):
+    host: str = field(default="0.0.0.0", metadata={"help": "address of /metrics and /readyz"})
+    webhook_port: int = field(default=8090, metadata={"help": "port of /metrics and /readyz"})
+    webhook_secrets: tuple[str, ...] = field(
+        default=(), metadata={"help": "HMAC-SHA256 secrets signing each request "
+                                      "(X-Switchboard-Signature: one v1= per secret)"}
+    )
+    webhook_timeout: float = field(
+        default=5.0, metadata={"help": "seconds one webhook request may take"}
+    )
+    webhook_batch_max: int = field(
+        default=100, metadata={"help": "most events in one request"}
+    )
+    webhook_concurrency: int = field(
+        default=4, metadata={"help": "requests in flight (one per partition at most)"}
+    )
+    webhook_poll_interval: float = field(
+        default=0.2, metadata={"help": "seconds between looks at the outboxes"}
+    )
+    webhook_retry_max: float = field(
+        default=30.0, metadata={"help": "longest backoff between retries of a failed request"}
+    )
+    heartbeat_interval: float = field(
+        default=2.0, metadata={"help": "seconds between lease renewals and dead-gateway sweeps"}
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySettings(WebhookStateSettings):
     host: str = field(default="0.0.0.0", metadata={"help": "address the gateway listens on"})
     port: int = field(default=8080, metadata={"help": "port for /ws, /sse, probes and metrics"})
     gateway_id: str = field(default="", metadata={"help": "unique id; random when empty"})

@@ -27,7 +27,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 # Numbers for which zero means something: spread over no time, move at any excess, no head
 # deadline (off), no channel subscriptions, never replay on resume.
 MAY_BE_ZERO = frozenset({"drain_window", "rebalance_margin", "header_timeout", "max_channels",
-                         "replay_limit"})
+                         "replay_limit", "webhook_offline_delay"})
 
 
 def env_name(field_name: str) -> str:

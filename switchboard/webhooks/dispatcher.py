@@ -1,0 +1,194 @@
+"""The leader's work: hold the lease, confirm what is due, and deliver each partition's outbox.
+
+At most one request in flight per partition, oldest events first: an entity lives in one
+partition, so its events reach the receiver in order (a retry sends the same events again,
+with a fresh signature). Events leave the outbox only after a 2xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import httpx
+from redis.exceptions import RedisError
+
+from switchboard import contract, streams
+from switchboard import whcontract as wh
+from switchboard.config import WebhookSettings
+from switchboard.store import text
+from switchboard.webhooks import deliver
+from switchboard.webhooks.metrics import WebhookMetrics
+from switchboard.webhooks.sweep import Sweeper
+
+log = logging.getLogger("switchboard.webhooks")
+CONFIRM_BATCH = 100
+
+
+class Dispatcher:
+    def __init__(self, settings: WebhookSettings, redis: Any, metrics: WebhookMetrics) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.metrics = metrics
+        self.keys = wh.WebhookKeys(settings.prefix)
+        self.id = streams.random_id()
+        self.leader = False
+        self._scripts = {s.sha: redis.register_script(s.source)
+                         for s in (wh.CONFIRM, wh.PEEK, wh.OVERFLOW, wh.LEASE)}
+        self._sweeper = Sweeper(settings, redis, self.keys)
+        self._secrets = tuple(s.encode() for s in settings.webhook_secrets)
+        self._busy: set[int] = set()  # partitions with a request in flight
+        self._retry_at: dict[int, float] = {}
+        self._failures: dict[int, int] = {}
+        self._slots = asyncio.Semaphore(settings.webhook_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lease_ttl = contract.registry_ttl_ms(settings.heartbeat_interval)
+
+    async def _run_script(self, script: Any, keys: list[str], args: list[Any],
+                          client: Any = None) -> Any:
+        return await self._scripts[script.sha](keys=keys, args=args, client=client)
+
+    # -- the lease --------------------------------------------------------------------------
+
+    async def lease_loop(self) -> None:
+        """Take or renew the lease every heartbeat; a leader that cannot renew stops."""
+        while True:
+            try:
+                held = bool(await self._run_script(wh.LEASE, [self.keys.lease()],
+                                                   [self.id, self._lease_ttl]))
+            except (RedisError, OSError) as exc:
+                log.warning("webhook lease not renewed: %s", exc)
+                held = False
+            if held != self.leader:
+                log.info("webhook dispatcher %s is %s", self.id,
+                         "the leader" if held else "a standby")
+            self.leader = held
+            self.metrics.leader.set(1 if held else 0)
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def release(self) -> None:
+        """At a clean stop: a standby need not wait for the lease to expire."""
+        if self.leader:
+            with contextlib.suppress(RedisError, OSError):
+                if text(await self.redis.get(self.keys.lease())) == self.id:
+                    await self.redis.delete(self.keys.lease())
+
+    # -- the work ---------------------------------------------------------------------------
+
+    async def sweep_loop(self) -> None:
+        while True:
+            if self.leader:
+                try:
+                    await self._sweeper.sweep()
+                except (RedisError, OSError) as exc:
+                    log.warning("dead-gateway sweep failed: %s", exc)
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def poll_loop(self) -> None:
+        while True:
+            if self.leader:
+                try:
+                    await self.poll()
+                except (RedisError, OSError) as exc:
+                    log.warning("webhook outboxes not read: %s", exc)
+            await asyncio.sleep(self.settings.webhook_poll_interval)
+
+    async def poll(self) -> None:
+        """One look at every partition: report losses, confirm what is due, deliver."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.keys.partitions):
+            await self._run_script(wh.PEEK, self.keys.part_keys(p), [], client=pipe)
+        peeks = await pipe.execute()
+        now_ms = contract.now_ms()
+        depth = 0
+        for p, (length, first_due, lost) in enumerate(peeks):
+            length = int(length)
+            depth += length
+            if int(lost) > 0:
+                await self._overflow(p)
+            if float(first_due) >= 0 and float(first_due) <= now_ms:
+                await self._confirm(p, now_ms)
+            if length and p not in self._busy and self._retry_at.get(p, 0) <= time.monotonic():
+                self._busy.add(p)
+                task = asyncio.create_task(self._deliver(p))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        self.metrics.depth.set(depth)
+
+    async def _overflow(self, p: int) -> None:
+        out, _, lost = self.keys.part_keys(p)
+        n = await self._run_script(wh.OVERFLOW, [out, lost], [streams.random_id()])
+        if n:
+            self.metrics.lost.inc(int(n))
+            log.error("webhook outbox %d was full: %d events lost (a webhook.overflow event "
+                      "tells the receiver)", p, int(n))
+
+    async def _confirm(self, p: int, now_ms: int) -> None:
+        due = self.keys.due(p)
+        members = await self.redis.zrangebyscore(due, "-inf", now_ms, start=0,
+                                                 num=CONFIRM_BATCH)
+        s = self.settings
+        pipe = self.redis.pipeline(transaction=False)
+        for raw in members:
+            parsed = wh.parse_due_member(raw)
+            if parsed is None or parsed[0] not in ("o", "l", "v") or len(parsed) < 2:
+                pipe.zrem(due, raw)  # not ours: it would block the partition for ever
+                continue
+            kind, name = parsed[0], parsed[1]
+            keys = self.keys.user(name) if kind == "o" else self.keys.channel(name)
+            user = parsed[2] if kind == "l" and len(parsed) > 2 else ""
+            await self._run_script(wh.CONFIRM, keys, [
+                text(raw), kind, name, user, streams.random_id(), s.webhook_outbox_max,
+                contract.ms(s.meta_ttl)], client=pipe)
+        await pipe.execute()
+
+    async def _deliver(self, p: int) -> None:
+        try:
+            async with self._slots:
+                await self._deliver_once(p)
+        except (RedisError, OSError) as exc:
+            log.warning("webhook outbox %d not read: %s", p, exc)
+        finally:
+            self._busy.discard(p)
+
+    async def _deliver_once(self, p: int) -> None:
+        out = self.keys.outbox(p)
+        entries = await self.redis.xrange(out, count=self.settings.webhook_batch_max)
+        if not entries:
+            return
+        ids = [entry_id for entry_id, _ in entries]
+        events = [_event(fields) for _, fields in entries]
+        started = time.monotonic()
+        outcome = await deliver.post(self.client, self.settings.webhook_url, self._secrets,
+                                     [e for e in events if e is not None])
+        self.metrics.requests.labels(outcome).inc()
+        self.metrics.latency.observe(time.monotonic() - started)
+        if outcome == "ok":
+            await self.redis.xdel(out, *ids)
+            self.metrics.delivered.inc(len(ids))
+            self._failures.pop(p, None)
+            self._retry_at.pop(p, None)
+            return
+        failures = self._failures[p] = self._failures.get(p, 0) + 1
+        wait = deliver.backoff(failures, self.settings.webhook_retry_max)
+        self._retry_at[p] = time.monotonic() + wait
+        log.warning("webhook request failed (%s); %d events retried in %.1fs", outcome,
+                    len(ids), wait)
+
+    async def run(self) -> None:
+        timeout = httpx.Timeout(self.settings.webhook_timeout)
+        async with httpx.AsyncClient(timeout=timeout) as self.client:
+            await asyncio.gather(self.lease_loop(), self.poll_loop(), self.sweep_loop())
+
+
+def _event(fields: dict[Any, Any]) -> dict[str, Any] | None:
+    raw = fields.get(b"e") or fields.get("e")
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else None

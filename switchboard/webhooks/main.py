@@ -1,0 +1,56 @@
+"""Entry point of ``switchboard webhooks``: the dispatcher loops, /metrics, and a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from prometheus_client import start_http_server
+
+from switchboard.config import WebhookSettings
+from switchboard.redisurl import is_cluster
+from switchboard.store import connect
+from switchboard.webhooks.dispatcher import Dispatcher
+from switchboard.webhooks.metrics import WebhookMetrics
+
+log = logging.getLogger("switchboard.webhooks")
+
+
+async def serve(settings: WebhookSettings) -> int:
+    metrics = WebhookMetrics()
+    start_http_server(settings.webhook_port, settings.host, registry=metrics.registry)
+    redis = connect(settings.redis_url, settings.redis_timeout, reconnect_retry=True)
+    dispatcher = Dispatcher(settings, redis, metrics)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    work = asyncio.create_task(dispatcher.run())
+    log.info("webhook dispatcher %s posting to %s; metrics on http://%s:%d/metrics",
+             dispatcher.id, settings.webhook_url, settings.host, settings.webhook_port)
+    await asyncio.wait([work, asyncio.create_task(stop.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    await dispatcher.release()
+    await redis.aclose()
+    return 0
+
+
+def run(settings: WebhookSettings) -> int:
+    if not settings.webhook_url:
+        raise SystemExit("switchboard webhooks: no receiver; set --webhook-url or "
+                         "SWITCHBOARD_WEBHOOK_URL")
+    if is_cluster(settings.redis_url):
+        raise SystemExit("switchboard webhooks: Redis Cluster is not supported yet; use one "
+                         "Redis node (docs/webhooks.md)")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(serve(settings))
+    return uvloop.run(serve(settings))

@@ -1,0 +1,322 @@
+"""The webhook part of the Redis contract (docs/webhooks.md): keys and Lua scripts.
+
+Online/offline, occupied/vacated and join/leave transitions are decided *in Redis*, by scripts
+that run in the slot of the user or channel they change, and each event is written by the same
+script into an outbox of that slot: no gateway's memory holds a transition, so none is lost
+with a gateway. A dead gateway's connections are left by the dispatcher, from the gateway's
+roster (``sb:{gw:G}:roster``: field ``CONN`` or ``CONN\\tCHANNEL`` -> ``INC\\tUSER``).
+
+Every connection held by the webhook state names its holder, ``GATEWAY/INC``: ``INC`` is the
+gateway's incarnation, new each time its registry entry was lost (it may have been swept
+meanwhile), so a late sweep can never remove what a revived gateway wrote again.
+
+Partitions: an outbox (stream), a due set (zset of debounced confirmations) and a loss counter
+per partition. In Redis Cluster a partition is a hash slot (its keys carry a tag of that slot);
+on one node there are :data:`NODE_PARTITIONS`, so batches of different partitions can go out
+side by side while each entity's events stay in order.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from redis.crc import key_slot
+
+from switchboard import streams
+from switchboard.clusterclient import tag_for_slot
+from switchboard.pipelined import Script
+
+NODE_PARTITIONS = 16
+CLUSTER_PARTITIONS = 16384
+ROSTER_INC = "_inc"  # roster field: the gateway's current incarnation
+
+
+class WebhookKeys:
+    __slots__ = ("partitions", "prefix")
+
+    def __init__(self, prefix: str = "sb:", *, cluster: bool = False) -> None:
+        self.prefix = prefix
+        self.partitions = CLUSTER_PARTITIONS if cluster else NODE_PARTITIONS
+
+    def partition(self, entity: str) -> int:
+        """The partition of a user (``u:NAME``) or channel (``c:NAME``) entity."""
+        return key_slot(entity.encode()) % self.partitions
+
+    def _part(self, partition: int) -> str:
+        tag = tag_for_slot(partition) if self.partitions == CLUSTER_PARTITIONS \
+            else f"wh{partition}"
+        return f"{self.prefix}{{{tag}}}:wh"
+
+    def outbox(self, partition: int) -> str:
+        return self._part(partition) + ":out"
+
+    def due(self, partition: int) -> str:
+        return self._part(partition) + ":due"
+
+    def lost(self, partition: int) -> str:
+        return self._part(partition) + ":lost"
+
+    def part_keys(self, partition: int) -> list[str]:
+        """KEYS of a partition, in the order every script takes them: outbox, due, lost."""
+        base = self._part(partition)
+        return [base + ":out", base + ":due", base + ":lost"]
+
+    def user(self, user: str) -> list[str]:
+        """A user's state hash and webhook connection hash, then its partition's keys."""
+        entity = streams.user_key(user)
+        return [f"{self.prefix}{{{entity}}}:wh", f"{self.prefix}{{{entity}}}:whconns",
+                *self.part_keys(self.partition(entity))]
+
+    def channel(self, channel: str) -> list[str]:
+        """A channel's state hash, webhook connection hash and members (user -> count)."""
+        entity = streams.channel_key(channel)
+        return [f"{self.prefix}{{{entity}}}:wh", f"{self.prefix}{{{entity}}}:whconns",
+                f"{self.prefix}{{{entity}}}:members",
+                *self.part_keys(self.partition(entity))]
+
+    def roster(self, gateway_id: str) -> str:
+        return f"{self.prefix}{{gw:{gateway_id}}}:roster"
+
+    def sweeping(self, gateway_id: str) -> str:
+        """Where the dispatcher moves a dead gateway's roster while it sweeps it."""
+        return f"{self.prefix}{{gw:{gateway_id}}}:roster:sweep"
+
+    def rosters(self) -> str:
+        return f"{self.prefix}wh:rosters"
+
+    def lease(self) -> str:
+        return f"{self.prefix}wh:lease"
+
+
+def roster_field(conn_id: str, channel: str | None = None) -> str:
+    return conn_id if channel is None else f"{conn_id}\t{channel}"
+
+
+def roster_value(incarnation: str, user: str) -> str:
+    return f"{incarnation}\t{user}"
+
+
+def due_member(kind: str, *names: str) -> str:
+    """A due-set member: ``["l","room","alice"]`` (leave), ``["o","alice"]`` (offline) or
+    ``["v","room"]`` (vacate). On one score they sort leaves, offlines, vacates."""
+    return json.dumps([kind, *names], separators=(",", ":"))
+
+
+def parse_due_member(raw: bytes | str) -> list[str] | None:
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    return None
+
+
+# KEYS of a partition come last in every script (out, due, lost); ARGV[1..] per script.
+_COMMON = r"""
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Append an event, unless the outbox is full: then count it as lost and keep the oldest
+-- (the state stays right; the event was only news). Returns 1 if written.
+local function emit(out, lost, cap, ev)
+  if redis.call('XLEN', out) >= cap then
+    redis.call('HINCRBY', lost, 'n', 1)
+    redis.call('HSETNX', lost, 'first_ms', ev.ts_ms)
+    redis.call('HSET', lost, 'last_ms', ev.ts_ms)
+    return 0
+  end
+  redis.call('XADD', out, '*', 'e', cjson.encode(ev))
+  return 1
+end
+-- An event id, ENTITY/EPOCH/SEQ: ordered per entity; a new epoch means the state was lost.
+local function next_id(state, entity, fresh_epoch)
+  local epoch = redis.call('HGET', state, 'epoch')
+  if not epoch then
+    epoch = fresh_epoch
+    redis.call('HSET', state, 'epoch', epoch)
+  end
+  return entity .. '/' .. epoch .. '/' .. redis.call('HINCRBY', state, 'seq', 1)
+end
+"""
+
+# KEYS: state, conns, out, due, lost. ARGV: conn, holder, user, fresh epoch, delay ms, cap,
+# gateway. Returns 1 if an event was written, 0 otherwise.
+USER_ON = Script(_COMMON + r"""
+local state, conns, out, due, lost = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local user, cap = ARGV[3], tonumber(ARGV[6])
+redis.call('HSET', conns, ARGV[1], ARGV[2])
+local st = redis.call('HMGET', state, 'state', 'left_ms', 'due_ms', 'reason')
+if st[1] == 'on' then return 0 end
+redis.call('PERSIST', state)
+local now = now_ms()
+local member = cjson.encode({'o', user})
+local wrote = 0
+if st[1] == 'leaving' then
+  redis.call('ZREM', due, member)
+  if now < tonumber(st[3]) then
+    redis.call('HSET', state, 'state', 'on')
+    return 0  -- back within the delay: the debounce, no event
+  end
+  -- the confirmer is late: the offline it owes comes first
+  wrote = emit(out, lost, cap, {id = next_id(state, 'u:' .. user, ARGV[4]), type = 'user.offline',
+    ts_ms = tonumber(st[3]), user = user, reason = st[4], since_ms = tonumber(st[2])})
+end
+redis.call('HSET', state, 'state', 'on')
+return wrote + emit(out, lost, cap, {id = next_id(state, 'u:' .. user, ARGV[4]),
+  type = 'user.online', ts_ms = now, user = user, gateway = ARGV[7], conn = ARGV[1]})
+""")
+
+# KEYS: state, conns, out, due, lost. ARGV: conn, holder, user, fresh epoch, delay ms, cap,
+# reason, state ttl ms. Only the holder's entry is removed, so a repeat (or a sweep racing
+# the gateway) does nothing. Returns 1 if an event was written or scheduled.
+USER_OFF = Script(_COMMON + r"""
+local state, conns, out, due, lost = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local user, delay, cap = ARGV[3], tonumber(ARGV[5]), tonumber(ARGV[6])
+if redis.call('HGET', conns, ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', conns, ARGV[1])
+if redis.call('HLEN', conns) > 0 or redis.call('HGET', state, 'state') ~= 'on' then
+  return 0
+end
+local now = now_ms()
+if delay <= 0 then
+  redis.call('HSET', state, 'state', 'off')
+  redis.call('PEXPIRE', state, ARGV[8])
+  return emit(out, lost, cap, {id = next_id(state, 'u:' .. user, ARGV[4]),
+    type = 'user.offline', ts_ms = now, user = user, reason = ARGV[7], since_ms = now})
+end
+redis.call('HSET', state, 'state', 'leaving', 'left_ms', now, 'due_ms', now + delay,
+  'reason', ARGV[7])
+redis.call('ZADD', due, now + delay, cjson.encode({'o', user}))
+return 1
+""")
+
+# KEYS: state, conns, members, out, due, lost. ARGV: conn, holder, user, channel, fresh epoch,
+# delay ms, cap.
+CHANNEL_ON = Script(_COMMON + r"""
+local state, conns, members, out, due, lost = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+  KEYS[6]
+local user, channel, cap = ARGV[3], ARGV[4], tonumber(ARGV[7])
+-- a connection written again (a new incarnation) is not a new member
+if redis.call('HSET', conns, ARGV[1], ARGV[2]) == 0 then return 0 end
+local entity = 'c:' .. channel
+local wrote = 0
+redis.call('PERSIST', state)
+if redis.call('HGET', state, 'occupied') == '1' then
+  redis.call('ZREM', due, cjson.encode({'v', channel}))
+else
+  redis.call('HSET', state, 'occupied', '1')
+  wrote = emit(out, lost, cap, {id = next_id(state, entity, ARGV[5]), type = 'channel.occupied',
+    ts_ms = now_ms(), channel = channel})
+end
+if redis.call('HINCRBY', members, user, 1) == 1 and
+    redis.call('ZREM', due, cjson.encode({'l', channel, user})) == 0 then
+  wrote = wrote + emit(out, lost, cap, {id = next_id(state, entity, ARGV[5]),
+    type = 'presence.join', ts_ms = now_ms(), channel = channel, user = user})
+end
+return wrote
+""")
+
+# KEYS: state, conns, members, out, due, lost. ARGV: conn, holder, user, channel, fresh epoch,
+# delay ms, cap, state ttl ms.
+CHANNEL_OFF = Script(_COMMON + r"""
+local state, conns, members, out, due, lost = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+  KEYS[6]
+local user, channel, delay, cap = ARGV[3], ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7])
+if redis.call('HGET', conns, ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', conns, ARGV[1])
+local entity = 'c:' .. channel
+local now = now_ms()
+local wrote = 0
+if redis.call('HINCRBY', members, user, -1) <= 0 then
+  redis.call('HDEL', members, user)
+  if delay <= 0 then
+    wrote = emit(out, lost, cap, {id = next_id(state, entity, ARGV[5]), type = 'presence.leave',
+      ts_ms = now, channel = channel, user = user})
+  else
+    redis.call('ZADD', due, now + delay, cjson.encode({'l', channel, user}))
+    wrote = 1
+  end
+end
+if redis.call('HLEN', conns) == 0 then
+  if delay <= 0 then
+    redis.call('HSET', state, 'occupied', '0')
+    redis.call('PEXPIRE', state, ARGV[8])
+    wrote = wrote + emit(out, lost, cap, {id = next_id(state, entity, ARGV[5]),
+      type = 'channel.vacated', ts_ms = now, channel = channel})
+  else
+    redis.call('ZADD', due, now + delay, cjson.encode({'v', channel}))
+    wrote = 1
+  end
+end
+return wrote
+""")
+
+# The dispatcher's confirmation of one due member whose time has come. KEYS: the entity's
+# keys (user: state, conns; channel: state, conns, members), then out, due, lost. ARGV:
+# member, kind, name, user (leave) or '', fresh epoch, cap, state ttl ms. The member is
+# confirmed only if its score has passed: a rejoin cancels it, a new leave moves it.
+CONFIRM = Script(_COMMON + r"""
+local n = #KEYS
+local out, due, lost = KEYS[n - 2], KEYS[n - 1], KEYS[n]
+local member, kind, name, user = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local cap = tonumber(ARGV[6])
+local score = redis.call('ZSCORE', due, member)
+local now = now_ms()
+if not score then return 0 end
+score = tonumber(score)
+if score > now then return 0 end
+redis.call('ZREM', due, member)
+local state = KEYS[1]
+if kind == 'o' then
+  local st = redis.call('HMGET', state, 'state', 'left_ms', 'reason')
+  if st[1] ~= 'leaving' then return 0 end
+  redis.call('HSET', state, 'state', 'off')
+  redis.call('PEXPIRE', state, ARGV[7])
+  return emit(out, lost, cap, {id = next_id(state, 'u:' .. name, ARGV[5]), type = 'user.offline',
+    ts_ms = score, user = name, reason = st[3], since_ms = tonumber(st[2])})
+elseif kind == 'l' then
+  if redis.call('HEXISTS', KEYS[3], user) == 1 then return 0 end
+  return emit(out, lost, cap, {id = next_id(state, 'c:' .. name, ARGV[5]),
+    type = 'presence.leave', ts_ms = score, channel = name, user = user})
+elseif kind == 'v' then
+  if redis.call('HLEN', KEYS[2]) > 0 or redis.call('HGET', state, 'occupied') ~= '1' then
+    return 0
+  end
+  redis.call('HSET', state, 'occupied', '0')
+  redis.call('PEXPIRE', state, ARGV[7])
+  return emit(out, lost, cap, {id = next_id(state, 'c:' .. name, ARGV[5]),
+    type = 'channel.vacated', ts_ms = score, channel = name})
+end
+return 0
+""")
+
+# KEYS: out, due, lost. ARGV: now... Returns {outbox length, earliest due score or -1,
+# lost count}: what the dispatcher needs to know about a partition, in one call.
+PEEK = Script(r"""
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+return {redis.call('XLEN', KEYS[1]), first[2] or '-1',
+        tonumber(redis.call('HGET', KEYS[3], 'n') or '0')}
+""")
+
+# KEYS: out, lost. ARGV: fresh id. Turns the loss counter into one webhook.overflow event (it
+# may go beyond the cap: it is the one that says events were dropped).
+OVERFLOW = Script(_COMMON + r"""
+local st = redis.call('HMGET', KEYS[2], 'n', 'first_ms', 'last_ms')
+if not st[1] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('XADD', KEYS[1], '*', 'e', cjson.encode({id = 'overflow/' .. ARGV[1],
+  type = 'webhook.overflow', ts_ms = now_ms(), lost = tonumber(st[1]),
+  from_ms = tonumber(st[2]), to_ms = tonumber(st[3])}))
+return tonumber(st[1])
+""")
+
+# KEYS: the lease. ARGV: holder, ttl ms. Take or renew the dispatcher's lease.
+LEASE = Script(r"""
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+""")

@@ -1,0 +1,309 @@
+"""Webhooks end to end: real gateways and ``switchboard webhooks`` dispatchers on a real
+redis-server, posting to a real HTTP receiver started here that verifies every signature,
+records every event, and can be taken down.
+
+What a backend relies on: one ``user.online`` per first connection anywhere, one
+``user.offline`` once the last one has been gone for the delay (so reconnects and drains do
+not flap), the same for a gateway that was SIGKILLed, channel occupancy and membership, and no
+event lost while the receiver is down or the dispatcher leader dies.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from switchboard.signing import verify
+from tests.clients import WsClient, until
+from tests.integration.cluster import token
+from tests.support import Proc, RedisServer, free_port, spawn, start_gateway, wait_until
+
+pytestmark = pytest.mark.integration
+
+SECRETS = ("old-webhook-secret", "new-webhook-secret")
+DELAY = 1.5  # seconds: webhook_offline_delay in these tests
+
+
+@dataclass
+class Receiver:
+    """Records the events of every request whose signature verifies (any of SECRETS)."""
+
+    port: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    bad_signatures: int = 0
+    status: int = 200
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    def events(self, *types: str) -> list[dict[str, Any]]:
+        """Every event received (duplicates included), oldest first."""
+        with self._lock:
+            every = [e for r in self.requests for e in r["events"]]
+        return [e for e in every if not types or e["type"] in types]
+
+    def unique(self, *types: str) -> list[dict[str, Any]]:
+        """Events deduplicated by id, as a receiver following the docs does."""
+        seen: dict[str, dict[str, Any]] = {}
+        for e in self.events(*types):
+            seen.setdefault(e["id"], e)
+        return list(seen.values())
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                header = self.headers.get("X-Switchboard-Signature", "")
+                ok = all(verify(s.encode(), header, raw, time.time()) for s in SECRETS)
+                with receiver._lock:
+                    if not ok:
+                        receiver.bad_signatures += 1
+                    elif receiver.status < 300:
+                        receiver.requests.append(json.loads(raw))
+                self.send_response(receiver.status if ok else 401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        self._server = server
+        self.port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver().start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def webhook_env(receiver: Receiver, **extra: str) -> dict[str, str]:
+    return {"SWITCHBOARD_WEBHOOK_URL": receiver.url,
+            "SWITCHBOARD_WEBHOOK_OFFLINE_DELAY": str(DELAY), **extra}
+
+
+def start_dispatcher(redis: RedisServer, logdir: Path, receiver: Receiver,
+                     **extra: str) -> Proc:
+    port = free_port()
+    env = {"SWITCHBOARD_REDIS_URL": redis.url, "SWITCHBOARD_HOST": "127.0.0.1",
+           "SWITCHBOARD_WEBHOOK_PORT": str(port), "SWITCHBOARD_HEARTBEAT_INTERVAL": "0.5",
+           "SWITCHBOARD_WEBHOOK_SECRETS": ",".join(SECRETS),
+           "SWITCHBOARD_WEBHOOK_RETRY_MAX": "1", **webhook_env(receiver), **extra}
+    return spawn("webhooks", ["webhooks"], port, env, "/metrics", logdir)
+
+
+def hooked_gateway(redis: RedisServer, logdir: Path, receiver: Receiver) -> Proc:
+    return start_gateway(redis, logdir, **webhook_env(receiver))
+
+
+async def connect(gw: Proc, user: str, channels: tuple[str, ...] = ()) -> WsClient:
+    query = f"?token={token(user, channels=list(channels))}"
+    if channels:
+        query += "&channels=" + ",".join(channels)
+    return await WsClient(f"ws://127.0.0.1:{gw.port}/ws{query}").start()
+
+
+def of(receiver: Receiver, kind: str, name: str) -> list[dict[str, Any]]:
+    key = "channel" if kind.startswith(("channel.", "presence.")) else "user"
+    return [e for e in receiver.unique(kind) if e.get(key) == name]
+
+
+async def wait_for(receiver: Receiver, kind: str, name: str, count: int = 1,
+                   timeout: float = 15.0) -> list[dict[str, Any]]:
+    await until(lambda: len(of(receiver, kind, name)) >= count, timeout,
+                f"{count} {kind} for {name}")
+    return of(receiver, kind, name)
+
+
+async def quiet_for(seconds: float) -> None:
+    """Time for an event that must not come (the delay has passed, and a poll after it)."""
+    deadline = time.monotonic() + seconds
+    await until(lambda: time.monotonic() >= deadline, seconds + 1, "quiet period")
+
+
+async def test_online_once_and_offline_after_the_delay(
+        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
+    gw = hooked_gateway(redis_server, logdir, receiver)
+    hooks = start_dispatcher(redis_server, logdir, receiver)
+    try:
+        first = await connect(gw, "alice")
+        [online] = await wait_for(receiver, "user.online", "alice")
+        assert online["gateway"] and online["conn"] and online["id"].startswith("u:alice/")
+        second = await connect(gw, "alice")  # a second tab: still the same online user
+        await first.close()
+        closed_at = time.monotonic()
+        await quiet_for(DELAY + 1)
+        assert of(receiver, "user.offline", "alice") == []  # one tab is still open
+        await second.close()
+        closed_at = time.monotonic()
+        [offline] = await wait_for(receiver, "user.offline", "alice")
+        assert time.monotonic() - closed_at >= DELAY - 0.2
+        assert offline["reason"] == "closed" and offline["ts_ms"] >= offline["since_ms"]
+        assert len(of(receiver, "user.online", "alice")) == 1
+        seqs = [int(e["id"].rsplit("/", 1)[1]) for e in (online, offline)]
+        assert seqs[0] < seqs[1]
+        assert receiver.bad_signatures == 0
+    finally:
+        hooks.stop()
+        gw.stop()
+
+
+async def test_reconnects_and_a_drain_fire_no_offline(
+        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
+    gw1 = hooked_gateway(redis_server, logdir, receiver)
+    gw2 = hooked_gateway(redis_server, logdir, receiver)
+    hooks = start_dispatcher(redis_server, logdir, receiver)
+    try:
+        client = await connect(gw1, "bob")
+        await wait_for(receiver, "user.online", "bob")
+        for _ in range(5):  # a flapping network: gone and back, well within the delay
+            await client.close()
+            client = await connect(gw1, "bob")
+        # a drain: the gateway goes away, its client comes back on another one
+        gw1.kill(15)
+        await until(lambda: client.closed, 15, "drained")
+        client = await connect(gw2, "bob")
+        await quiet_for(DELAY + 1)
+        assert of(receiver, "user.offline", "bob") == []
+        assert len(of(receiver, "user.online", "bob")) == 1
+        await client.close()
+        await wait_for(receiver, "user.offline", "bob")
+    finally:
+        hooks.stop()
+        gw1.stop()
+        gw2.stop()
+
+
+async def test_a_killed_gateway_takes_its_users_offline_once(
+        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
+    doomed = hooked_gateway(redis_server, logdir, receiver)
+    other = hooked_gateway(redis_server, logdir, receiver)
+    hooks = start_dispatcher(redis_server, logdir, receiver)
+    try:
+        await connect(doomed, "carol", ("room",))
+        dave = await connect(doomed, "dave")
+        await wait_for(receiver, "user.online", "carol")
+        await wait_for(receiver, "user.online", "dave")
+        await wait_for(receiver, "presence.join", "room")
+        doomed.kill()  # SIGKILL: nothing is unregistered
+        await until(lambda: dave.closed, 10, "connection lost")
+        dave = await connect(other, "dave")  # dave comes back at once elsewhere; carol does not
+        [offline] = await wait_for(receiver, "user.offline", "carol", timeout=20)
+        assert offline["reason"] == "gateway_lost"
+        [leave] = await wait_for(receiver, "presence.leave", "room")
+        assert leave["user"] == "carol"
+        await wait_for(receiver, "channel.vacated", "room")
+        await quiet_for(DELAY + 1)
+        assert len(of(receiver, "user.offline", "carol")) == 1
+        assert of(receiver, "user.offline", "dave") == []
+        assert len(of(receiver, "user.online", "dave")) == 1
+    finally:
+        hooks.stop()
+        other.stop()
+
+
+async def test_channel_occupancy_and_membership_in_order(
+        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
+    gw1 = hooked_gateway(redis_server, logdir, receiver)
+    gw2 = hooked_gateway(redis_server, logdir, receiver)
+    hooks = start_dispatcher(redis_server, logdir, receiver)
+    try:
+        a = await connect(gw1, "erin", ("lobby",))
+        b = await connect(gw2, "frank", ("lobby",))
+        b2 = await connect(gw1, "frank", ("lobby",))  # a second connection: no second join
+        await wait_for(receiver, "presence.join", "lobby", 2)
+        await a.close()
+        await b.close()
+        await wait_for(receiver, "presence.leave", "lobby")
+        await b2.close()
+        await wait_for(receiver, "channel.vacated", "lobby")
+        mine = [e for e in receiver.unique() if e.get("channel") == "lobby"]
+        assert [(e["type"], e.get("user")) for e in mine] == [
+            ("channel.occupied", None), ("presence.join", "erin"), ("presence.join", "frank"),
+            ("presence.leave", "erin"), ("presence.leave", "frank"), ("channel.vacated", None)]
+        seqs = [int(e["id"].rsplit("/", 1)[1]) for e in mine]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    finally:
+        hooks.stop()
+        gw1.stop()
+        gw2.stop()
+
+
+async def test_receiver_down_for_ten_seconds_loses_nothing(
+        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
+    gw = hooked_gateway(redis_server, logdir, receiver)
+    hooks = start_dispatcher(redis_server, logdir, receiver)
+    users = [f"u{i}" for i in range(20)]
+    try:
+        await connect(gw, "warmup")
+        await wait_for(receiver, "user.online", "warmup")
+        receiver.stop()
+        down_at = time.monotonic()
+        clients = [await connect(gw, u, ("news",)) for u in users]
+        for c in clients[:10]:
+            await c.close()
+        await until(lambda: time.monotonic() - down_at >= 10, 12, "ten seconds down")
+        receiver.start()  # the same port: the dispatcher retries until it answers
+        for u in users:
+            await wait_for(receiver, "user.online", u, timeout=30)
+        for u in users[:10]:
+            await wait_for(receiver, "user.offline", u, timeout=30)
+        joins = {e["user"] for e in of(receiver, "presence.join", "news")}
+        assert joins == set(users)
+        # duplicates only as repeats of the same event
+        by_id: dict[str, dict[str, Any]] = {}
+        for e in receiver.events():
+            assert by_id.setdefault(e["id"], e) == e
+    finally:
+        hooks.stop()
+        gw.stop()
+
+
+async def test_the_standby_takes_over_from_a_killed_leader(
+        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
+    gw = hooked_gateway(redis_server, logdir, receiver)
+    first = start_dispatcher(redis_server, logdir, receiver)
+    second = start_dispatcher(redis_server, logdir, receiver)
+    try:
+        await connect(gw, "grace")
+        await wait_for(receiver, "user.online", "grace")
+        leader, standby = (first, second) if "the leader" in first.output() else (second, first)
+        assert "the leader" in leader.output()
+        leader.kill()  # SIGKILL: its lease must expire
+        for i in range(5):
+            await connect(gw, f"heidi{i}")
+        for i in range(5):
+            await wait_for(receiver, "user.online", f"heidi{i}", timeout=20)
+        wait_until(lambda: "the leader" in standby.output(), 5, "standby took over")
+    finally:
+        first.stop()
+        second.stop()
+        gw.stop()
