@@ -97,6 +97,7 @@ class UpConfig:
     api_keys: tuple[str, ...]
     autoscale: Policy | None = None  # None: a fixed number of gateways
     redis_shards: int = 0  # >= MIN_SHARDS: run a private Redis Cluster, redis_url is None
+    webhook_url: str = ""  # set: run a webhook dispatcher (docs/webhooks.md)
 
     @property
     def api_key(self) -> str:
@@ -162,6 +163,10 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str],
     else:
         keys = env_keys or (new_secret(),)
     shards = _redis_shards(args, environ)
+    webhook_url = environ.get("SWITCHBOARD_WEBHOOK_URL", "").strip()
+    if webhook_url and (shards or is_cluster(_redis_url(args, environ, shards) or "")):
+        raise SystemExit("switchboard: SWITCHBOARD_WEBHOOK_URL: webhooks need one Redis "
+                         "node for now, not a Redis Cluster (docs/webhooks.md)")
     return UpConfig(
         host=args.host,
         port=_port(args.port, environ, "SWITCHBOARD_PORT", DEFAULT_PORT),
@@ -173,6 +178,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str],
         api_keys=keys,
         autoscale=policy,
         redis_shards=shards,
+        webhook_url=webhook_url,
     )
 
 
@@ -346,6 +352,7 @@ class Supervisor:
         self.redis: Child | None = None
         self.cluster: LocalCluster | None = None  # with --redis-shards
         self.router: Child | None = None
+        self.webhooks: Child | None = None
         self.gateways: list[Child] = []
         self.retiring: list[Child] = []
         self._next_gateway = 1
@@ -378,7 +385,7 @@ class Supervisor:
     # starting
 
     def children(self) -> list[Child]:
-        slots = [self.redis, self.router, *self.gateways]
+        slots = [self.redis, self.router, self.webhooks, *self.gateways]
         return [c for c in slots if c is not None]
 
     def start_all(self) -> None:
@@ -391,6 +398,11 @@ class Supervisor:
                             lambda c: http_ok(f"http://{self._url_host}:{self.cfg.router_port}"
                                               "/healthz"))
         self.start([self.router])
+        if self.cfg.webhook_url:
+            port = int(self.environ.get("SWITCHBOARD_WEBHOOK_PORT") or 8090)
+            self.webhooks = Child("webhooks", self._webhooks_command,
+                                  lambda c: http_ok(f"http://{self._url_host}:{port}/metrics"))
+            self.start([self.webhooks])
         self.scale_gateways(self.cfg.gateways)
         if self.cfg.autoscale is not None:
             # cast: AutoscaleLoop is annotated for redis.Redis, but uses only what a
@@ -473,6 +485,10 @@ class Supervisor:
     def _router_command(self, child: Child) -> tuple[list[str], dict[str, str]]:
         argv = [sys.executable, "-m", "switchboard.cli", "router"]
         return argv, router_env(self.cfg, self.redis_url)
+
+    def _webhooks_command(self, child: Child) -> tuple[list[str], dict[str, str]]:
+        argv = [sys.executable, "-m", "switchboard.cli", "webhooks"]
+        return argv, {"SWITCHBOARD_REDIS_URL": self.redis_url, "SWITCHBOARD_HOST": self.cfg.host}
 
     def _gateway_command(self, child: Child) -> tuple[list[str], dict[str, str]]:
         # a fresh id per run, so a restarted gateway is not mistaken for its dead predecessor
@@ -653,7 +669,7 @@ class Supervisor:
 
     def shutdown(self) -> None:
         """Drain gateways and stop the router together, then Redis; remove Redis' directory."""
-        first = [c for c in [*self.retiring, *self.gateways, self.router]
+        first = [c for c in [*self.retiring, *self.gateways, self.router, self.webhooks]
                  if c is not None and c.running()]
         if first:
             log.info("stopping %d process(es), gateways drain for up to %.0f s "

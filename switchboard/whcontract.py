@@ -100,7 +100,9 @@ def roster_value(incarnation: str, user: str) -> str:
 def due_member(kind: str, *names: str) -> str:
     """A due-set member: ``["l","room","alice"]`` (leave), ``["o","alice"]`` (offline) or
     ``["v","room"]`` (vacate). On one score they sort leaves, offlines, vacates."""
-    return json.dumps([kind, *names], separators=(",", ":"))
+    # byte for byte as the scripts' cjson.encode writes it: UTF-8 as is, "/" escaped
+    return json.dumps([kind, *names], separators=(",", ":"),
+                      ensure_ascii=False).replace("/", "\\/")
 
 
 def parse_due_member(raw: bytes | str) -> list[str] | None:
@@ -203,18 +205,47 @@ local user, channel, cap = ARGV[3], ARGV[4], tonumber(ARGV[7])
 if redis.call('HSET', conns, ARGV[1], ARGV[2]) == 0 then return 0 end
 local entity = 'c:' .. channel
 local wrote = 0
-redis.call('PERSIST', state)
-if redis.call('HGET', state, 'occupied') == '1' then
-  redis.call('ZREM', due, cjson.encode({'v', channel}))
-else
-  redis.call('HSET', state, 'occupied', '1')
-  wrote = emit(out, lost, cap, {id = next_id(state, entity, ARGV[5]), type = 'channel.occupied',
-    ts_ms = now_ms(), channel = channel})
+local now = now_ms()
+-- A pending leave or vacate is cancelled; one whose time has passed (the confirmer is late)
+-- is emitted first, as it would have been.
+local function owed(member, event)  -- cancel, or emit if late
+  local score = redis.call('ZSCORE', due, member)
+  if not score then return false end
+  redis.call('ZREM', due, member)
+  if tonumber(score) > now then return false end
+  event.id = next_id(state, entity, ARGV[5])
+  event.ts_ms = tonumber(score)
+  wrote = wrote + emit(out, lost, cap, event)
+  return true
 end
-if redis.call('HINCRBY', members, user, 1) == 1 and
-    redis.call('ZREM', due, cjson.encode({'l', channel, user})) == 0 then
+redis.call('PERSIST', state)
+-- this user's own leave comes before the vacate, as the confirmer would order them
+local first = redis.call('HEXISTS', members, user) == 0
+local rejoined = false
+if first then
+  local member = cjson.encode({'l', channel, user})
+  local pending = redis.call('ZSCORE', due, member)
+  rejoined = pending and tonumber(pending) > now
+  if rejoined then
+    redis.call('ZREM', due, member)
+  else
+    owed(member, {type = 'presence.leave', channel = channel, user = user})
+  end
+end
+local vacated = false
+local occupied = redis.call('HGET', state, 'occupied') == '1'
+if occupied then
+  vacated = owed(cjson.encode({'v', channel}), {type = 'channel.vacated', channel = channel})
+end
+if vacated or not occupied then
+  redis.call('HSET', state, 'occupied', '1')
   wrote = wrote + emit(out, lost, cap, {id = next_id(state, entity, ARGV[5]),
-    type = 'presence.join', ts_ms = now_ms(), channel = channel, user = user})
+    type = 'channel.occupied', ts_ms = now, channel = channel})
+end
+redis.call('HINCRBY', members, user, 1)
+if first and not rejoined then
+  wrote = wrote + emit(out, lost, cap, {id = next_id(state, entity, ARGV[5]),
+    type = 'presence.join', ts_ms = now, channel = channel, user = user})
 end
 return wrote
 """)

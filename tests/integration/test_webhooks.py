@@ -24,7 +24,16 @@ import pytest
 from switchboard.signing import verify
 from tests.clients import WsClient, until
 from tests.integration.cluster import token
-from tests.support import Proc, RedisServer, free_port, spawn, start_gateway, wait_until
+from tests.support import (
+    Proc,
+    RedisServer,
+    free_port,
+    spawn,
+    start_gateway,
+    terminate,
+    wait_for_banner,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -307,3 +316,24 @@ async def test_the_standby_takes_over_from_a_killed_leader(
         first.stop()
         second.stop()
         gw.stop()
+
+
+async def test_up_runs_a_dispatcher_when_a_receiver_is_set(tmp_path: Path,
+                                                           receiver: Receiver) -> None:
+    from tests.integration.test_up import children_of, cmdline, credentials, start_up
+
+    log = tmp_path / "up.log"
+    up, port, _ = start_up(log, "--no-autoscale", SWITCHBOARD_WEBHOOK_URL=receiver.url,
+                           SWITCHBOARD_WEBHOOK_PORT=str(free_port()),
+                           SWITCHBOARD_WEBHOOK_SECRETS=",".join(SECRETS))
+    try:
+        token_text, _ = credentials(wait_for_banner(up, log, 90))
+        kinds = sorted(cmdline(p).split()[-1] for p in children_of(up.pid)
+                       if "redis-server" not in cmdline(p))
+        assert kinds == ["gateway", "gateway", "router", "webhooks"], kinds
+        client = await WsClient(f"ws://127.0.0.1:{port}/ws?token={token_text}").start()
+        [online] = await wait_for(receiver, "user.online", "demo")
+        assert online["gateway"].startswith("gw")
+        await client.close()
+    finally:
+        terminate(up, 40)
