@@ -14,7 +14,7 @@ import subprocess
 import sys
 from typing import Any
 
-from switchboard.config import GatewaySettings, RedisSettings, RouterSettings
+from switchboard.config import GatewaySettings, RedisSettings, RouterSettings, WebhookSettings
 from switchboard.settings_cli import env_name
 from tests.deploy.catalog import ROOT, metric_series
 
@@ -23,6 +23,7 @@ TABLES = {
     "redis": RedisSettings,
     "gateway": GatewaySettings,
     "router": RouterSettings,
+    "webhooks": WebhookSettings,
 }
 
 
@@ -59,6 +60,7 @@ def expected_tables() -> dict[str, str]:
         "redis": config_table(RedisSettings),
         "gateway": config_table(GatewaySettings, inherited),
         "router": config_table(RouterSettings, inherited),
+        "webhooks": config_table(WebhookSettings, inherited),
     }
 
 
