@@ -23,6 +23,7 @@ from router import (
     probes,
     publish,
     users,
+    webhookdoc,
 )
 from router.auth import require_key
 from router.context import Context
@@ -95,6 +96,7 @@ def create_app(settings: RouterSettings, store: Store | None = None, *,
         lifespan=lifespan,
     )
     handlers.install(app)
+    webhookdoc.add_webhooks(app)
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
     if settings.cors_origins:
         app.add_middleware(

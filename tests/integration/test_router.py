@@ -394,6 +394,20 @@ def test_openapi_documents_publish_for_json_and_msgpack(api: httpx.Client) -> No
         "/Error")
 
 
+def test_openapi_documents_the_webhook_receiver(api: httpx.Client) -> None:
+    doc = api.get("/openapi.json").json()
+    post = doc["webhooks"]["events"]["post"]
+    ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    batch = doc["components"]["schemas"][ref]
+    assert set(batch["required"]) == {"time_ms", "events"}
+    event = doc["components"]["schemas"]["WebhookEvent"]
+    assert set(event["properties"]["type"]["enum"]) == {
+        "user.online", "user.offline", "channel.occupied", "channel.vacated", "presence.join",
+        "presence.leave", "webhook.overflow"}
+    headers = {p["name"].lower() for p in post["parameters"] if p["in"] == "header"}
+    assert {"x-switchboard-signature", "x-switchboard-batch"} <= headers
+
+
 def test_sigterm_shuts_the_router_down_cleanly(router: Proc) -> None:
     assert router.stop() == 0
 
