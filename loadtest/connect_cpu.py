@@ -128,6 +128,9 @@ def main() -> None:
     parser.add_argument("--sse", action="store_true", help="SSE connections instead of WebSocket")
     parser.add_argument("--replay", type=int, default=0,
                         help="each connection resumes N missed broadcasts (WebSocket)")
+    parser.add_argument("--webhooks", action="store_true",
+                        help="also each run with webhook state tracked (SWITCHBOARD_WEBHOOK_URL "
+                        "set; no dispatcher needed), and the ratio to the run without")
     parser.add_argument("--baseline", action="store_true",
                         help="also the bench's baseline server, each run (WebSocket, one node)")
     args = parser.parse_args()
@@ -151,6 +154,17 @@ def main() -> None:
                                                args.sse, args.replay)))
             finally:
                 gw.stop()
+            if args.webhooks:
+                gw = start_gateway(backend, logdir, SWITCHBOARD_HEARTBEAT_INTERVAL="2",
+                                   SWITCHBOARD_WEBHOOK_URL="http://127.0.0.1:9/unused")
+                try:
+                    w = uvloop.run(measure(gw, args.connections, args.concurrency,
+                                           args.sse, args.replay))
+                finally:
+                    gw.stop()
+                runs[-1]["webhooks_cpu_us_per_connect"] = w["gateway_cpu_us_per_connect"]
+                runs[-1]["webhooks_ratio"] = round(
+                    w["gateway_cpu_us_per_connect"] / runs[-1]["gateway_cpu_us_per_connect"], 3)
             if args.baseline:
                 base = start_baseline(backend, logdir)
                 try:
