@@ -25,11 +25,11 @@ import orjson
 from switchboard import streams
 from switchboard.auth import Claims
 from switchboard.config import GatewaySettings
-from switchboard.signing import SIGNATURE_TOLERANCE, sign, verify
+from switchboard.signing import SIGNATURE_HEADER, SIGNATURE_TOLERANCE, sign, verify
 
 EVENTS = ("connect", "subscribe", "publish", "refresh")
-SIGNATURE_HEADER = "X-Switchboard-Signature"
-__all__ = ["SIGNATURE_TOLERANCE", "sign", "verify"]  # the proxy's signature, kept here
+# the proxy's signature, kept importable from here
+__all__ = ["SIGNATURE_HEADER", "SIGNATURE_TOLERANCE", "sign", "verify"]
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_REASON = 200  # characters of a backend's reason repeated to a client
 # An ``info`` object is sent back with every later call about its connection: it must encode

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway.errors import BackendUnavailable
 from gateway.ports import Registration
-from switchboard import contract, streams
+from switchboard import streams
 from switchboard import whcontract as wh
 from switchboard.config import GatewaySettings
 from switchboard.pipelined import Arg, Script
@@ -28,7 +28,8 @@ Send = Callable[[list[Command]], Awaitable[object]]
 _SCRIPTS = (wh.USER_ON, wh.USER_OFF, wh.CHANNEL_ON, wh.CHANNEL_OFF)
 
 
-def _call(script: Script, keys: list[str], args: list[Arg]) -> Command:
+def _call(script: Script, call: tuple[list[str], list[Arg]]) -> Command:
+    keys, args = call
     return ("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
@@ -40,10 +41,7 @@ class WebhookState:
         self.roster = self.keys.roster(gateway_id)
         self.incarnation = streams.random_id()
         self._send = send
-        self._delay = contract.ms(settings.webhook_offline_delay) \
-            if settings.webhook_offline_delay > 0 else 0
-        self._cap = settings.webhook_outbox_max
-        self._ttl = contract.ms(settings.meta_ttl)
+        self._args = wh.Leaves(settings, self.keys)
         self._queue: list[Command] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -63,9 +61,8 @@ class WebhookState:
     def connected(self, reg: Registration) -> None:
         value = wh.roster_value(self.incarnation, reg.user)
         cmds: list[Command] = [("HSET", self.roster, wh.roster_field(reg.conn_id), value)]
-        cmds.append(_call(wh.USER_ON, self.keys.user(reg.user), [
-            reg.conn_id, self.holder, reg.user, streams.random_id(), self._delay, self._cap,
-            self.gateway_id]))
+        cmds.append(_call(wh.USER_ON, self._args.user_on(reg.conn_id, self.holder, reg.user,
+                                                         self.gateway_id)))
         for channel in reg.channels:
             cmds += self._join(reg, channel)
         self._put(cmds)
@@ -77,9 +74,8 @@ class WebhookState:
         self._put(self._leave(reg, channel))
 
     def disconnected(self, reg: Registration, reason: str = "closed") -> None:
-        cmds = [_call(wh.USER_OFF, self.keys.user(reg.user), [
-            reg.conn_id, self.holder, reg.user, streams.random_id(), self._delay, self._cap,
-            reason, self._ttl])]
+        cmds = [_call(wh.USER_OFF, self._args.user_off(reg.conn_id, self.holder, reg.user,
+                                                       reason))]
         for channel in reg.channels:
             cmds += self._leave(reg, channel)
         cmds.append(("HDEL", self.roster, wh.roster_field(reg.conn_id)))
@@ -88,14 +84,12 @@ class WebhookState:
     def _join(self, reg: Registration, channel: str) -> list[Command]:
         return [("HSET", self.roster, wh.roster_field(reg.conn_id, channel),
                              wh.roster_value(self.incarnation, reg.user)),
-                _call(wh.CHANNEL_ON, self.keys.channel(channel), [
-                    reg.conn_id, self.holder, reg.user, channel, streams.random_id(),
-                    self._delay, self._cap])]
+                _call(wh.CHANNEL_ON, self._args.channel_on(reg.conn_id, self.holder, reg.user,
+                                                           channel))]
 
     def _leave(self, reg: Registration, channel: str) -> list[Command]:
-        return [_call(wh.CHANNEL_OFF, self.keys.channel(channel), [
-                    reg.conn_id, self.holder, reg.user, channel, streams.random_id(),
-                    self._delay, self._cap, self._ttl]),
+        return [_call(wh.CHANNEL_OFF, self._args.channel_off(reg.conn_id, self.holder,
+                                                             reg.user, channel)),
                 ("HDEL", self.roster, wh.roster_field(reg.conn_id, channel))]
 
     def rewritten(self, regs: list[Registration]) -> None:

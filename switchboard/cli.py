@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
-from switchboard import __version__, redisurl, routerapi, settings_cli, watch
+from switchboard import __version__, redisurl, routerapi, settings_cli, watch, whcontract
 from switchboard.config import GatewaySettings, RouterSettings, WebhookSettings
 from switchboard.routerapi import CliError, one_line
 
@@ -215,8 +215,7 @@ def _gateway(args: argparse.Namespace) -> int:
     settings = settings_cli.build(GatewaySettings, args)
     _check_redis_url(settings.redis_url)
     if settings.webhook_url and redisurl.is_cluster(settings.redis_url):
-        raise CliError("--webhook-url: webhooks need one Redis node for now, not a Redis "
-                       "Cluster (docs/webhooks.md)")
+        raise CliError(f"--webhook-url: {whcontract.CLUSTER_REFUSED}")
     _check_listen(settings.host, settings.port, reuse_port=settings.reuse_port)
     from gateway.app import run as run_gateway
 
@@ -229,8 +228,7 @@ def _webhooks(args: argparse.Namespace) -> int:
     if not settings.webhook_url:
         raise CliError("no receiver: set --webhook-url or SWITCHBOARD_WEBHOOK_URL")
     if redisurl.is_cluster(settings.redis_url):
-        raise CliError("webhooks need one Redis node for now, not a Redis Cluster "
-                       "(docs/webhooks.md)")
+        raise CliError(whcontract.CLUSTER_REFUSED)
     _check_listen(settings.host, settings.webhook_port)
     from switchboard.webhooks.main import run as run_webhooks
 

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import re
 
+SIGNATURE_HEADER = "X-Switchboard-Signature"
 SIGNATURE_TOLERANCE = 300  # seconds a receiver accepts a timestamp away from its clock
 _HEX_MAC = re.compile(r"[0-9a-f]{64}")
 

@@ -23,13 +23,16 @@ from typing import Any
 
 from redis.crc import key_slot
 
-from switchboard import streams
+from switchboard import contract, streams
 from switchboard.clusterclient import tag_for_slot
-from switchboard.pipelined import Script
+from switchboard.config import WebhookStateSettings
+from switchboard.pipelined import Arg, Script
 
 NODE_PARTITIONS = 16
 CLUSTER_PARTITIONS = 16384
 ROSTER_INC = "_inc"  # roster field: the gateway's current incarnation
+CLUSTER_REFUSED = ("webhooks need one Redis node for now, not a Redis Cluster "
+                   "(docs/webhooks.md)")
 
 
 class WebhookKeys:
@@ -87,6 +90,38 @@ class WebhookKeys:
 
     def lease(self) -> str:
         return f"{self.prefix}wh:lease"
+
+
+class Leaves:
+    """The arguments of the scripts that add and remove a connection, in the one order the
+    scripts take them (the gateway's and the sweeper's calls are built here)."""
+
+    def __init__(self, settings: WebhookStateSettings, keys: WebhookKeys) -> None:
+        self.keys = keys
+        delay = settings.webhook_offline_delay
+        self.delay = contract.ms(delay) if delay > 0 else 0  # 0: fire at once
+        self.cap = settings.webhook_outbox_max
+        self.ttl = contract.ms(settings.meta_ttl)
+
+    def user_on(self, conn: str, holder: str, user: str,
+                gateway_id: str) -> tuple[list[str], list[Arg]]:
+        return self.keys.user(user), [conn, holder, user, streams.random_id(), self.delay,
+                                      self.cap, gateway_id]
+
+    def user_off(self, conn: str, holder: str, user: str,
+                 reason: str) -> tuple[list[str], list[Arg]]:
+        return self.keys.user(user), [conn, holder, user, streams.random_id(), self.delay,
+                                      self.cap, reason, self.ttl]
+
+    def channel_on(self, conn: str, holder: str, user: str,
+                   channel: str) -> tuple[list[str], list[Arg]]:
+        return self.keys.channel(channel), [conn, holder, user, channel, streams.random_id(),
+                                            self.delay, self.cap]
+
+    def channel_off(self, conn: str, holder: str, user: str,
+                    channel: str) -> tuple[list[str], list[Arg]]:
+        return self.keys.channel(channel), [conn, holder, user, channel, streams.random_id(),
+                                            self.delay, self.cap, self.ttl]
 
 
 def roster_field(conn_id: str, channel: str | None = None) -> str:

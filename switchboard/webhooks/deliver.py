@@ -10,9 +10,8 @@ from typing import Any
 import httpx
 
 from switchboard import streams
-from switchboard.signing import sign_all
+from switchboard.signing import SIGNATURE_HEADER, sign_all
 
-SIGNATURE_HEADER = "X-Switchboard-Signature"
 BATCH_HEADER = "X-Switchboard-Batch"
 
 

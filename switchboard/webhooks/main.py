@@ -10,7 +10,6 @@ import signal
 from prometheus_client import start_http_server
 
 from switchboard.config import WebhookSettings
-from switchboard.redisurl import is_cluster
 from switchboard.store import connect
 from switchboard.webhooks.dispatcher import Dispatcher
 from switchboard.webhooks.metrics import WebhookMetrics
@@ -41,12 +40,7 @@ async def serve(settings: WebhookSettings) -> int:
 
 
 def run(settings: WebhookSettings) -> int:
-    if not settings.webhook_url:
-        raise SystemExit("switchboard webhooks: no receiver; set --webhook-url or "
-                         "SWITCHBOARD_WEBHOOK_URL")
-    if is_cluster(settings.redis_url):
-        raise SystemExit("switchboard webhooks: Redis Cluster is not supported yet; use one "
-                         "Redis node (docs/webhooks.md)")
+    """Run until SIGTERM; ``switchboard.cli`` has checked the settings."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

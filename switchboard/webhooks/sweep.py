@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from switchboard import contract, streams
+from switchboard import contract
 from switchboard import whcontract as wh
 from switchboard.config import WebhookSettings
 from switchboard.store import text
@@ -31,6 +31,7 @@ class Sweeper:
         self.redis = redis
         self.keys = keys
         self.ckeys = contract.Keys(settings.prefix)
+        self._args = wh.Leaves(settings, keys)
         self._off = {s.sha: redis.register_script(s.source)
                      for s in (wh.USER_OFF, wh.CHANNEL_OFF)}
         self.swept = 0  # connections left, for the metrics
@@ -53,9 +54,6 @@ class Sweeper:
                 await self.redis.srem(self.keys.rosters(), gateway_id)
 
     async def _sweep(self, gateway_id: str, aside: str, incarnation: str | None) -> None:
-        s = self.settings
-        delay = contract.ms(s.webhook_offline_delay) if s.webhook_offline_delay > 0 else 0
-        ttl = contract.ms(s.meta_ttl)
         cursor = 0
         while True:
             cursor, fields = await self.redis.hscan(aside, cursor, count=SCAN_COUNT)
@@ -70,15 +68,11 @@ class Sweeper:
                     continue  # written by the gateway after it came back
                 holder = f"{gateway_id}/{inc}"
                 if channel:
-                    await self._off[wh.CHANNEL_OFF.sha](
-                        keys=self.keys.channel(channel), client=pipe,
-                        args=[conn, holder, user, channel, streams.random_id(), delay,
-                              s.webhook_outbox_max, ttl])
+                    keys, args = self._args.channel_off(conn, holder, user, channel)
+                    await self._off[wh.CHANNEL_OFF.sha](keys=keys, args=args, client=pipe)
                 else:
-                    await self._off[wh.USER_OFF.sha](
-                        keys=self.keys.user(user), client=pipe,
-                        args=[conn, holder, user, streams.random_id(), delay,
-                              s.webhook_outbox_max, REASON, ttl])
+                    keys, args = self._args.user_off(conn, holder, user, REASON)
+                    await self._off[wh.USER_OFF.sha](keys=keys, args=args, client=pipe)
                     self.swept += 1
                 pipe.hdel(aside, field)
             await pipe.execute()
