@@ -31,7 +31,7 @@ from gateway.ports import BackplaneEvents, Registration
 from gateway.pubsub import PubSubConnection, PubSubError
 from gateway.sharedreads import SharedReads
 from gateway.shutdown import stop_tasks
-from gateway.webhookstate import Command, WebhookState
+from gateway.webhookstate import WebhookState
 from switchboard import contract, resp, streams
 from switchboard import whcontract as wh
 from switchboard.config import GatewaySettings
@@ -82,13 +82,14 @@ class RedisBackplane:
                                   asyncio.Future[tuple[int, dict[str, Position]]]]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         # Online/offline and join/leave state for the webhook dispatcher, when it is on.
-        self.webhooks = WebhookState(settings, gateway_id, self._send_webhook_state) \
+        # Its own connection: a long write after a Redis restart must not hold up (or, timed
+        # out, break) the registrations of connecting clients.
+        self._webhook_redis = PipelinedRedis(
+            settings.redis_url, settings.redis_timeout,
+            client_name=f"{settings.prefix}webhooks:{gateway_id}") \
             if settings.webhook_url else None
-
-    async def _send_webhook_state(self, commands: list[Command]) -> None:
-        assert self._registrar is not None
-        with unavailable("webhook_state"):
-            await self._registrar.execute_many(commands)
+        self.webhooks = WebhookState(settings, gateway_id, self._webhook_redis) \
+            if self._webhook_redis is not None else None
 
     def _open_clients(self) -> tuple[Any, Store]:
         """The command client and the store for client publishes."""
@@ -166,6 +167,8 @@ class RedisBackplane:
         self._store.pipelined.close()
         if self._registrar is not None:
             self._registrar.close()
+        if self._webhook_redis is not None:
+            self._webhook_redis.close()
         if self._pubsub is not None:
             self._pubsub.close()
 
@@ -198,9 +201,11 @@ class RedisBackplane:
         pipe.pexpire(key, contract.registry_ttl_ms(s.heartbeat_interval))
         pipe.zadd(self.keys.gateways(), {self.gateway_id: now})
         settle = self._queue_ping(pipe, now)
-        if self.webhooks is not None:
-            pipe.hset(self.webhooks.roster, wh.ROSTER_INC, self.webhooks.incarnation)
-            pipe.sadd(self.webhooks.keys.rosters(), self.gateway_id)
+        # Not before the webhook state's first write: it moves a predecessor's roster aside.
+        hooks = self.webhooks if self.webhooks is not None and self.webhooks.started else None
+        if hooks is not None:
+            pipe.hset(hooks.roster, wh.ROSTER_INC, hooks.incarnation)
+            pipe.sadd(hooks.keys.rosters(), self.gateway_id)
         try:
             with unavailable("heartbeat"):
                 results = await pipe.execute()
@@ -211,7 +216,7 @@ class RedisBackplane:
         # HSET counts the fields it created. A roster that had vanished was taken by the
         # webhook dispatcher's sweep (or lost with Redis): our connections must be written
         # again, as after a lost registry entry.
-        roster_lost = self.webhooks is not None and int(results[-2]) > 0
+        roster_lost = hooks is not None and int(results[-2]) > 0
         return int(results[0]) > 0 or roster_lost
 
     @property
@@ -305,7 +310,8 @@ class RedisBackplane:
                     fut.set_exception(exc)
             return
         for (reg, stream_keys, fut), reply in zip(batch, replies, strict=True):
-            if self.webhooks is not None:
+            # a connection refused its session (4004) is closed before it is welcomed
+            if self.webhooks is not None and int(reply[0]) != contract.SESSION_FOREIGN:
                 self.webhooks.connected(reg)
             if not fut.done():
                 fut.set_result((int(reply[0]), {

@@ -1,31 +1,34 @@
 """What a gateway writes so the webhook dispatcher sees online/offline and join/leave
 transitions (docs/webhooks.md; the keys and scripts are in :mod:`switchboard.whcontract`).
 
-Only with ``webhook_url`` set. The writes are queued and sent in order, one write per loop
-iteration, and sent again after a failure: every one of them is idempotent (a connection is
-added or removed under its holder, ``GATEWAY/INC``), so a repeat changes nothing and emits
-nothing. The roster entry of a connection is written before its state and removed after it,
-so a gateway that dies in between leaves nothing the dispatcher's sweep cannot find.
+Only with ``webhook_url`` set. The writes are queued and sent in order, over a connection of
+their own, as transactions of at most :data:`CHUNK` commands; a transaction that failed is
+sent again, and only that one. Each carries a token that it writes to the gateway's sent
+marker: the repeat of one that was applied after all (its reply was lost, or came too late)
+is aborted by a ``WATCH`` on the marker, so no write is ever applied twice (a repeated
+``USER_ON`` after its ``USER_OFF`` would report a connection that is gone). The roster entry
+of a connection is written before its state and removed after it, so a gateway that dies in
+between leaves nothing the dispatcher's sweep cannot find.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 
-from gateway.errors import BackendUnavailable
+from gateway.errors import BackendUnavailable, unavailable
 from gateway.ports import Registration
 from switchboard import streams
 from switchboard import whcontract as wh
 from switchboard.config import GatewaySettings
-from switchboard.pipelined import Arg, Script
+from switchboard.pipelined import Arg, PipelinedRedis, Script
 
 log = logging.getLogger("switchboard.gateway")
 
 Command = tuple[Arg, ...]
-Send = Callable[[list[Command]], Awaitable[object]]
-_SCRIPTS = (wh.USER_ON, wh.USER_OFF, wh.CHANNEL_ON, wh.CHANNEL_OFF)
+CHUNK = 1000  # commands per transaction: Redis runs one whole, so keep it short
+SENT_TTL_MS = 7 * 86_400_000  # the marker outlives any retry of the last transaction
+_SCRIPTS = (wh.USER_ON, wh.USER_OFF, wh.CHANNEL_ON, wh.CHANNEL_OFF, wh.TAKE, wh.SENT)
 
 
 def _call(script: Script, call: tuple[list[str], list[Arg]]) -> Command:
@@ -34,18 +37,38 @@ def _call(script: Script, call: tuple[list[str], list[Arg]]) -> Command:
 
 
 class WebhookState:
-    def __init__(self, settings: GatewaySettings, gateway_id: str, send: Send, *,
+    def __init__(self, settings: GatewaySettings, gateway_id: str, redis: PipelinedRedis, *,
                  cluster: bool = False) -> None:
         self.gateway_id = gateway_id
         self.keys = wh.WebhookKeys(settings.prefix, cluster=cluster)
         self.roster = self.keys.roster(gateway_id)
         self.incarnation = streams.random_id()
-        self._send = send
+        self._redis = redis
+        self._sent = self.keys.sent(gateway_id)
         self._args = wh.Leaves(settings, self.keys)
         self._queue: list[Command] = []
+        self._head: tuple[str, int] | None = None  # token and size of the transaction sent
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        # False until the first transaction is in: until then our roster may still be a
+        # predecessor's (a gateway that had our id), which that transaction moves aside.
+        self.started = False
+        self.failures = 0  # transactions that failed (and were sent again)
+        self.repeats = 0  # of those, found applied after all when sent again
+        self._put(self._start())
+
+    def _start(self) -> list[Command]:
+        token = streams.random_id()
+        take: tuple[list[str], list[Arg]] = (
+            [self.roster, self.keys.dead_roster(self.gateway_id, token),
+             self.keys.dead_rosters()], [wh.dead_member(self.gateway_id, token)])
+        return [_call(wh.TAKE, take), *self._listed()]
+
+    def _listed(self) -> list[Command]:
+        """Our roster, under our incarnation, where the dispatcher's sweep looks."""
+        return [("HSET", self.roster, wh.ROSTER_INC, self.incarnation),
+                ("SADD", self.keys.rosters(), self.gateway_id)]
 
     @property
     def holder(self) -> str:
@@ -96,8 +119,7 @@ class WebhookState:
         """Our registry entry or roster was lost: everything under a new holder again (the
         scripts emit only what changed, e.g. ``user.online`` for users swept meanwhile)."""
         self.new_incarnation()
-        self._put([("HSET", self.roster, wh.ROSTER_INC, self.incarnation),
-                   ("SADD", self.keys.rosters(), self.gateway_id)])
+        self._put(self._listed())
         for reg in regs:
             self.connected(reg)
 
@@ -114,18 +136,42 @@ class WebhookState:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                batch = self._queue
-                self._queue = []
+                if self._head is None:
+                    self._head = (streams.random_id(), min(len(self._queue), CHUNK))
+                token, size = self._head
                 try:
-                    # loaded in front: a flushed script cache must not turn the batch into
-                    # NOSCRIPT errors (a NOSCRIPT call did not run, and order matters)
-                    await self._send([("SCRIPT", "LOAD", s.source)
-                                      for s in _SCRIPTS] + batch)
+                    with unavailable("webhook_state"):
+                        await self._transact(token, self._queue[:size])
                 except BackendUnavailable as exc:
+                    self.failures += 1
                     log.warning("webhook state not written (%s): retrying", exc)
-                    self._queue = batch + self._queue
                     await asyncio.sleep(1.0)
+                    continue
+                del self._queue[:size]
+                self._head = None
+                self.started = True
             self._idle.set()
+
+    async def _transact(self, token: str, commands: list[Command]) -> None:
+        """Apply ``commands`` as one transaction, unless the one of ``token`` was applied."""
+        replies = await self._redis.execute_many([
+            # loaded in front: a flushed script cache must not fail calls inside the
+            # transaction (its other commands would still run)
+            *(("SCRIPT", "LOAD", s.source) for s in _SCRIPTS),
+            ("WATCH", self._sent),
+            _call(wh.SENT, ([self._sent], [token])),
+            ("MULTI",), *commands, ("SET", self._sent, token, "PX", SENT_TTL_MS), ("EXEC",),
+        ], raise_on_error=False)
+        done = replies[-1]
+        if isinstance(done, Exception):  # EXECABORT (e.g. out of memory): nothing ran
+            raise done
+        if done is None:  # aborted by the WATCH: this transaction was applied before
+            self.repeats += 1
+            log.info("webhook state: a failed write had been applied; not applied again")
+            return
+        failed = [r for r in done if isinstance(r, Exception)]
+        if failed:  # applied all the same: a repeat would apply the rest twice
+            log.error("%d webhook state writes failed (%s)", len(failed), failed[0])
 
     async def flushed(self, within: float) -> bool:
         """Wait until everything queued is written (at a clean stop)."""
@@ -137,5 +183,6 @@ class WebhookState:
 
     async def forget_roster(self) -> None:
         """A clean stop with nothing left: the dispatcher has nothing to sweep."""
-        await self._send([("DEL", self.roster),
-                          ("SREM", self.keys.rosters(), self.gateway_id)])
+        with unavailable("webhook_state"):
+            await self._redis.execute_many([("DEL", self.roster, self._sent),
+                                            ("SREM", self.keys.rosters(), self.gateway_id)])

@@ -216,16 +216,28 @@ class PipelinedRedis:
             raise
         return conn
 
-    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Replies to ``commands``, sent in one write; an error reply raises (the first one)."""
+    async def execute_many(self, commands: Sequence[Sequence[Arg]], *,
+                           raise_on_error: bool = True) -> list[Any]:
+        """Replies to ``commands``, sent in one write; an error reply raises (the first one),
+        or with ``raise_on_error=False`` is its command's result (a lost connection or a
+        timeout still raises)."""
         if not commands:
             return []
-        return await self.execute_raw([resp.command(*c) for c in commands])
+        return await self.execute_raw([resp.command(*c) for c in commands],
+                                      raise_on_error=raise_on_error)
 
-    async def execute_raw(self, commands: Sequence[bytes]) -> list[Any]:
+    async def execute_raw(self, commands: Sequence[bytes], *,
+                          raise_on_error: bool = True) -> list[Any]:
         """:meth:`execute_many` of already-encoded ``commands``."""
         conn = await self._connection()
-        return list(await asyncio.gather(*conn.send(commands)))
+        if raise_on_error:
+            return list(await asyncio.gather(*conn.send(commands)))
+        replies = list(await asyncio.gather(*conn.send(commands), return_exceptions=True))
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(
+                    reply, exceptions.ResponseError):
+                raise reply
+        return replies
 
     async def execute(self, *args: Arg) -> Any:
         return await self._request(resp.command(*args))

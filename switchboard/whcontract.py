@@ -81,12 +81,20 @@ class WebhookKeys:
     def roster(self, gateway_id: str) -> str:
         return f"{self.prefix}{{gw:{gateway_id}}}:roster"
 
-    def sweeping(self, gateway_id: str) -> str:
-        """Where the dispatcher moves a dead gateway's roster while it sweeps it."""
-        return f"{self.prefix}{{gw:{gateway_id}}}:roster:sweep"
+    def dead_roster(self, gateway_id: str, token: str) -> str:
+        """Where a roster is moved once its writer is gone: the sweep leaves what is in it."""
+        return f"{self.prefix}{{gw:{gateway_id}}}:roster:dead:{token}"
+
+    def sent(self, gateway_id: str) -> str:
+        """The token of the gateway's last webhook-state transaction that was applied."""
+        return f"{self.prefix}{{gw:{gateway_id}}}:whsent"
 
     def rosters(self) -> str:
         return f"{self.prefix}wh:rosters"
+
+    def dead_rosters(self) -> str:
+        """Rosters moved aside and not swept yet, as :func:`dead_member` ``GATEWAY\tTOKEN``."""
+        return f"{self.prefix}wh:dead"
 
     def lease(self) -> str:
         return f"{self.prefix}wh:lease"
@@ -130,6 +138,10 @@ def roster_field(conn_id: str, channel: str | None = None) -> str:
 
 def roster_value(incarnation: str, user: str) -> str:
     return f"{incarnation}\t{user}"
+
+
+def dead_member(gateway_id: str, token: str) -> str:
+    return f"{gateway_id}\t{token}"
 
 
 def due_member(kind: str, *names: str) -> str:
@@ -385,4 +397,28 @@ local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
+""")
+
+# KEYS: roster, dead roster, dead rosters (set)[, the gateway's registry entry]. ARGV: dead
+# member. Moves the roster aside for the sweep, unless the registry entry (when given) exists:
+# checked in the same call, so a gateway that comes back writes a new roster, never into the
+# one being swept. Returns 1 moved, 0 alive, -1 no roster. A gateway starting under the id of
+# a predecessor calls it without the registry entry: what is left is the dead one's.
+TAKE = Script(r"""
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+""")
+
+# KEYS: the gateway's sent marker. ARGV: a transaction's token. Touches the marker if that
+# transaction was applied already: the WATCH in front of the transaction's repeat then
+# aborts it (see gateway/webhookstate.py).
+SENT = Script(r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+  return 1
+end
+return 0
 """)

@@ -3,6 +3,11 @@
 At most one request in flight per partition, oldest events first: an entity lives in one
 partition, so its events reach the receiver in order (a retry sends the same events again,
 with a fresh signature). Events leave the outbox only after a 2xx.
+
+The lease is fenced in time: a leader works only while the lease it last renewed is sure to
+be its own (half its TTL from the renewal's start), so a leader that was paused past it does
+not post side by side with the one that took over; a request already on the way may still
+be answered twice (the events' ids deduplicate it).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 from typing import Any
 
 import httpx
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from switchboard import contract, streams
 from switchboard import whcontract as wh
@@ -37,6 +42,7 @@ class Dispatcher:
         self.keys = wh.WebhookKeys(settings.prefix)
         self.id = streams.random_id()
         self.leader = False
+        self._valid_until = 0.0  # monotonic: until then the lease is surely ours
         self._scripts = {s.sha: redis.register_script(s.source)
                          for s in (wh.CONFIRM, wh.PEEK, wh.OVERFLOW, wh.LEASE)}
         self._sweeper = Sweeper(settings, redis, self.keys)
@@ -57,12 +63,15 @@ class Dispatcher:
     async def lease_loop(self) -> None:
         """Take or renew the lease every heartbeat; a leader that cannot renew stops."""
         while True:
+            asked = time.monotonic()
             try:
                 held = bool(await self._run_script(wh.LEASE, [self.keys.lease()],
                                                    [self.id, self._lease_ttl]))
             except (RedisError, OSError) as exc:
                 log.warning("webhook lease not renewed: %s", exc)
                 held = False
+            if held:
+                self._valid_until = asked + self._lease_ttl / 2000
             if held != self.leader:
                 log.info("webhook dispatcher %s is %s", self.id,
                          "the leader" if held else "a standby")
@@ -77,11 +86,16 @@ class Dispatcher:
                 if text(await self.redis.get(self.keys.lease())) == self.id:
                     await self.redis.delete(self.keys.lease())
 
+    @property
+    def leading(self) -> bool:
+        """We hold the lease, and it has not run out since we renewed it."""
+        return self.leader and time.monotonic() < self._valid_until
+
     # -- the work ---------------------------------------------------------------------------
 
     async def sweep_loop(self) -> None:
         while True:
-            if self.leader:
+            if self.leading:
                 try:
                     await self._sweeper.sweep()
                 except (RedisError, OSError) as exc:
@@ -90,7 +104,7 @@ class Dispatcher:
 
     async def poll_loop(self) -> None:
         while True:
-            if self.leader:
+            if self.leading:
                 try:
                     await self.poll()
                 except (RedisError, OSError) as exc:
@@ -102,16 +116,23 @@ class Dispatcher:
         pipe = self.redis.pipeline(transaction=False)
         for p in range(self.keys.partitions):
             await self._run_script(wh.PEEK, self.keys.part_keys(p), [], client=pipe)
-        peeks = await pipe.execute()
+        # one partition's error (a key of the wrong type) must not stop the others
+        peeks = await pipe.execute(raise_on_error=False)
         now_ms = contract.now_ms()
         depth = 0
-        for p, (length, first_due, lost) in enumerate(peeks):
-            length = int(length)
+        for p, peek in enumerate(peeks):
+            if isinstance(peek, Exception):
+                log.error("webhook outbox %d not read: %s", p, peek)
+                continue
+            length, first_due, lost = int(peek[0]), float(peek[1]), int(peek[2])
             depth += length
-            if int(lost) > 0:
-                await self._overflow(p)
-            if float(first_due) >= 0 and float(first_due) <= now_ms:
-                await self._confirm(p, now_ms)
+            try:
+                if lost > 0:
+                    await self._overflow(p)
+                if 0 <= first_due <= now_ms:
+                    await self._confirm(p, now_ms)
+            except ResponseError as exc:
+                log.error("webhook partition %d not confirmed: %s", p, exc)
             if length and p not in self._busy and self._retry_at.get(p, 0) <= time.monotonic():
                 self._busy.add(p)
                 task = asyncio.create_task(self._deliver(p))
@@ -144,7 +165,9 @@ class Dispatcher:
             await self._run_script(wh.CONFIRM, keys, [
                 text(raw), kind, name, user, streams.random_id(), s.webhook_outbox_max,
                 contract.ms(s.meta_ttl)], client=pipe)
-        await pipe.execute()
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, Exception):
+                log.error("webhook confirmation in partition %d failed: %s", p, reply)
 
     async def _deliver(self, p: int) -> None:
         try:
@@ -161,10 +184,19 @@ class Dispatcher:
         if not entries:
             return
         ids = [entry_id for entry_id, _ in entries]
-        events = [_event(fields) for _, fields in entries]
+        events = [e for e in (_event(fields) for _, fields in entries) if e is not None]
+        if len(events) < len(ids):  # not written by our scripts: nothing we could send
+            self.metrics.unreadable.inc(len(ids) - len(events))
+            log.error("webhook outbox %d: %d unreadable entries dropped", p,
+                      len(ids) - len(events))
+        if not events:
+            await self.redis.xdel(out, *ids)
+            return
+        if not self.leading:
+            return  # our lease may be another's by now: the new leader sends these
         started = time.monotonic()
         outcome = await deliver.post(self.client, self.settings.webhook_url, self._secrets,
-                                     [e for e in events if e is not None])
+                                     events)
         self.metrics.requests.labels(outcome).inc()
         self.metrics.latency.observe(time.monotonic() - started)
         if outcome == "ok":

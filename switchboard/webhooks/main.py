@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 
@@ -32,11 +31,17 @@ async def serve(settings: WebhookSettings) -> int:
     await asyncio.wait([work, asyncio.create_task(stop.wait())],
                        return_when=asyncio.FIRST_COMPLETED)
     work.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    code = 0
+    try:
         await work
+    except asyncio.CancelledError:
+        pass
+    except Exception:  # a bug: stop, but hand the lease over first
+        log.exception("webhook dispatcher failed")
+        code = 1
     await dispatcher.release()
     await redis.aclose()
-    return 0
+    return code
 
 
 def run(settings: WebhookSettings) -> int:

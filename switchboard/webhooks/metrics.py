@@ -18,6 +18,9 @@ class WebhookMetrics:
                                  "Events acknowledged by the receiver with a 2xx", registry=r)
         self.lost = Counter("switchboard_webhook_events_lost",
                             "Events refused by a full outbox", registry=r)
+        self.unreadable = Counter("switchboard_webhook_events_unreadable",
+                                  "Outbox entries that were not events (dropped)",
+                                  registry=r)
         self.depth = Gauge("switchboard_webhook_outbox_events",
                            "Events waiting in the outboxes", registry=r)
         self.latency = Histogram("switchboard_webhook_request_seconds",

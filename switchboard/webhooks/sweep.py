@@ -1,21 +1,21 @@
 """Leaving the connections of dead gateways, from their rosters.
 
-A gateway whose registry entry is gone has its roster renamed aside (``:roster:sweep``), and
-every connection in it is left as the gateway would have left it, with reason
-``gateway_lost``. The incarnation is read *before* the registry entry is checked: a gateway
-that comes back in between writes under a new incarnation, which this sweep leaves alone
-(the gateway notices its roster vanished and writes it again).
+A roster whose gateway has no registry entry is moved aside (``:roster:dead:TOKEN``, listed in
+``sb:wh:dead``) by :data:`~switchboard.whcontract.TAKE`, which checks the registry entry in the
+same call: a gateway that comes back afterwards finds its roster gone and writes everything
+again, under a new incarnation, into a new one. A gateway that starts under the id of a
+predecessor moves the predecessor's roster aside itself. Every connection of a roster moved
+aside is then left as its gateway would have left it, with reason ``gateway_lost``, under
+the holder it was written with (a repeat, or a connection written again since under a newer
+holder, changes nothing).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
-from redis.exceptions import ResponseError
-
-from switchboard import contract
+from switchboard import contract, streams
 from switchboard import whcontract as wh
 from switchboard.config import WebhookSettings
 from switchboard.store import text
@@ -32,31 +32,51 @@ class Sweeper:
         self.keys = keys
         self.ckeys = contract.Keys(settings.prefix)
         self._args = wh.Leaves(settings, keys)
-        self._off = {s.sha: redis.register_script(s.source)
-                     for s in (wh.USER_OFF, wh.CHANNEL_OFF)}
+        self._scripts = {s.sha: redis.register_script(s.source)
+                         for s in (wh.USER_OFF, wh.CHANNEL_OFF, wh.TAKE)}
         self.swept = 0  # connections left, for the metrics
 
+    async def _run(self, script: Any, keys: list[str], args: list[Any],
+                   client: Any = None) -> Any:
+        return await self._scripts[script.sha](keys=keys, args=args, client=client)
+
     async def sweep(self) -> None:
-        for raw in await self.redis.smembers(self.keys.rosters()):
-            gateway_id = text(raw)
-            roster, aside = self.keys.roster(gateway_id), self.keys.sweeping(gateway_id)
-            incarnation = _text(await self.redis.hget(roster, wh.ROSTER_INC))
-            if await self.redis.exists(self.ckeys.gateway(gateway_id)):
+        await self._take_dead()
+        for raw in await self.redis.smembers(self.keys.dead_rosters()):
+            member = text(raw)
+            gateway_id, _, token = member.partition("\t")
+            dead = self.keys.dead_roster(gateway_id, token)
+            await self._leave_all(gateway_id, dead)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(dead)
+            pipe.srem(self.keys.dead_rosters(), member)
+            await pipe.execute()
+            log.info("swept the connections of dead gateway %s", gateway_id)
+
+    async def _take_dead(self) -> None:
+        """Move aside the rosters of gateways without a registry entry."""
+        ids = [text(raw) for raw in await self.redis.smembers(self.keys.rosters())]
+        if not ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for gateway_id in ids:
+            pipe.exists(self.ckeys.gateway(gateway_id))
+        alive = await pipe.execute()
+        for gateway_id, exists in zip(ids, alive, strict=True):
+            if exists:
                 continue
-            if not await self.redis.exists(aside):  # else an interrupted sweep goes on first
-                with contextlib.suppress(ResponseError):  # no roster: nothing new to sweep
-                    await self.redis.rename(roster, aside)
-            if incarnation is None:
-                incarnation = _text(await self.redis.hget(aside, wh.ROSTER_INC))
-            await self._sweep(gateway_id, aside, incarnation)
-            await self.redis.delete(aside)
-            if not await self.redis.exists(roster):
+            token = streams.random_id()
+            taken = await self._run(wh.TAKE, [
+                self.keys.roster(gateway_id), self.keys.dead_roster(gateway_id, token),
+                self.keys.dead_rosters(), self.ckeys.gateway(gateway_id)],
+                [wh.dead_member(gateway_id, token)])
+            if int(taken) < 0:  # nothing to sweep; a gateway that comes back lists itself
                 await self.redis.srem(self.keys.rosters(), gateway_id)
 
-    async def _sweep(self, gateway_id: str, aside: str, incarnation: str | None) -> None:
+    async def _leave_all(self, gateway_id: str, roster: str) -> None:
         cursor = 0
         while True:
-            cursor, fields = await self.redis.hscan(aside, cursor, count=SCAN_COUNT)
+            cursor, fields = await self.redis.hscan(roster, cursor, count=SCAN_COUNT)
             pipe = self.redis.pipeline(transaction=False)
             for raw_field, raw_value in fields.items():
                 field, value = text(raw_field), text(raw_value)
@@ -64,22 +84,15 @@ class Sweeper:
                     continue
                 inc, _, user = value.partition("\t")
                 conn, _, channel = field.partition("\t")
-                if incarnation is not None and inc != incarnation:
-                    continue  # written by the gateway after it came back
                 holder = f"{gateway_id}/{inc}"
                 if channel:
                     keys, args = self._args.channel_off(conn, holder, user, channel)
-                    await self._off[wh.CHANNEL_OFF.sha](keys=keys, args=args, client=pipe)
+                    await self._run(wh.CHANNEL_OFF, keys, args, client=pipe)
                 else:
                     keys, args = self._args.user_off(conn, holder, user, REASON)
-                    await self._off[wh.USER_OFF.sha](keys=keys, args=args, client=pipe)
+                    await self._run(wh.USER_OFF, keys, args, client=pipe)
                     self.swept += 1
-                pipe.hdel(aside, field)
+                pipe.hdel(roster, field)
             await pipe.execute()
             if cursor == 0:
                 break
-        log.info("swept the connections of dead gateway %s", gateway_id)
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else text(value)

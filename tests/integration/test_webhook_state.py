@@ -1,0 +1,158 @@
+"""What a gateway writes for the webhook dispatcher (gateway/webhookstate.py) and how the
+dispatcher's sweep leaves a dead gateway's connections (switchboard/webhooks/sweep.py),
+against a real redis-server: a write is applied once even when its reply never came, and a
+sweep leaves every connection of a dead roster, whatever incarnation wrote it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from gateway.ports import Registration
+from gateway.webhookstate import WebhookState
+from switchboard import contract, streams
+from switchboard import whcontract as wh
+from switchboard.config import GatewaySettings, WebhookSettings
+from switchboard.pipelined import PipelinedRedis
+from switchboard.webhooks.sweep import Sweeper
+from tests.clients import until
+from tests.support import RedisServer
+
+pytestmark = pytest.mark.integration
+
+GATEWAY = "gw-under-test"
+
+
+def settings(redis_server: RedisServer) -> GatewaySettings:
+    # no debounce: a write applied twice would report a second online/offline at once
+    return GatewaySettings(redis_url=redis_server.url, redis_timeout=0.3,
+                           webhook_url="http://127.0.0.1:9/unused", webhook_offline_delay=0)
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[Any]:
+    c = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def events_of(client: Any, entity: str) -> list[tuple[str, str]]:
+    keys = wh.WebhookKeys()
+    entries = await client.xrange(keys.outbox(keys.partition(entity)))
+    found = [json.loads(fields[b"e"]) for _, fields in entries]
+    return [(e["type"], e.get("reason", "")) for e in found
+            if e["id"].startswith(entity + "/")]
+
+
+class Running:
+    """A WebhookState with its sending loop, over its own pipelined connection."""
+
+    def __init__(self, redis_server: RedisServer, gateway_id: str = GATEWAY) -> None:
+        s = settings(redis_server)
+        self.redis = PipelinedRedis(s.redis_url, s.redis_timeout)
+        self.state = WebhookState(s, gateway_id, self.redis)
+        self.task = asyncio.create_task(self.state.run())
+
+    async def flushed(self) -> None:
+        assert await self.state.flushed(15), "webhook state not written"
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.redis.close()
+
+
+def reg(user: str, conn: str, *channels: str) -> Registration:
+    return Registration(user=user, conn_id=conn, session_id=streams.random_id(),
+                        channels=channels)
+
+
+async def test_a_write_applied_after_its_timeout_is_not_applied_again(
+        redis_server: RedisServer, client: Any) -> None:
+    running = Running(redis_server)
+    try:
+        await until(lambda: running.state.started, 10, "first write")
+        redis_server.proc.send_signal(signal.SIGSTOP)  # Redis holds the write, unanswered
+        try:
+            alice = reg("alice", "a1")
+            running.state.connected(alice)
+            running.state.disconnected(alice)
+            await until(lambda: running.state.failures >= 1, 10, "the write timed out")
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        await running.flushed()
+        # Redis applied the timed-out write when it went on; sending it again changed nothing
+        assert running.state.repeats >= 1
+        assert await events_of(client, "u:alice") == [("user.online", ""),
+                                                       ("user.offline", "closed")]
+    finally:
+        running.close()
+
+
+async def test_the_sweep_leaves_every_connection_of_a_dead_roster(
+        redis_server: RedisServer, client: Any) -> None:
+    running = Running(redis_server)
+    try:
+        alice, bob = reg("alice", "a1", "room"), reg("bob", "b1")
+        running.state.connected(alice)
+        running.state.connected(bob)
+        # The registry entry was lost: alice is written again under a new incarnation, and
+        # the gateway dies before bob is (his entry is still under the first one).
+        running.state.new_incarnation()
+        running.state.connected(alice)
+        await running.flushed()
+    finally:
+        running.close()
+    s = settings(redis_server)
+    sweeper = Sweeper(WebhookSettings(redis_url=s.redis_url, webhook_offline_delay=0),
+                      client, wh.WebhookKeys())
+    registry = contract.Keys().gateway(GATEWAY)
+    await client.set(registry, "alive")
+    await sweeper.sweep()  # a gateway with a registry entry is alive: nothing happens
+    assert await events_of(client, "u:bob") == [("user.online", "")]
+    await client.delete(registry)
+    await sweeper.sweep()
+    assert await events_of(client, "u:alice") == [("user.online", ""),
+                                                   ("user.offline", "gateway_lost")]
+    assert await events_of(client, "u:bob") == [("user.online", ""),
+                                                 ("user.offline", "gateway_lost")]
+    assert [t for t, _ in await events_of(client, "c:room")] == [
+        "channel.occupied", "presence.join", "presence.leave", "channel.vacated"]
+    assert sweeper.swept == 2  # alice's entry (rewritten in place) and bob's, each once
+    assert not await client.smembers(wh.WebhookKeys().dead_rosters())
+    await sweeper.sweep()  # swept once: a second sweep reports nothing
+    assert len(await events_of(client, "u:alice")) == 2
+
+
+async def test_a_gateway_starting_under_its_predecessors_id_moves_its_roster_aside(
+        redis_server: RedisServer, client: Any) -> None:
+    first = Running(redis_server)
+    try:
+        first.state.connected(reg("carol", "c1"))
+        await first.flushed()
+    finally:
+        first.close()  # dies: nothing unregistered
+    second = Running(redis_server)  # the same gateway id, alive (a registry entry)
+    try:
+        await client.set(contract.Keys().gateway(GATEWAY), "alive")
+        second.state.connected(reg("dave", "d1"))
+        await second.flushed()
+    finally:
+        second.close()
+    keys = wh.WebhookKeys()
+    roster = {k.decode(): v.decode() for k, v in
+              (await client.hgetall(keys.roster(GATEWAY))).items()}
+    assert set(roster) == {wh.ROSTER_INC, "d1"}  # only what the living one wrote
+    sweeper = Sweeper(WebhookSettings(redis_url=redis_server.url, webhook_offline_delay=0),
+                      client, keys)
+    await sweeper.sweep()
+    assert await events_of(client, "u:carol") == [("user.online", ""),
+                                                   ("user.offline", "gateway_lost")]
+    assert await events_of(client, "u:dave") == [("user.online", "")]
