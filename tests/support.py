@@ -87,6 +87,7 @@ class RedisServer:
     port: int
     proc: subprocess.Popen[bytes]
     workdir: str
+    persistent: bool = False  # an append-only file that survives a restart
 
     @property
     def url(self) -> str:
@@ -103,15 +104,18 @@ class RedisServer:
 
     def start(self) -> None:
         """(Re)start on the same port, so clients configured with its URL reconnect."""
-        self.proc = _spawn_redis(self.port, self.workdir)
+        self.proc = _spawn_redis(self.port, self.workdir, self.persistent)
 
 
-def _spawn_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
+def _spawn_redis(port: int, workdir: str,
+                 persistent: bool = False) -> subprocess.Popen[bytes]:
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server is not installed (make test installs it)")
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         *(("--appendonly", "yes", "--appendfsync", "always") if persistent
+           else ("--appendonly", "no")),
          "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -126,10 +130,10 @@ def _spawn_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_redis() -> RedisServer:
+def start_redis(persistent: bool = False) -> RedisServer:
     workdir = tempfile.mkdtemp(prefix="sb-redis-")
     port = free_port()
-    return RedisServer(port, _spawn_redis(port, workdir), workdir)
+    return RedisServer(port, _spawn_redis(port, workdir, persistent), workdir, persistent)
 
 
 @dataclass

@@ -11,6 +11,7 @@ event lost while the receiver is down or the dispatcher leader dies.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from tests.support import (
     free_port,
     spawn,
     start_gateway,
+    start_redis,
     terminate,
     wait_for_banner,
     wait_until,
@@ -129,8 +131,13 @@ def start_dispatcher(redis: RedisServer, logdir: Path, receiver: Receiver,
     return spawn("webhooks", ["webhooks"], port, env, "/metrics", logdir)
 
 
-def hooked_gateway(redis: RedisServer, logdir: Path, receiver: Receiver) -> Proc:
-    return start_gateway(redis, logdir, **webhook_env(receiver))
+def hooked_gateway(redis: RedisServer, logdir: Path, receiver: Receiver,
+                   **extra: str) -> Proc:
+    return start_gateway(redis, logdir, **webhook_env(receiver), **extra)
+
+
+def roster_of(gateway_id: str) -> str:
+    return f"sb:{{gw:{gateway_id}}}:roster"
 
 
 async def connect(gw: Proc, user: str, channels: tuple[str, ...] = ()) -> WsClient:
@@ -197,9 +204,13 @@ async def test_reconnects_and_a_drain_fire_no_offline(
             await client.close()
             client = await connect(gw1, "bob")
         # a drain: the gateway goes away, its client comes back on another one
+        [online] = of(receiver, "user.online", "bob")
         gw1.kill(15)
         await until(lambda: client.closed, 15, "drained")
         client = await connect(gw2, "bob")
+        assert gw1.proc.wait(15) == 0
+        # a clean stop left every connection itself: nothing of gw1 is left to sweep
+        assert redis_server.cli("EXISTS", roster_of(online["gateway"])).strip() == "0"
         await quiet_for(DELAY + 1)
         assert of(receiver, "user.offline", "bob") == []
         assert len(of(receiver, "user.online", "bob")) == 1
@@ -252,6 +263,8 @@ async def test_channel_occupancy_and_membership_in_order(
         await a.close()
         await b.close()
         await wait_for(receiver, "presence.leave", "lobby")
+        await quiet_for(DELAY + 1)  # frank is still in, on his other connection
+        assert [e["user"] for e in of(receiver, "presence.leave", "lobby")] == ["erin"]
         await b2.close()
         await wait_for(receiver, "channel.vacated", "lobby")
         mine = [e for e in receiver.unique() if e.get("channel") == "lobby"]
@@ -337,3 +350,110 @@ async def test_up_runs_a_dispatcher_when_a_receiver_is_set(tmp_path: Path,
         await client.close()
     finally:
         terminate(up, 40)
+
+
+async def test_a_gateway_restarted_under_its_id_takes_its_predecessors_users_offline(
+        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
+    pinned = {"SWITCHBOARD_GATEWAY_ID": "gw-pinned"}
+    gw = hooked_gateway(redis_server, logdir, receiver, **pinned)
+    hooks = start_dispatcher(redis_server, logdir, receiver)
+    try:
+        ivan = await connect(gw, "ivan", ("den",))
+        await wait_for(receiver, "presence.join", "den")
+        gw.kill()  # SIGKILL, and back under the same id before its registry entry expired
+        await until(lambda: ivan.closed, 10, "connection lost")
+        gw = hooked_gateway(redis_server, logdir, receiver, **pinned)
+        await connect(gw, "judy")
+        [offline] = await wait_for(receiver, "user.offline", "ivan", timeout=20)
+        assert offline["reason"] == "gateway_lost"
+        [leave] = await wait_for(receiver, "presence.leave", "den")
+        assert leave["user"] == "ivan"
+        await wait_for(receiver, "user.online", "judy")
+        await quiet_for(DELAY + 1)
+        assert len(of(receiver, "user.offline", "ivan")) == 1
+        assert of(receiver, "user.offline", "judy") == []
+    finally:
+        hooks.stop()
+        gw.stop()
+
+
+async def test_a_paused_gateway_is_swept_and_its_users_come_back_online(
+        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
+    gw = hooked_gateway(redis_server, logdir, receiver)
+    hooks = start_dispatcher(redis_server, logdir, receiver)
+    try:
+        kate = await connect(gw, "kate")
+        await wait_for(receiver, "user.online", "kate")
+        gw.kill(signal.SIGSTOP)  # silent past its registry TTL and the delay: swept
+        try:
+            [offline] = await wait_for(receiver, "user.offline", "kate", timeout=20)
+        finally:
+            gw.kill(signal.SIGCONT)
+        assert offline["reason"] == "gateway_lost"
+        # back: it finds its registry entry and roster gone and writes its connections again
+        online, again = await wait_for(receiver, "user.online", "kate", 2, timeout=20)
+        ids = [int(e["id"].rsplit("/", 1)[1]) for e in (online, offline, again)]
+        assert ids == sorted(ids)
+        assert not kate.closed
+        await kate.close()
+        closed = await wait_for(receiver, "user.offline", "kate", 2)
+        assert closed[-1]["reason"] == "closed"
+        await quiet_for(DELAY + 1)
+        assert len(of(receiver, "user.offline", "kate")) == 2
+        assert len(of(receiver, "user.online", "kate")) == 2
+    finally:
+        gw.kill(signal.SIGCONT)
+        hooks.stop()
+        gw.stop()
+
+
+async def test_a_refused_session_reports_no_online(
+        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
+    gw = hooked_gateway(redis_server, logdir, receiver)
+    hooks = start_dispatcher(redis_server, logdir, receiver)
+    try:
+        liam = await connect(gw, "liam")
+        await wait_for(receiver, "user.online", "liam")
+        stolen = liam.welcome["session"]  # type: ignore[index]
+        mallory = await WsClient(f"ws://127.0.0.1:{gw.port}/ws?token={token('mallory')}"
+                                 f"&session={stolen}").start()
+        await until(lambda: mallory.closed, 5, "mallory refused")
+        assert mallory.close_code == 4004
+        await connect(gw, "nora")  # written after mallory's would have been
+        await wait_for(receiver, "user.online", "nora")
+        await quiet_for(DELAY + 1)
+        assert of(receiver, "user.online", "mallory") == []
+        assert of(receiver, "user.offline", "mallory") == []
+    finally:
+        hooks.stop()
+        gw.stop()
+
+
+async def test_a_redis_restart_with_persistence_repeats_nothing(
+        logdir: Path, receiver: Receiver) -> None:
+    redis = start_redis(persistent=True)
+    gw = hooked_gateway(redis, logdir, receiver)
+    hooks = start_dispatcher(redis, logdir, receiver)
+    try:
+        olga = await connect(gw, "olga", ("hall",))
+        paul = await connect(gw, "paul", ("hall",))
+        await wait_for(receiver, "presence.join", "hall", 2)
+        redis.stop()
+        await paul.close()  # gone while Redis is down: written once it is back
+        redis.start()
+        [offline] = await wait_for(receiver, "user.offline", "paul", timeout=20)
+        assert offline["reason"] == "closed"
+        [leave] = await wait_for(receiver, "presence.leave", "hall")
+        assert leave["user"] == "paul"
+        await quiet_for(DELAY + 1)
+        # olga stayed: no second online, no offline, and nothing under a new epoch
+        assert len(of(receiver, "user.online", "olga")) == 1
+        assert of(receiver, "user.offline", "olga") == []
+        assert len(of(receiver, "channel.occupied", "hall")) == 1
+        assert len({e["id"].split("/")[1] for e in receiver.unique()
+                    if e["id"].startswith("u:olga/")}) == 1
+        assert not olga.closed
+    finally:
+        hooks.stop()
+        gw.stop()
+        redis.stop()
