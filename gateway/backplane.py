@@ -23,7 +23,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from gateway import retry
+from gateway import retry, webhookstate
 from gateway.canary import Canary, deadline_for
 from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.metrics import GatewayMetrics
@@ -82,11 +82,7 @@ class RedisBackplane:
                                   asyncio.Future[tuple[int, dict[str, Position]]]]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         # Online/offline and join/leave state for the webhook dispatcher, when it is on.
-        # Its own connection: a long write after a Redis restart must not hold up (or, timed
-        # out, break) the registrations of connecting clients.
-        self._webhook_redis = PipelinedRedis(
-            settings.redis_url, settings.redis_timeout,
-            client_name=f"{settings.prefix}webhooks:{gateway_id}") \
+        self._webhook_redis = webhookstate.connection(settings, gateway_id) \
             if settings.webhook_url else None
         self.webhooks = WebhookState(settings, gateway_id, self._webhook_redis) \
             if self._webhook_redis is not None else None

@@ -6,7 +6,10 @@ their own, as transactions of at most :data:`CHUNK` commands; a transaction that
 sent again, and only that one. Each carries a token that it writes to the gateway's sent
 marker: the repeat of one that was applied after all (its reply was lost, or came too late)
 is aborted by a ``WATCH`` on the marker, so no write is ever applied twice (a repeated
-``USER_ON`` after its ``USER_OFF`` would report a connection that is gone). The roster entry
+``USER_ON`` after its ``USER_OFF`` would report a connection that is gone). The marker holds
+only the last token, which is enough because the connection is fenced: a new one kills the
+one before it in Redis first, so a first copy still unread there cannot arrive after its
+repeat and the transactions behind it. The roster entry
 of a connection is written before its state and removed after it, so a gateway that dies in
 between leaves nothing the dispatcher's sweep cannot find.
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
+from redis.exceptions import WatchError
 
 from gateway.errors import BackendUnavailable, unavailable
 from gateway.ports import Registration
@@ -29,6 +34,14 @@ Command = tuple[Arg, ...]
 CHUNK = 1000  # commands per transaction: Redis runs one whole, so keep it short
 SENT_TTL_MS = 7 * 86_400_000  # the marker outlives any retry of the last transaction
 _SCRIPTS = (wh.USER_ON, wh.USER_OFF, wh.CHANNEL_ON, wh.CHANNEL_OFF, wh.TAKE, wh.SENT)
+
+
+def connection(settings: GatewaySettings, gateway_id: str) -> PipelinedRedis:
+    """The state's own connection. Its own: a long write after a Redis restart must not hold
+    up (or, timed out, break) the registrations of connecting clients. Fenced: a transaction
+    sent again must not meet its first copy arriving late (see above)."""
+    return PipelinedRedis(settings.redis_url, settings.redis_timeout,
+                          client_name=f"{settings.prefix}webhooks:{gateway_id}", fenced=True)
 
 
 def _call(script: Script, call: tuple[list[str], list[Arg]]) -> Command:
@@ -162,10 +175,13 @@ class WebhookState:
             _call(wh.SENT, ([self._sent], [token])),
             ("MULTI",), *commands, ("SET", self._sent, token, "PX", SENT_TTL_MS), ("EXEC",),
         ], raise_on_error=False)
-        done = replies[-1]
+        done, sent = replies[-1], replies[len(_SCRIPTS) + 1]
         if isinstance(done, Exception):  # EXECABORT (e.g. out of memory): nothing ran
             raise done
-        if done is None:  # aborted by the WATCH: this transaction was applied before
+        if done is None:
+            if sent != 1:  # the marker changed under the WATCH, but not by us: nothing ran
+                raise WatchError("webhook state marker changed by another client")
+            # aborted by the WATCH that SENT set off: this transaction was applied before
             self.repeats += 1
             log.info("webhook state: a failed write had been applied; not applied again")
             return

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,13 @@ from redis._parsers.base import BaseParser
 
 from switchboard import resp
 
+log = logging.getLogger("switchboard.redis")
+
 Arg = str | bytes | int
+
+
+def _text(reply: Any) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 @dataclass(frozen=True)
@@ -153,11 +160,16 @@ class PipelinedRedis:
     """Commands and scripts over one lazily (re)opened connection."""
 
     def __init__(self, url: str, timeout: float, *, client_name: str = "switchboard",
-                 scripts: Sequence[Script] = ()) -> None:
+                 scripts: Sequence[Script] = (), fenced: bool = False) -> None:
         self.endpoint = resp.Endpoint.from_url(url)  # a bad URL fails here, at start-up
         self.timeout = timeout
         self.client_name = client_name
         self.scripts = tuple(scripts)
+        # fenced: each new connection kills the one before it in Redis before it is used,
+        # so commands sent on a connection we gave up on (a timeout) cannot still run after
+        # the ones sent on its successor; see _fence
+        self.fenced = fenced
+        self._previous: tuple[str, str] | None = None  # the last connection's id and addr
         self._conn: _Connection | None = None
         self._opening: asyncio.Task[_Connection] | None = None
         self._closed = False
@@ -205,6 +217,8 @@ class PipelinedRedis:
                                                   client_name=self.client_name)
                 await asyncio.gather(*conn.send([resp.command("SCRIPT", "LOAD", s.source)
                                                  for s in self.scripts]))
+                if self.fenced:
+                    await self._fence(conn)
         except BaseException as exc:
             if conn is not None:
                 conn.abort()  # opened but not usable: nobody else holds it
@@ -216,6 +230,30 @@ class PipelinedRedis:
             raise
         return conn
 
+    async def _fence(self, conn: _Connection) -> None:
+        """Kill the previous connection in Redis, then remember this one.
+
+        Redis may not have read what we sent on a connection we gave up on (it was paused, or
+        the bytes sat in a proxy): once it executes our ``CLIENT KILL``, that connection's
+        unread commands can never run. A connection is learned before it carries any command,
+        so every connection that did is known. It is named by id and address together: ids
+        start again at 1 when Redis restarts, and must not name someone else's connection.
+        """
+        commands = [resp.command("CLIENT", "INFO")]
+        if self._previous is not None:
+            ident, addr = self._previous
+            commands.insert(0, resp.command("CLIENT", "KILL", "ID", ident, "ADDR", addr))
+        *kill, info = conn.send(commands)
+        for reply in kill:
+            try:
+                await reply
+            except exceptions.ResponseError as exc:
+                if "no such client" not in str(exc).lower():  # else it is gone already
+                    # e.g. an ACL that denies CLIENT KILL: still usable, but unfenced
+                    log.error("cannot fence the previous Redis connection of %s: %s",
+                              self.client_name, exc)
+        fields = dict(part.split("=", 1) for part in _text(await info).split() if "=" in part)
+        self._previous = (fields["id"], fields["addr"])
     async def execute_many(self, commands: Sequence[Sequence[Arg]], *,
                            raise_on_error: bool = True) -> list[Any]:
         """Replies to ``commands``, sent in one write; an error reply raises (the first one),
