@@ -7,6 +7,11 @@ forwarding Redis's bytes to the connections that have subscribed so far, leaving
 Connections made afterwards (the gateway's repair) are forwarded normally, unless
 :meth:`Relay.refuse_new` holds the path broken for a while: new connections are closed at once.
 
+It can also delay what clients send, as a slow network can: :meth:`Relay.hold` keeps the
+bytes that the connections open so far send to Redis (from a marker on), and
+:meth:`Relay.release` delivers them, even on a connection its client closed meanwhile (bytes
+in flight arrive before the close does).
+
 It runs its own event loop in a thread: the tests start gateways with blocking waits, and a
 relay on the test's loop would stall (and fail) the very connections being waited for.
 """
@@ -24,6 +29,9 @@ class _Pair:
     subscriber: bool = False
     deaf: bool = False
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    hold_from: bytes | None = None  # hold what is sent from this marker on (b"": all)
+    held: bytearray = field(default_factory=bytearray)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Relay:
@@ -32,6 +40,7 @@ class Relay:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._pairs: set[_Pair] = set()
+        self._holding: set[_Pair] = set()  # pairs that were told to hold, until released
         self._refusing = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -65,6 +74,33 @@ class Relay:
             self._refusing = refuse
         asyncio.run_coroutine_threadsafe(flip(), self._loop).result(5)
 
+    def hold(self, marker: bytes = b"") -> int:
+        """Keep, from ``marker`` on, what the connections open now send; how many."""
+        async def hold() -> int:
+            for pair in self._pairs:
+                pair.hold_from = marker
+            return len(self._pairs)
+        return asyncio.run_coroutine_threadsafe(hold(), self._loop).result(5)
+
+    def held(self) -> bytes:
+        """What is held so far, all connections together."""
+        async def held() -> bytes:
+            return b"".join(bytes(p.held) for p in self._holding)
+        return asyncio.run_coroutine_threadsafe(held(), self._loop).result(5)
+
+    def release(self) -> None:
+        """Deliver what is held (to connections Redis has not closed) and stop holding."""
+        async def release() -> None:
+            for pair in self._holding:
+                upstream = pair.writers[-1]
+                if not upstream.is_closing():
+                    upstream.write(bytes(pair.held))
+                pair.held.clear()
+                pair.hold_from = None
+                pair.released.set()
+            self._holding.clear()
+        asyncio.run_coroutine_threadsafe(release(), self._loop).result(5)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._refusing:
             writer.close()
@@ -91,14 +127,31 @@ class Relay:
                     pair.subscriber = True
                 if not upstream and pair.deaf:
                     continue  # swallowed: the connection stays open and hears nothing
+                if upstream and pair.hold_from is not None:
+                    data = self._keep(pair, data)
                 writer.write(data)
+                await writer.drain()
+            if upstream and pair.hold_from is not None:  # the client closed: still in flight
+                await pair.released.wait()  # release() delivers it
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
             self._pairs.discard(pair)
+            self._holding.discard(pair)
+            pair.released.set()
             for w in pair.writers:
                 w.close()
+
+    def _keep(self, pair: _Pair, data: bytes) -> bytes:
+        """Hold ``data`` from the pair's marker on; what may go through now."""
+        marker = pair.hold_from or b""
+        at = 0 if pair.held else data.find(marker)
+        if at < 0:
+            return data
+        self._holding.add(pair)
+        pair.held += data[at:]
+        return data[:at]
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(5)

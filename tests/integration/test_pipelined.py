@@ -193,3 +193,31 @@ async def test_password_and_database_from_the_url(redis_server: RedisServer) -> 
     finally:
         client.close()
         wrong.close()
+
+
+
+async def test_a_fenced_connection_after_a_redis_restart_kills_no_one_elses(
+        redis_server: RedisServer) -> None:
+    fenced = PipelinedRedis(redis_server.url, 2.0, client_name="fenced", fenced=True)
+    others: list[PipelinedRedis] = []
+    try:
+        await fenced.execute("PING")
+        ours = int(await fenced.execute("CLIENT", "ID"))
+        redis_server.stop()
+        redis_server.start()  # client ids count from 1 again
+        with pytest.raises(exceptions.ConnectionError):
+            await fenced.execute("PING")  # finds its connection gone
+        # someone else's connection now has the id ours had
+        for _ in range(ours + 5):
+            other = PipelinedRedis(redis_server.url, 2.0, client_name="other")
+            others.append(other)
+            if int(await other.execute("CLIENT", "ID")) >= ours:
+                break
+        assert int(await others[-1].execute("CLIENT", "ID")) == ours
+        assert await fenced.execute("PING") == b"PONG"  # a new connection, fenced
+        # and that one is still open: the same connection, not a new one
+        assert int(await others[-1].execute("CLIENT", "ID")) == ours
+    finally:
+        fenced.close()
+        for other in others:
+            other.close()

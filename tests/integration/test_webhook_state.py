@@ -8,20 +8,21 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import redis.asyncio
 
+from gateway import webhookstate
 from gateway.ports import Registration
 from gateway.webhookstate import WebhookState
 from switchboard import contract, streams
 from switchboard import whcontract as wh
 from switchboard.config import GatewaySettings, WebhookSettings
-from switchboard.pipelined import PipelinedRedis
 from switchboard.webhooks.sweep import Sweeper
-from tests.clients import until
+from tests.clients import until, until_async
+from tests.relay import Relay
 from tests.support import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -29,9 +30,10 @@ pytestmark = pytest.mark.integration
 GATEWAY = "gw-under-test"
 
 
-def settings(redis_server: RedisServer) -> GatewaySettings:
+def settings(redis_server: RedisServer, url: str | None = None,
+             timeout: float = 0.3) -> GatewaySettings:
     # no debounce: a write applied twice would report a second online/offline at once
-    return GatewaySettings(redis_url=redis_server.url, redis_timeout=0.3,
+    return GatewaySettings(redis_url=url or redis_server.url, redis_timeout=timeout,
                            webhook_url="http://127.0.0.1:9/unused", webhook_offline_delay=0)
 
 
@@ -55,9 +57,10 @@ async def events_of(client: Any, entity: str) -> list[tuple[str, str]]:
 class Running:
     """A WebhookState with its sending loop, over its own pipelined connection."""
 
-    def __init__(self, redis_server: RedisServer, gateway_id: str = GATEWAY) -> None:
-        s = settings(redis_server)
-        self.redis = PipelinedRedis(s.redis_url, s.redis_timeout)
+    def __init__(self, redis_server: RedisServer, gateway_id: str = GATEWAY, *,
+                 url: str | None = None, timeout: float = 0.3) -> None:
+        s = settings(redis_server, url, timeout)
+        self.redis = webhookstate.connection(s, gateway_id)
         self.state = WebhookState(s, gateway_id, self.redis)
         self.task = asyncio.create_task(self.state.run())
 
@@ -156,3 +159,62 @@ async def test_a_gateway_starting_under_its_predecessors_id_moves_its_roster_asi
     assert await events_of(client, "u:carol") == [("user.online", ""),
                                                    ("user.offline", "gateway_lost")]
     assert await events_of(client, "u:dave") == [("user.online", "")]
+
+
+@pytest.fixture
+def relay(redis_server: RedisServer) -> Iterator[Relay]:
+    r = Relay(redis_server.port)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+async def connections_named(client: Any, name: str) -> int:
+    return sum(1 for c in await client.client_list() if c["name"] == name)
+
+
+async def test_a_first_copy_arriving_after_its_repeat_is_not_applied(
+        redis_server: RedisServer, client: Any, relay: Relay) -> None:
+    running = Running(redis_server, url=relay.url)
+    name = f"{settings(redis_server).prefix}webhooks:{GATEWAY}"
+    try:
+        await until(lambda: running.state.started, 10, "first write")
+        assert relay.hold() == 1  # what the state's connection sends now stays in flight
+        alice = reg("alice", "a1")
+        running.state.connected(alice)
+        await until(lambda: running.state.failures >= 1, 10, "the write timed out")
+        await running.flushed()  # sent again, over a new connection
+        running.state.disconnected(alice)
+        await running.flushed()
+        relay.release()  # the first copy arrives: after its repeat, and after the offline
+        await until_async(lambda: _one(client, name), 10, "the first connection gone")
+        # the new connection had Redis close the old one first: the late copy never ran
+        assert await events_of(client, "u:alice") == [("user.online", ""),
+                                                       ("user.offline", "closed")]
+    finally:
+        running.close()
+
+
+async def _one(client: Any, name: str) -> bool:
+    return await connections_named(client, name) == 1
+
+
+async def test_a_marker_changed_under_the_watch_is_no_repeat(
+        redis_server: RedisServer, client: Any, relay: Relay) -> None:
+    # a long timeout: the transaction is held in flight, not timed out
+    running = Running(redis_server, url=relay.url, timeout=30)
+    try:
+        await until(lambda: running.state.started, 10, "first write")
+        assert relay.hold(b"*1\r\n$5\r\nMULTI") == 1  # WATCH and SENT go through
+        running.state.connected(reg("alice", "a1"))
+        await until(lambda: b"EXEC" in relay.held(), 10, "the transaction in flight")
+        # someone else (a second process under our id) writes the marker meanwhile
+        await client.set(wh.WebhookKeys().sent(GATEWAY), "not ours")
+        relay.release()  # EXEC finds the WATCH set off, though this transaction never ran
+        await running.flushed()
+        assert running.state.repeats == 0
+        assert await events_of(client, "u:alice") == [("user.online", "")]
+    finally:
+        running.close()
