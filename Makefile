@@ -76,10 +76,17 @@ $(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json $(JS)/package.jso
 run: venv sysdeps
 	$(BIN)/switchboard up $(ARGS)
 
+# The suite runs in TEST_WORKERS pytest-xdist workers (each test's ports come from its
+# worker's own block: tests/support.py). The browser tests run after, in one process of their
+# own: Playwright's sync API keeps an event loop in the main thread that asyncio tests run
+# after it in the same process could not start theirs under.
+TEST_WORKERS ?= 4
+
 test: venv sysdeps browser-deps tool-deps js-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) tests --ignore=tests/browser
+	$(BIN)/pytest -q -p no:xdist tests/browser
 
 lint: venv
 	$(BIN)/ruff check .

@@ -6,6 +6,7 @@ it started, by PID. Waiting is always on a condition with a deadline, never a ba
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -28,10 +29,32 @@ JWT_SECRET = "test-secret-0123456789-abcdefghijklmnop"
 API_KEY = "test-api-key"
 
 
+# Ports come from a block of their own per pytest-xdist worker (2000-9999), apart from the
+# kernel's ephemeral range (32768+) and from the range Redis Cluster nodes pick theirs in
+# (switchboard.localcluster: 10000 up, bus ports +10000). So two workers never pick the same
+# port, and no outgoing connection or cluster node takes one chosen here before its server
+# binds it.
+_PORT_BLOCK = 1000
+_PORT_BASE = 2000
+_next_port = itertools.count()
+
+
+def _worker_index() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    base = _PORT_BASE + (_worker_index() % 8) * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        port = base + next(_next_port) % _PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use, or a listener's TIME_WAIT: try the next
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base}..{base + _PORT_BLOCK - 1}")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition",

@@ -32,6 +32,11 @@ def test_head_end_finds_the_blank_line_or_says_the_head_cannot_fit() -> None:
     assert head_end(b"abc\r\n\r\n", limit=6) == 7  # ends one byte past the limit
 
 
+def kernel_buffer_max(name: str) -> int:
+    """The most a TCP socket buffers in one direction (the last of /proc's three numbers)."""
+    return int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[-1])
+
+
 async def exchange(port: int, data: bytes) -> bytes:
     """Send ``data`` and read until the router closes (or half-closes) the connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -108,9 +113,13 @@ async def test_an_endless_header_is_cut_at_the_limit_not_buffered_until_the_dead
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Endless: ")
         answer = asyncio.create_task(reader.read())
         sent = 0
+        # More than the kernel could hold between us and the router. How much of it sits in
+        # socket buffers when the answer comes depends on when the router gets the CPU, so
+        # that is not asserted; only that the answer came before we ran out.
+        most = 2 * (kernel_buffer_max("tcp_rmem") + kernel_buffer_max("tcp_wmem"))
         with contextlib.suppress(ConnectionError):
             # Until the answer comes (the head deadline, 10 s, would be a 408 instead).
-            while not answer.done() and sent < 64 * MAX_HEAD:
+            while not answer.done() and sent < most:
                 writer.write(b"a" * 4096)
                 sent += 4096
                 await writer.drain()
@@ -118,8 +127,8 @@ async def test_an_endless_header_is_cut_at_the_limit_not_buffered_until_the_dead
         raw = await asyncio.wait_for(answer, 10)
         writer.close()
         refusal(raw)
-        # Refused soon after the limit: what was sent past it sat in socket buffers.
-        assert sent < 16 * MAX_HEAD, sent
+        # Refused while the header was still being sent, not after it was read whole.
+        assert sent < most, sent
         assert "Traceback" not in router.output()
     finally:
         router.stop()
