@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from switchboard import contract, streams
 from switchboard import whcontract as wh
 from switchboard.config import WebhookSettings
@@ -46,7 +48,15 @@ class Sweeper:
             member = text(raw)
             gateway_id, _, token = member.partition("\t")
             dead = self.keys.dead_roster(gateway_id, token)
-            await self._leave_all(gateway_id, dead)
+            # one roster that cannot be swept (a key of the wrong type, say) must not keep
+            # every other dead gateway's users online: it stays listed, for the next sweep
+            try:
+                left_all = await self._leave_all(gateway_id, dead)
+            except RedisError as exc:
+                log.error("the connections of dead gateway %s not swept: %s", gateway_id, exc)
+                continue
+            if not left_all:
+                continue
             pipe = self.redis.pipeline(transaction=False)
             pipe.delete(dead)
             pipe.srem(self.keys.dead_rosters(), member)
@@ -66,18 +76,25 @@ class Sweeper:
             if exists:
                 continue
             token = streams.random_id()
-            taken = await self._run(wh.TAKE, [
-                self.keys.roster(gateway_id), self.keys.dead_roster(gateway_id, token),
-                self.keys.dead_rosters(), self.ckeys.gateway(gateway_id)],
-                [wh.dead_member(gateway_id, token)])
+            try:
+                taken = await self._run(wh.TAKE, [
+                    self.keys.roster(gateway_id), self.keys.dead_roster(gateway_id, token),
+                    self.keys.dead_rosters(), self.ckeys.gateway(gateway_id)],
+                    [wh.dead_member(gateway_id, token)])
+            except RedisError as exc:  # this one roster only: the others are still taken
+                log.error("the roster of dead gateway %s not taken: %s", gateway_id, exc)
+                continue
             if int(taken) < 0:  # nothing to sweep; a gateway that comes back lists itself
                 await self.redis.srem(self.keys.rosters(), gateway_id)
 
-    async def _leave_all(self, gateway_id: str, roster: str) -> None:
+    async def _leave_all(self, gateway_id: str, roster: str) -> bool:
+        """Leave every connection the roster holds; False if some leave failed, and stays."""
+        left_all = True
         cursor = 0
         while True:
             cursor, fields = await self.redis.hscan(roster, cursor, count=SCAN_COUNT)
             pipe = self.redis.pipeline(transaction=False)
+            batch: list[str] = []
             for raw_field, raw_value in fields.items():
                 field, value = text(raw_field), text(raw_value)
                 if field == wh.ROSTER_INC:
@@ -91,8 +108,17 @@ class Sweeper:
                 else:
                     keys, args = self._args.user_off(conn, holder, user, REASON)
                     await self._run(wh.USER_OFF, keys, args, client=pipe)
-                    self.swept += 1
-                pipe.hdel(roster, field)
-            await pipe.execute()
+                batch.append(field)
+            # a roster entry goes only once its leave is written: a script that failed
+            # (NOSCRIPT after a SCRIPT FLUSH, say) keeps its entry for the next sweep
+            results = await pipe.execute(raise_on_error=False) if batch else []
+            done = [f for f, r in zip(batch, results, strict=True) if not isinstance(r, Exception)]
+            for f, r in zip(batch, results, strict=True):
+                if isinstance(r, Exception):
+                    log.error("leave of %s from dead gateway %s not written: %s", f, gateway_id, r)
+            left_all = left_all and len(done) == len(batch)
+            self.swept += sum(1 for f in done if "\t" not in f)
+            if done:
+                await self.redis.hdel(roster, *done)
             if cursor == 0:
-                break
+                return left_all

@@ -20,6 +20,7 @@ from gateway.webhookstate import WebhookState
 from switchboard import contract, streams
 from switchboard import whcontract as wh
 from switchboard.config import GatewaySettings, WebhookSettings
+from switchboard.store import text
 from switchboard.webhooks.sweep import Sweeper
 from tests.clients import until, until_async
 from tests.relay import Relay
@@ -218,3 +219,43 @@ async def test_a_marker_changed_under_the_watch_is_no_repeat(
         assert await events_of(client, "u:alice") == [("user.online", "")]
     finally:
         running.close()
+
+
+async def test_a_sweep_goes_past_what_it_cannot_leave_and_comes_back_for_it(
+        redis_server: RedisServer, client: Any) -> None:
+    keys = wh.WebhookKeys()
+    # Dead rosters that are no hashes: each fails its sweep. Ten of them, so that in any
+    # order Redis lists the set in, a sweep that stopped at the first failure would most
+    # likely never reach the real one.
+    for n in range(10):
+        await client.sadd(keys.dead_rosters(), wh.dead_member(f"gw-broken-{n}", "t"))
+        await client.set(keys.dead_roster(f"gw-broken-{n}", "t"), "not a roster")
+    running = Running(redis_server)
+    try:
+        for user in ("alice", "bob", "carol"):
+            running.state.connected(reg(user, f"{user}-1"))
+        await running.flushed()
+    finally:
+        running.close()
+    # carol's leave cannot be written yet: her connection hash is of the wrong type
+    carol_conns = keys.user("carol")[1]
+    held = await client.hgetall(carol_conns)
+    await client.delete(carol_conns)
+    await client.set(carol_conns, "broken")
+    sweeper = Sweeper(WebhookSettings(redis_url=redis_server.url, webhook_offline_delay=0),
+                      client, keys)
+    await sweeper.sweep()
+    for user in ("alice", "bob"):
+        assert await events_of(client, f"u:{user}") == [("user.online", ""),
+                                                         ("user.offline", "gateway_lost")]
+    assert await events_of(client, "u:carol") == [("user.online", "")]
+    # her leave was not dropped: once it can be written, the next sweep writes it
+    await client.delete(carol_conns)
+    await client.hset(carol_conns, mapping=held)
+    await sweeper.sweep()
+    assert await events_of(client, "u:carol") == [("user.online", ""),
+                                                   ("user.offline", "gateway_lost")]
+    assert sweeper.swept == 3
+    # what could not be swept stays listed, for a later sweep; the swept roster is gone
+    left = {text(m) for m in await client.smembers(keys.dead_rosters())}
+    assert left == {wh.dead_member(f"gw-broken-{n}", "t") for n in range(10)}
