@@ -183,14 +183,17 @@ class Dispatcher:
         entries = await self.redis.xrange(out, count=self.settings.webhook_batch_max)
         if not entries:
             return
-        ids = [entry_id for entry_id, _ in entries]
-        events = [e for e in (_event(fields) for _, fields in entries) if e is not None]
-        if len(events) < len(ids):  # not written by our scripts: nothing we could send
-            self.metrics.unreadable.inc(len(ids) - len(events))
-            log.error("webhook outbox %d: %d unreadable entries dropped", p,
-                      len(ids) - len(events))
+        parsed = [(entry_id, _event(fields)) for entry_id, fields in entries]
+        unreadable = [entry_id for entry_id, event in parsed if event is None]
+        if unreadable:  # not written by our scripts: nothing we could send, ever
+            # dropped (and counted) now, not with the batch: a batch that is retried would
+            # count them again on every try
+            await self.redis.xdel(out, *unreadable)
+            self.metrics.unreadable.inc(len(unreadable))
+            log.error("webhook outbox %d: %d unreadable entries dropped", p, len(unreadable))
+        ids = [entry_id for entry_id, event in parsed if event is not None]
+        events = [event for _, event in parsed if event is not None]
         if not events:
-            await self.redis.xdel(out, *ids)
             return
         if not self.leading:
             return  # our lease may be another's by now: the new leader sends these

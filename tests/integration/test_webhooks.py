@@ -14,6 +14,7 @@ import json
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from switchboard import whcontract as wh
 from switchboard.signing import verify
 from tests.clients import WsClient, until
 from tests.integration.cluster import token
@@ -457,3 +460,39 @@ async def test_a_redis_restart_with_persistence_repeats_nothing(
         hooks.stop()
         gw.stop()
         redis.stop()
+
+
+def metric(proc: Proc, name: str) -> float:
+    """One unlabelled sample of the dispatcher's /metrics (0 before it is first counted)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+async def test_an_unreadable_outbox_entry_is_dropped_once_and_the_events_beside_it_sent(
+        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
+    keys = wh.WebhookKeys()
+    client = redis.Redis(port=redis_server.port)
+    event = {"id": "u:zoe/e1/1", "type": "user.online", "user": "zoe"}
+    client.xadd(keys.outbox(0), {"e": "not an event"})
+    client.xadd(keys.outbox(0), {"e": json.dumps(event)})
+    receiver.status = 503
+    hooks = start_dispatcher(redis_server, logdir, receiver)
+    try:
+        # the receiver refuses the batch a few times: each retry is a new try of that batch
+        wait_until(lambda: metric(hooks, 'switchboard_webhook_requests_total{outcome="status"}')
+                   >= 3, 20, "three refused requests")
+        assert metric(hooks, "switchboard_webhook_events_unreadable_total") == 1
+        receiver.status = 200
+        [got] = await wait_for(receiver, "user.online", "zoe")
+        assert got == event
+        wait_until(lambda: metric(hooks, "switchboard_webhook_events_delivered_total") >= 1,
+                   10, "the delivery counted")
+        assert metric(hooks, "switchboard_webhook_events_delivered_total") == 1
+        assert metric(hooks, "switchboard_webhook_events_unreadable_total") == 1
+        assert client.xlen(keys.outbox(0)) == 0
+    finally:
+        hooks.stop()
+        client.close()
