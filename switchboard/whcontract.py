@@ -399,14 +399,27 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """)
 
-# KEYS: roster, dead roster, dead rosters (set)[, the gateway's registry entry]. ARGV: dead
-# member. Moves the roster aside for the sweep, unless the registry entry (when given) exists:
-# checked in the same call, so a gateway that comes back writes a new roster, never into the
-# one being swept. Returns 1 moved, 0 alive, -1 no roster. A gateway starting under the id of
-# a predecessor calls it without the registry entry: what is left is the dead one's.
+# KEYS: the lease. ARGV: holder. Give the lease up, if it is still ours: read and deleted in
+# one call, as one that expired meanwhile may be another dispatcher's.
+RELEASE = Script(r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""")
+
+# KEYS: roster, dead roster, dead rosters (set)[, the gateway's registry entry, rosters (set)].
+# ARGV: dead member[, gateway id]. Moves the roster aside for the sweep, unless the registry
+# entry (when given) exists: checked in the same call, so a gateway that comes back writes a
+# new roster, never into the one being swept. With no roster, the gateway leaves the rosters
+# set in the same call too: removed after the call, it could be a gateway that came back in
+# between and listed itself, and would then never be swept. Returns 1 moved, 0 alive, -1 no
+# roster. A gateway starting under the id of a predecessor calls it with the first three keys
+# only: what is left is the dead one's.
 TAKE = Script(r"""
 if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if KEYS[5] then redis.call('SREM', KEYS[5], ARGV[2]) end
+  return -1
+end
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('SADD', KEYS[3], ARGV[1])
 return 1

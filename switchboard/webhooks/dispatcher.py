@@ -44,7 +44,7 @@ class Dispatcher:
         self.leader = False
         self._valid_until = 0.0  # monotonic: until then the lease is surely ours
         self._scripts = {s.sha: redis.register_script(s.source)
-                         for s in (wh.CONFIRM, wh.PEEK, wh.OVERFLOW, wh.LEASE)}
+                         for s in (wh.CONFIRM, wh.PEEK, wh.OVERFLOW, wh.LEASE, wh.RELEASE)}
         self._sweeper = Sweeper(settings, redis, self.keys)
         self._secrets = tuple(s.encode() for s in settings.webhook_secrets)
         self._busy: set[int] = set()  # partitions with a request in flight
@@ -83,8 +83,7 @@ class Dispatcher:
         """At a clean stop: a standby need not wait for the lease to expire."""
         if self.leader:
             with contextlib.suppress(RedisError, OSError):
-                if text(await self.redis.get(self.keys.lease())) == self.id:
-                    await self.redis.delete(self.keys.lease())
+                await self._run_script(wh.RELEASE, [self.keys.lease()], [self.id])
 
     @property
     def leading(self) -> bool:

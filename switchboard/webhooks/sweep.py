@@ -76,16 +76,13 @@ class Sweeper:
             if exists:
                 continue
             token = streams.random_id()
-            try:
-                taken = await self._run(wh.TAKE, [
+            try:  # with no roster, TAKE also takes the gateway off the list
+                await self._run(wh.TAKE, [
                     self.keys.roster(gateway_id), self.keys.dead_roster(gateway_id, token),
-                    self.keys.dead_rosters(), self.ckeys.gateway(gateway_id)],
-                    [wh.dead_member(gateway_id, token)])
+                    self.keys.dead_rosters(), self.ckeys.gateway(gateway_id),
+                    self.keys.rosters()], [wh.dead_member(gateway_id, token), gateway_id])
             except RedisError as exc:  # this one roster only: the others are still taken
                 log.error("the roster of dead gateway %s not taken: %s", gateway_id, exc)
-                continue
-            if int(taken) < 0:  # nothing to sweep; a gateway that comes back lists itself
-                await self.redis.srem(self.keys.rosters(), gateway_id)
 
     async def _leave_all(self, gateway_id: str, roster: str) -> bool:
         """Leave every connection the roster holds; False if some leave failed, and stays."""

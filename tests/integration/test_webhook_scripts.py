@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from switchboard import streams
+from switchboard import contract, streams
 from switchboard import whcontract as wh
 from switchboard.pipelined import Script
 from tests.support import RedisServer, wait_until
@@ -344,3 +344,45 @@ def test_the_lease_has_one_holder_until_it_expires(c: Contract) -> None:
     wait_until(lambda: c.run(wh.LEASE, key, ["B", 10_000]) == 1, 5, "B takes the lease")
     assert c.client.get(key[0]) == b"B"
     assert c.run(wh.LEASE, key, ["A", 10_000]) == 0
+
+
+def test_a_lease_is_released_only_by_its_holder(c: Contract) -> None:
+    key = [c.keys.lease()]
+    assert c.run(wh.LEASE, key, ["A", 10_000]) == 1
+    assert c.run(wh.RELEASE, key, ["B"]) == 0  # B's ran out, and A took it meanwhile
+    assert c.client.get(key[0]) == b"A"
+    assert c.run(wh.RELEASE, key, ["A"]) == 1
+    assert c.run(wh.LEASE, key, ["B", 10_000]) == 1  # no wait for the ttl
+
+
+REGISTRY = contract.Keys().gateway("gw-gone")
+
+
+def take(c: Contract, *, registry: bool) -> int:
+    gateway = "gw-gone"
+    keys = [c.keys.roster(gateway), c.keys.dead_roster(gateway, "t1"), c.keys.dead_rosters()]
+    if registry:
+        keys += [REGISTRY, c.keys.rosters()]
+    return int(c.run(wh.TAKE, keys, [wh.dead_member(gateway, "t1"), gateway]))
+
+
+def test_take_moves_a_dead_roster_aside_and_unlists_a_gateway_with_none(c: Contract) -> None:
+    roster, listed = c.keys.roster("gw-gone"), c.keys.rosters()
+    c.client.hset(roster, mapping={wh.ROSTER_INC: "i1", "conn1": "i1\tann"})
+    c.client.sadd(listed, "gw-gone")
+    c.client.hset(REGISTRY, "addr", "127.0.0.1:1")
+    assert take(c, registry=True) == 0  # alive: nothing moves
+    assert c.client.exists(roster) and c.client.sismember(listed, "gw-gone")
+    c.client.delete(REGISTRY)
+    assert take(c, registry=True) == 1
+    assert not c.client.exists(roster)
+    assert c.client.hget(c.keys.dead_roster("gw-gone", "t1"), "conn1") == b"i1\tann"
+    assert c.client.smembers(c.keys.dead_rosters()) == {wh.dead_member("gw-gone", "t1").encode()}
+    # no roster left: off the list in the same call, not by a later SREM that could remove a
+    # gateway which came back and listed itself in between
+    assert take(c, registry=True) == -1
+    assert not c.client.sismember(listed, "gw-gone")
+    # a gateway taking its predecessor's roster passes no list: it lists itself after
+    c.client.sadd(listed, "gw-gone")
+    assert take(c, registry=False) == -1
+    assert c.client.sismember(listed, "gw-gone")
