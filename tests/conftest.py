@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.relay import Relay
 from tests.support import RedisServer, start_redis
 
 
@@ -20,6 +21,17 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def logdir(tmp_path: Path) -> Path:
     return tmp_path / "logs"
+
+
+@pytest.fixture
+def relay(redis_server: RedisServer) -> Iterator[Relay]:
+    """A TCP relay in front of redis_server that a test can hold, release or cut."""
+    r = Relay(redis_server.port)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.close()
 
 
 # A real 3-master, 3-replica Redis Cluster (tests/cluster_support.py), for any test that asks.

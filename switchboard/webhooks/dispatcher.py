@@ -28,6 +28,7 @@ from switchboard.config import WebhookSettings
 from switchboard.store import text
 from switchboard.webhooks import deliver
 from switchboard.webhooks.metrics import WebhookMetrics
+from switchboard.webhooks.scripts import Scripts
 from switchboard.webhooks.sweep import Sweeper
 
 log = logging.getLogger("switchboard.webhooks")
@@ -43,8 +44,8 @@ class Dispatcher:
         self.id = streams.random_id()
         self.leader = False
         self._valid_until = 0.0  # monotonic: until then the lease is surely ours
-        self._scripts = {s.sha: redis.register_script(s.source)
-                         for s in (wh.CONFIRM, wh.PEEK, wh.OVERFLOW, wh.LEASE, wh.RELEASE)}
+        self._run_script = Scripts(redis, wh.CONFIRM, wh.PEEK, wh.OVERFLOW, wh.LEASE,
+                                   wh.RELEASE).run
         self._sweeper = Sweeper(settings, redis, self.keys)
         self._secrets = tuple(s.encode() for s in settings.webhook_secrets)
         self._busy: set[int] = set()  # partitions with a request in flight
@@ -53,10 +54,6 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._lease_ttl = contract.registry_ttl_ms(settings.heartbeat_interval)
-
-    async def _run_script(self, script: Any, keys: list[str], args: list[Any],
-                          client: Any = None) -> Any:
-        return await self._scripts[script.sha](keys=keys, args=args, client=client)
 
     # -- the lease --------------------------------------------------------------------------
 

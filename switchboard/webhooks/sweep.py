@@ -21,6 +21,7 @@ from switchboard import contract, streams
 from switchboard import whcontract as wh
 from switchboard.config import WebhookSettings
 from switchboard.store import text
+from switchboard.webhooks.scripts import Scripts
 
 log = logging.getLogger("switchboard.webhooks")
 SCAN_COUNT = 500
@@ -34,13 +35,8 @@ class Sweeper:
         self.keys = keys
         self.ckeys = contract.Keys(settings.prefix)
         self._args = wh.Leaves(settings, keys)
-        self._scripts = {s.sha: redis.register_script(s.source)
-                         for s in (wh.USER_OFF, wh.CHANNEL_OFF, wh.TAKE)}
+        self._run = Scripts(redis, wh.USER_OFF, wh.CHANNEL_OFF, wh.TAKE).run
         self.swept = 0  # connections left, for the metrics
-
-    async def _run(self, script: Any, keys: list[str], args: list[Any],
-                   client: Any = None) -> Any:
-        return await self._scripts[script.sha](keys=keys, args=args, client=client)
 
     async def sweep(self) -> None:
         await self._take_dead()

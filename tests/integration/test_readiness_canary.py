@@ -10,7 +10,6 @@ new connections until the test has seen the 503, so a repair faster than one pol
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,16 +23,6 @@ from tests.relay import Relay
 from tests.support import JWT_SECRET, RedisServer, start_gateway, start_router
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def relay(redis_server: RedisServer) -> Iterator[Relay]:
-    r = Relay(redis_server.port)
-    r.start()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 def metric(port: int, name: str) -> float:

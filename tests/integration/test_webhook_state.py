@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -160,16 +160,6 @@ async def test_a_gateway_starting_under_its_predecessors_id_moves_its_roster_asi
     assert await events_of(client, "u:carol") == [("user.online", ""),
                                                    ("user.offline", "gateway_lost")]
     assert await events_of(client, "u:dave") == [("user.online", "")]
-
-
-@pytest.fixture
-def relay(redis_server: RedisServer) -> Iterator[Relay]:
-    r = Relay(redis_server.port)
-    r.start()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 async def connections_named(client: Any, name: str) -> int:
