@@ -235,9 +235,11 @@ class PipelinedRedis:
 
         Redis may not have read what we sent on a connection we gave up on (it was paused, or
         the bytes sat in a proxy): once it executes our ``CLIENT KILL``, that connection's
-        unread commands can never run. A connection is learned before it carries any command,
-        so every connection that did is known. It is named by id and address together: ids
-        start again at 1 when Redis restarts, and must not name someone else's connection.
+        unread commands can never run. A connection is learned before it carries a command of
+        its user (only the handshake and the idempotent script loads go first; a
+        connection that cannot be learned is dropped unused), so every connection that did is
+        known. It is named by id and address together: ids start again at 1 when Redis
+        restarts, and must not name someone else's connection.
         """
         commands = [resp.command("CLIENT", "INFO")]
         if self._previous is not None:
@@ -254,6 +256,7 @@ class PipelinedRedis:
                               self.client_name, exc)
         fields = dict(part.split("=", 1) for part in _text(await info).split() if "=" in part)
         self._previous = (fields["id"], fields["addr"])
+
     async def execute_many(self, commands: Sequence[Sequence[Arg]], *,
                            raise_on_error: bool = True) -> list[Any]:
         """Replies to ``commands``, sent in one write; an error reply raises (the first one),
