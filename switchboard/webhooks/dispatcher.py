@@ -100,28 +100,31 @@ class Dispatcher:
 
     async def poll_loop(self) -> None:
         while True:
-            if self.leading:
-                try:
-                    await self.poll()
-                except (RedisError, OSError) as exc:
-                    log.warning("webhook outboxes not read: %s", exc)
+            try:
+                await self.poll()
+            except (RedisError, OSError) as exc:
+                log.warning("webhook outboxes not read: %s", exc)
             await asyncio.sleep(self.settings.webhook_poll_interval)
 
     async def poll(self) -> None:
-        """One look at every partition: report losses, confirm what is due, deliver."""
+        """One look at every partition: the outbox depth (every dispatcher reports it, so a
+        standby's gauge is not the one it last saw as the leader); then, on the leader only,
+        report losses, confirm what is due, deliver."""
         pipe = self.redis.pipeline(transaction=False)
         for p in range(self.keys.partitions):
             await self._run_script(wh.PEEK, self.keys.part_keys(p), [], client=pipe)
         # one partition's error (a key of the wrong type) must not stop the others
         peeks = await pipe.execute(raise_on_error=False)
+        self.metrics.depth.set(sum(int(peek[0]) for peek in peeks
+                                   if not isinstance(peek, Exception)))
+        if not self.leading:
+            return
         now_ms = contract.now_ms()
-        depth = 0
         for p, peek in enumerate(peeks):
             if isinstance(peek, Exception):
                 log.error("webhook outbox %d not read: %s", p, peek)
                 continue
             length, first_due, lost = int(peek[0]), float(peek[1]), int(peek[2])
-            depth += length
             try:
                 if lost > 0:
                     await self._overflow(p)
@@ -134,7 +137,6 @@ class Dispatcher:
                 task = asyncio.create_task(self._deliver(p))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        self.metrics.depth.set(depth)
 
     async def _overflow(self, p: int) -> None:
         out, _, lost = self.keys.part_keys(p)

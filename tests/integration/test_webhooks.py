@@ -496,3 +496,32 @@ async def test_an_unreadable_outbox_entry_is_dropped_once_and_the_events_beside_
     finally:
         hooks.stop()
         client.close()
+
+
+async def test_both_dispatchers_report_the_events_waiting(
+        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
+    client = redis.Redis(port=redis_server.port)
+    keys = wh.WebhookKeys()
+    receiver.status = 503
+    first = start_dispatcher(redis_server, logdir, receiver)
+    second = start_dispatcher(redis_server, logdir, receiver)
+    try:
+        wait_until(lambda: metric(first, "switchboard_webhook_leader")
+                   + metric(second, "switchboard_webhook_leader") == 1, 10, "one leader")
+        for n in range(3):
+            client.xadd(keys.outbox(n), {"e": json.dumps(
+                {"id": f"u:wanda{n}/e1/1", "type": "user.online", "user": f"wanda{n}"})})
+        # the standby too: an alert on the outbox must not depend on which one is asked
+        for proc in (first, second):
+            wait_until(lambda p=proc: metric(p, "switchboard_webhook_outbox_events") == 3,
+                       10, f"{proc.name} reports 3 waiting")
+        receiver.status = 200
+        for n in range(3):
+            await wait_for(receiver, "user.online", f"wanda{n}", timeout=20)
+        for proc in (first, second):
+            wait_until(lambda p=proc: metric(p, "switchboard_webhook_outbox_events") == 0,
+                       10, f"{proc.name} reports the outbox empty")
+    finally:
+        first.stop()
+        second.stop()
+        client.close()
