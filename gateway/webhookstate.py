@@ -23,7 +23,7 @@ from redis.exceptions import WatchError
 
 from gateway.errors import BackendUnavailable, unavailable
 from gateway.ports import Registration
-from switchboard import streams
+from switchboard import resp, streams
 from switchboard import whcontract as wh
 from switchboard.config import GatewaySettings
 from switchboard.pipelined import Arg, PipelinedRedis, Script
@@ -34,6 +34,8 @@ Command = tuple[Arg, ...]
 CHUNK = 1000  # commands per transaction: Redis runs one whole, so keep it short
 SENT_TTL_MS = 7 * 86_400_000  # the marker outlives any retry of the last transaction
 _SCRIPTS = (wh.USER_ON, wh.USER_OFF, wh.CHANNEL_ON, wh.CHANNEL_OFF, wh.TAKE, wh.SENT)
+# encoded once: a transaction sends the loads of the scripts it calls in front of itself
+_LOADS = {s.sha: resp.command("SCRIPT", "LOAD", s.source) for s in _SCRIPTS}
 
 
 def connection(settings: GatewaySettings, gateway_id: str) -> PipelinedRedis:
@@ -167,15 +169,17 @@ class WebhookState:
 
     async def _transact(self, token: str, commands: list[Command]) -> None:
         """Apply ``commands`` as one transaction, unless the one of ``token`` was applied."""
-        replies = await self._redis.execute_many([
-            # loaded in front: a flushed script cache must not fail calls inside the
-            # transaction (its other commands would still run)
-            *(("SCRIPT", "LOAD", s.source) for s in _SCRIPTS),
+        # The scripts it calls are loaded in front: a flushed script cache must not fail
+        # calls inside the transaction (its other commands would still run). Only those: all
+        # six are 9 KB, which every connect's transaction used to carry (most need 2 KB).
+        called = {str(c[1]) for c in commands if c[0] == "EVALSHA"}
+        loads = [_LOADS[sha] for sha in called | {wh.SENT.sha}]
+        replies = await self._redis.execute_raw([*loads, *(resp.command(*c) for c in [
             ("WATCH", self._sent),
             _call(wh.SENT, ([self._sent], [token])),
             ("MULTI",), *commands, ("SET", self._sent, token, "PX", SENT_TTL_MS), ("EXEC",),
-        ], raise_on_error=False)
-        done, sent = replies[-1], replies[len(_SCRIPTS) + 1]
+        ])], raise_on_error=False)
+        done, sent = replies[-1], replies[len(loads) + 1]
         if isinstance(done, Exception):  # EXECABORT (e.g. out of memory): nothing ran
             raise done
         if done is None:

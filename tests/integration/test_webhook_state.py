@@ -249,3 +249,28 @@ async def test_a_sweep_goes_past_what_it_cannot_leave_and_comes_back_for_it(
     # what could not be swept stays listed, for a later sweep; the swept roster is gone
     left = {text(m) for m in await client.smembers(keys.dead_rosters())}
     assert left == {wh.dead_member(f"gw-broken-{n}", "t") for n in range(10)}
+
+
+async def test_writes_after_a_script_flush_on_the_open_connection_are_whole(
+        redis_server: RedisServer, client: Any) -> None:
+    running = Running(redis_server)
+    try:
+        running.state.connected(reg("alice", "a1"))
+        await running.flushed()
+        await client.script_flush()  # the connection stays: nothing reloads on a reconnect
+        # each transaction calls other scripts: each must bring the loads of its own
+        running.state.connected(reg("bob", "b1", "room"))
+        await running.flushed()
+        await client.script_flush()
+        running.state.disconnected(reg("bob", "b1", "room"))
+        await running.flushed()
+        assert await events_of(client, "u:alice") == [("user.online", "")]
+        assert await events_of(client, "u:bob") == [("user.online", ""),
+                                                    ("user.offline", "closed")]
+        assert [t for t, _ in await events_of(client, "c:room")] == [
+            "channel.occupied", "presence.join", "presence.leave", "channel.vacated"]
+        # the roster's plain commands ran beside the scripts: bob's entries came and went
+        roster = await client.hgetall(wh.WebhookKeys().roster(GATEWAY))
+        assert {text(f) for f in roster} == {wh.ROSTER_INC, wh.roster_field("a1")}
+    finally:
+        running.close()
