@@ -108,7 +108,10 @@ def test_the_fast_path_never_accepts_what_pyjwt_refuses(
     assert outcome(v.verify, tok) == slow
 
 
-@pytest.mark.parametrize(("claim", "value"), EDGES)
+# ids by position, not by value: values hold the time of collection, and each pytest-xdist
+# worker collects at its own moment (the workers must agree on the ids)
+@pytest.mark.parametrize(("claim", "value"), EDGES,
+                         ids=[f"{claim}-{n}" for n, (claim, _) in enumerate(EDGES)])
 def test_each_edge_alone_is_answered_as_pyjwt_answers_it(claim: str, value: Any) -> None:
     v = Verifier(secret=SECRET)
     tok = token({"alg": "HS256", "typ": "JWT"},
