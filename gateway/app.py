@@ -23,7 +23,7 @@ from typing import Any
 
 from websockets.http11 import Request, Response
 
-from gateway import commands, handshake, http, mover, proxyrules, shutdown
+from gateway import commands, handshake, http, mover, presence, proxyrules, shutdown
 from gateway.admission import Admission, refusal
 from gateway.backplane import RedisBackplane
 from gateway.delivery import Delivery
@@ -248,6 +248,7 @@ class Gateway:
         svc = self.services
         if conn in self.hub:
             reg = commands.registration(conn)
+            presence.left(svc, conn, self.hub.watched(conn))
             for key in self.hub.remove(conn):
                 commands.release_channel(svc, key)
             self.backplane.unregister(reg)

@@ -81,6 +81,9 @@ class RedisBackplane:
         self._joining: list[tuple[Registration, list[str],
                                   asyncio.Future[tuple[int, dict[str, Position]]]]] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        # Presence events waiting for this loop iteration's batch, and the batches out.
+        self._announcements: list[contract.PresenceEvent] = []
+        self._announcer: asyncio.Future[None] | None = None
         # Online/offline and join/leave state for the webhook dispatcher, when it is on.
         self._webhook_redis = webhookstate.connection(settings, gateway_id) \
             if settings.webhook_url else None
@@ -144,6 +147,7 @@ class RedisBackplane:
         """Deregister (publishers stop routing to us), then stop background work."""
         with contextlib.suppress(BackendUnavailable):
             await self._flush_gone()
+        await self._flush_announcements()
         await self._forget_roster()
         with contextlib.suppress(RedisError, OSError):
             pipe = self.redis.pipeline(transaction=False)
@@ -474,6 +478,39 @@ class RedisBackplane:
             except BackendUnavailable:
                 await asyncio.sleep(1.0)
                 self._gone_event.set()
+
+    # -- presence events ----------------------------------------------------------------------
+
+    def announce(self, event: contract.PresenceEvent) -> None:
+        """Queued: the events of one loop iteration (a storm's joins) go out in one write."""
+        self._announcements.append(event)
+        if self._announcer is None or self._announcer.done():
+            self._announcer = asyncio.ensure_future(self._announce_loop())
+
+    async def _announce_loop(self) -> None:
+        """One batch at a time, so the events of a connection reach Redis in their order;
+        at most once: a failed batch is counted as lost, not sent again."""
+        await asyncio.sleep(0)  # let this loop iteration's events join the batch
+        while self._announcements:
+            batch, self._announcements = self._announcements, []
+            try:
+                with unavailable("announce"):
+                    await self._send_announcements(batch)
+                self.metrics.presence("announced", len(batch))
+            except BackendUnavailable as exc:
+                self.metrics.redis_error("announce")
+                self.metrics.presence("lost", len(batch))
+                log.warning("%d presence events not sent: %s", len(batch), exc)
+
+    async def _flush_announcements(self) -> None:
+        """At a clean stop: send the leaves of the connections just closed."""
+        if self._announcer is not None and not self._announcer.done():
+            await asyncio.wait([self._announcer], timeout=self.settings.redis_timeout * 2)
+
+    async def _send_announcements(self, batch: list[contract.PresenceEvent]) -> None:
+        assert self._registrar is not None
+        await self._registrar.execute_many([
+            ("PUBLISH", self.keys.channel_channel(e.channel), e.pack()) for e in batch])
 
     # -- client publishes and the registry --------------------------------------------------
 

@@ -222,6 +222,15 @@ class ClusterBackplane(RedisBackplane):
     async def unsubscribe_channel(self, channel: str) -> None:
         self._subscriber.drop(self.keys.live_channel(streams.channel_key(channel)))
 
+    async def _send_announcements(self, batch: list[contract.PresenceEvent]) -> None:
+        """On the channel's sharded channel, where its messages travel: one cluster pipeline,
+        each SPUBLISH at the master of its channel's slot."""
+        pipe = self.redis.pipeline(transaction=False)
+        for event in batch:
+            pipe.spublish(self.keys.live_channel(streams.channel_key(event.channel)),
+                          event.pack())
+        await pipe.execute()
+
     async def gateways(self) -> list[GatewayInfo]:
         """The registry; whether a gateway listens is not known here (a gateway's sharded
         subscriptions are spread over the masters), so ``listening`` stays unknown."""

@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from gateway import hub, proxyrules
+from gateway import hub, presence, proxyrules
 from gateway.attach import attach
 from gateway.errors import BackendUnavailable, ProxyUnavailable
 from gateway.ports import Client, Registration, Services
@@ -184,9 +184,13 @@ async def join(svc: Services, conn: Client, channel: str, cursor: Position | Non
     def current() -> bool:
         return session.joining.get(key) is token and conn in svc.hub
 
+    watch = conn.claims.wants_presence(channel)
     if svc.proxy is not None and svc.proxy.subscribes(channel):
         refused = await ask_subscribe(svc, conn, channel)
-        if refused is not None:
+        if isinstance(refused, proxyrules.Allowed):
+            if refused.presence is not None:
+                watch = refused.presence  # the backend's word over the claims'
+        else:
             if current():
                 session.leave(key)
                 channel_left(svc, conn, key)
@@ -226,6 +230,7 @@ async def join(svc: Services, conn: Client, channel: str, cursor: Position | Non
     start = outcome.start[key]
     if cursor is not None:
         svc.metrics.resumed(outcome.recovered)
+    presence.joined(svc, conn, channel, watch)
     conn.transport.send_obj({"type": "subscribed", "channel": channel, "epoch": start.epoch,
                              "offset": start.offset, "recovered": outcome.recovered})
     await conn.send_replay(session.finish_join(key, start, [Outgoing(m) for m in outcome.replay]))
@@ -246,6 +251,7 @@ def unsubscribe(svc: Services, conn: Client, msg: dict[str, Any]) -> None:
         return
     assert isinstance(channel, str)
     reg = registration(conn)
+    presence.left(svc, conn, [key])
     session.leave(key)
     channel_left(svc, conn, key)
     svc.spawn(leave_presence(svc, conn, reg, channel))
@@ -261,8 +267,9 @@ async def leave_presence(svc: Services, conn: Client, reg: Registration,
             await svc.backplane.leave(reg, channel)
 
 
-async def ask_subscribe(svc: Services, conn: Client, channel: str) -> tuple[str, str] | None:
-    """The subscribe proxy's refusal as (code, message), or None if it allows."""
+async def ask_subscribe(svc: Services, conn: Client,
+                        channel: str) -> tuple[str, str] | proxyrules.Allowed:
+    """The subscribe proxy's refusal as (code, message), or its :class:`Allowed`."""
     assert svc.proxy is not None
     body = proxyrules.connection_body(
         "subscribe", gateway=svc.gateway_id, claims=conn.claims, conn_id=conn.conn_id,
@@ -278,7 +285,7 @@ async def ask_subscribe(svc: Services, conn: Client, channel: str) -> tuple[str,
         return "unavailable", f"cannot subscribe to {channel!r} right now"
     if isinstance(verdict, proxyrules.Denied):
         return "forbidden", verdict.reason or f"you may not subscribe to {channel!r}"
-    return None
+    return verdict
 
 
 def queue_proxied(svc: Services, conn: Client, channel: str, data: Any, msg_id: Any) -> None:

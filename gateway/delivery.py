@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from gateway import mover
+from gateway import mover, presence
 from gateway.errors import BackendUnavailable
 from gateway.ports import Registration, Services
 from gateway.retry import retrying
@@ -58,6 +58,8 @@ class Delivery:
             reason = str(control.args[2]) if len(control.args) > 2 else "disconnected"
             for client in self.svc.hub.user_clients(user):
                 client.transport.close(code, reason)
+        elif control.op == contract.OP_PRESENCE:
+            presence.deliver(self.svc, control)
         elif control.op == contract.OP_DRAIN:
             reason = str(control.args[0]) if control.args else "drain"
             if self._drain is None:

@@ -30,6 +30,9 @@ class Hub:
         self._clients: dict[str, Client] = {}
         self._by_user: dict[str, dict[str, Client]] = {}
         self._channels: dict[str, dict[str, Client]] = {}  # channel key -> subscribers
+        # channel key -> the subscribers that opted in to its presence events (announced
+        # and told of the others'); only channels with any are here
+        self._watchers: dict[str, dict[str, Client]] = {}
         self.gaps = 0  # live offsets that jumped (counted; filled by resume logic later)
 
     def __len__(self) -> int:
@@ -69,6 +72,7 @@ class Hub:
 
     def unsubscribe(self, client: Client, channel_key: str) -> bool:
         """Returns True when the last local subscriber left."""
+        self.unwatch(client, channel_key)
         subs = self._channels.get(channel_key)
         if subs is None or subs.pop(client.conn_id, None) is None:
             return False
@@ -76,6 +80,29 @@ class Hub:
             return False
         del self._channels[channel_key]
         return True
+
+    def watch(self, client: Client, channel_key: str) -> None:
+        """The client gets the channel's presence events (it must be subscribed)."""
+        self._watchers.setdefault(channel_key, {})[client.conn_id] = client
+
+    def unwatch(self, client: Client, channel_key: str) -> bool:
+        """Returns True if the client was watching the channel."""
+        watching = self._watchers.get(channel_key)
+        if watching is None or watching.pop(client.conn_id, None) is None:
+            return False
+        if not watching:
+            del self._watchers[channel_key]
+        return True
+
+    def watching(self, client: Client, channel_key: str) -> bool:
+        return client.conn_id in self._watchers.get(channel_key, ())
+
+    def watched(self, client: Client) -> list[str]:
+        """The channel keys whose presence events the client gets."""
+        return [k for k in client.session.channels if self.watching(client, k)]
+
+    def watchers(self, channel_key: str) -> list[Client]:
+        return list(self._watchers.get(channel_key, {}).values())
 
     def has_channel(self, channel_key: str) -> bool:
         return channel_key in self._channels

@@ -12,6 +12,7 @@ resume, drain, rebalance, and the backend's failures (:meth:`MemoryCluster.go_do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,14 @@ class MemoryCluster:
         subscribers = self.channel_subscribers.get(key[2:], set())
         return [gw for gw in listening if gw in subscribers]
 
+    def announce(self, event: contract.PresenceEvent) -> None:
+        """Route a presence event to the gateways receiving its channel, as pub/sub does."""
+        self.check()
+        control = contract.Control(contract.OP_PRESENCE, tuple(event))
+        loop = asyncio.get_running_loop()
+        for gw in self._route(streams.channel_key(event.channel)):
+            loop.call_soon(self.members[gw].control, control)
+
     def top(self, key: str) -> Position:
         stream = self.streams.get(key)
         if stream is None:
@@ -203,6 +212,10 @@ class MemoryBackplane:
     def deliver(self, msg: Message) -> None:
         if self.subscribed and self._events is not None:
             self._events.message(msg)
+
+    def control(self, control: contract.Control) -> None:
+        if self.subscribed and self._events is not None:
+            self._events.control(control)
 
     def _beat(self) -> bool:
         load = self.events.load()
@@ -310,6 +323,10 @@ class MemoryBackplane:
     async def unsubscribe_channel(self, channel: str) -> None:
         self._channels.discard(channel)
         self.cluster.channel_subscribers.get(channel, set()).discard(self.gateway_id)
+
+    def announce(self, event: contract.PresenceEvent) -> None:
+        with contextlib.suppress(BackendUnavailable):  # at most once, as on Redis
+            self.cluster.announce(event)
 
     async def publish(self, channel: str, data: Any) -> Published:
         contract.pack_tail(data)  # what cannot be encoded is refused as the real one does

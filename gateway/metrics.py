@@ -54,6 +54,12 @@ class GatewayMetrics:
             "switchboard_gateway_client_errors", "Malformed or refused client messages",
             registry=r,
         )
+        self._presence = Counter(
+            "switchboard_gateway_presence_events",
+            "Presence events: announced by this gateway, lost (not sent: Redis failed), "
+            "delivered (event x watching connection), malformed (dropped)", ["outcome"],
+            registry=r,
+        )
         self._resumes = Counter(
             "switchboard_gateway_resumes", "Connections that sent a cursor, by outcome",
             ["outcome"], registry=r,
@@ -174,6 +180,9 @@ class GatewayMetrics:
 
     def pubsub_reconnected(self) -> None:
         self._pubsub_reconnects.inc()
+
+    def presence(self, outcome: str, n: int = 1) -> None:
+        self._presence.labels(outcome).inc(n)
 
     def client_error(self) -> None:
         self._client_errors.inc()

@@ -29,7 +29,7 @@ from gateway.transport import Transport, Writer
 from gateway.wire import Outgoing
 from switchboard.auth import Claims
 from switchboard.config import GatewaySettings
-from switchboard.contract import Control, GatewayInfo, Message
+from switchboard.contract import Control, GatewayInfo, Message, PresenceEvent
 from switchboard.store import Published
 from switchboard.streams import Position
 
@@ -119,6 +119,11 @@ class Backplane(Protocol):
         (:class:`~gateway.errors.ChannelUnavailable` if it is not in time)."""
 
     async def unsubscribe_channel(self, channel: str) -> None: ...
+
+    def announce(self, event: PresenceEvent) -> None:
+        """Tell every gateway receiving the event's channel (this one too) that a connection
+        joined or left it: queued, sent in batches, at most once (a failure is counted, not
+        retried)."""
 
     async def publish(self, channel: str, data: Any) -> Published:
         """A client publish to a channel (ValueError/TypeError/OverflowError for data that

@@ -150,7 +150,8 @@ def encode(body: dict[str, Any]) -> bytes:
 def claims_view(claims: Claims) -> dict[str, Any]:
     exp = claims.expires
     return {"user": claims.user, "exp": int(exp) if math.isfinite(exp) else None,
-            "channels": list(claims.channels), "publish": list(claims.publish)}
+            "channels": list(claims.channels), "publish": list(claims.publish),
+            "presence": list(claims.presence)}
 
 
 def connect_body(*, gateway: str, transport: str, remote_addr: str | None,
@@ -214,6 +215,7 @@ class ConnectGrant:
     join: tuple[str, ...] = ()
     info: dict[str, Any] | None = None
     expire_at: float | None = None
+    presence: tuple[str, ...] = ()
 
     def claims(self, token: Claims | None) -> ProxyClaims:
         """The connection's claims: the token's (if any) widened by the grant. The backend's
@@ -225,19 +227,23 @@ class ConnectGrant:
             token.expires if token is not None else math.inf)
         base_ch = token.channels if token is not None else ()
         base_pub = token.publish if token is not None else ()
+        base_pres = token.presence if token is not None else ()
         return ProxyClaims(user=user, expires=expires,
                            channels=tuple(dict.fromkeys(base_ch + self.channels)),
                            publish=tuple(dict.fromkeys(base_pub + self.publish)),
+                           presence=tuple(dict.fromkeys(base_pres + self.presence)),
                            info=self.info)
 
 
 @dataclass(frozen=True, slots=True)
 class Allowed:
     """A subscribe or publish may go ahead; ``data`` replaces a publish's data if
-    ``rewritten``."""
+    ``rewritten``. ``presence`` (subscribe): the backend turned the channel's join and leave
+    events on or off for this connection (None: its claims decide)."""
 
     rewritten: bool = False
     data: Any = None
+    presence: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,12 +253,14 @@ class Refreshed:
     publish: tuple[str, ...] | None = None
     info: dict[str, Any] | None = None
     replace_info: bool = False
+    presence: tuple[str, ...] | None = None
 
     def claims(self, old: Claims) -> ProxyClaims:
         return ProxyClaims(
             user=old.user, expires=self.expire_at,
             channels=old.channels if self.channels is None else self.channels,
             publish=old.publish if self.publish is None else self.publish,
+            presence=old.presence if self.presence is None else self.presence,
             info=self.info if self.replace_info else info_of(old))
 
 
@@ -352,12 +360,18 @@ def parse_connect(body: bytes) -> ConnectGrant | Denied:
     return ConnectGrant(user=user, channels=_patterns(answer, "channels") or (),
                         publish=_patterns(answer, "publish") or (),
                         join=tuple(dict.fromkeys(join)), info=_info(answer),
-                        expire_at=_expire_at(answer))
+                        expire_at=_expire_at(answer),
+                        presence=_patterns(answer, "presence") or ())
 
 
 def parse_subscribe(body: bytes) -> Allowed | Denied:
     answer = _load(body)
-    return Allowed() if answer["allow"] else Denied(_reason(answer))
+    if not answer["allow"]:
+        return Denied(_reason(answer))
+    presence = answer.get("presence")
+    if presence is not None and not isinstance(presence, bool):
+        raise BadAnswer("'presence' must be true or false")
+    return Allowed(presence=presence)
 
 
 def parse_publish(body: bytes) -> Allowed | Denied:
@@ -376,7 +390,8 @@ def parse_refresh(body: bytes) -> Refreshed | Denied:
     return Refreshed(expire_at=_expire_at(answer, required=True) or 0.0,
                      channels=_patterns(answer, "channels"),
                      publish=_patterns(answer, "publish"),
-                     info=_info(answer), replace_info="info" in answer)
+                     info=_info(answer), replace_info="info" in answer,
+                     presence=_patterns(answer, "presence"))
 
 
 # -- when to refresh --------------------------------------------------------------------------

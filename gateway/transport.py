@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from websockets.protocol import State
 
 from gateway import wire
-from gateway.wire import Outgoing, Wire
+from gateway.wire import Notice, Outgoing, Wire
 from switchboard import closecodes
 
 if TYPE_CHECKING:
@@ -133,6 +133,9 @@ class Transport(Protocol):
 
     def send_obj(self, obj: dict[str, Any]) -> None: ...
 
+    def send_notice(self, notice: Notice) -> None:
+        """Like :meth:`send_obj`, for an object many connections get (encoded once)."""
+
     def close(self, code: int, reason: str = "") -> None:
         """Close the connection with a documented code (its bookkeeping, then ``write_close``)."""
 
@@ -182,6 +185,9 @@ class WsTransport:
 
     def send_obj(self, obj: dict[str, Any]) -> None:
         self.writer.write(wire.encode_frame(obj, self.wire))
+
+    def send_notice(self, notice: Notice) -> None:
+        self.writer.write(notice.frame(self.wire))
 
     def close(self, code: int, reason: str = "") -> None:
         self._conn.close(code, reason or closecodes.reason(code))
@@ -233,6 +239,10 @@ class SseTransport:
     def send_obj(self, obj: dict[str, Any]) -> None:
         self.writer.write(
             wire.sse_event(self._conn.session.cursor(), str(obj["type"]), wire.dumps_json(obj)))
+
+    def send_notice(self, notice: Notice) -> None:
+        self.writer.write(wire.sse_event(self._conn.session.cursor(), str(notice.obj["type"]),
+                                         notice.json))
 
     def comment(self, text: bytes) -> None:
         self.writer.write(b": " + text + b"\n\n")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway import commands, resume
+from gateway import commands, presence, resume
 from gateway.attach import attach
 from gateway.errors import BackendUnavailable
 from gateway.ports import NO_REQUEST, Client, Services
@@ -66,6 +66,8 @@ async def welcome(svc: Services, conn: Client) -> None:
         }
     )
     announce_channels(conn, outcome)
+    for name in channels:
+        presence.joined(svc, conn, name, conn.claims.wants_presence(name))
     conn.request = NO_REQUEST  # its cursor and channels are settled: not kept per connection
     if not await conn.send_replay(session.start([Outgoing(m) for m in outcome.replay])):
         return

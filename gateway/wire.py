@@ -141,6 +141,32 @@ class Outgoing:
         return self._sse_tail
 
 
+class Notice:
+    """A server object that is not a stream message (a presence event), sent to many
+    connections: its JSON and its WebSocket frames are each built at most once."""
+
+    __slots__ = ("_frames", "_json", "obj")
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.obj = obj
+        self._json: bytes | None = None
+        self._frames: dict[Wire, bytes] = {}
+
+    @property
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = dumps_json(self.obj)
+        return self._json
+
+    def frame(self, wire: Wire) -> bytes:
+        """The WebSocket frame for a JSON or msgpack connection."""
+        built = self._frames.get(wire)
+        if built is None:
+            built = self._frames[wire] = frame(_BINARY, dumps_msgpack(self.obj)) \
+                if wire is Wire.MSGPACK else frame(_TEXT, self.json)
+        return built
+
+
 class ClientMessageError(BadClientRequest):
     """A client frame that is not a valid protocol message (answered ``bad_request``)."""
 

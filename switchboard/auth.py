@@ -48,12 +48,18 @@ class Claims:
     expires: float
     channels: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
+    # Channels whose joins and leaves this connection announces and receives (opt-in: each
+    # announcement is a pub/sub message every gateway of the channel decodes).
+    presence: tuple[str, ...] = ()
 
     def may_subscribe(self, channel: str) -> bool:
         return matches(channel, self.channels)
 
     def may_publish(self, channel: str) -> bool:
         return matches(channel, self.publish)
+
+    def wants_presence(self, channel: str) -> bool:
+        return matches(channel, self.presence)
 
 
 def _str_list(value: object, name: str) -> tuple[str, ...]:
@@ -68,7 +74,8 @@ _DIGESTS: dict[str, Callable[[], Any]] = {
     "HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 # What the fast path takes as it is; other header fields or claims go to PyJWT.
 _FAST_HEADER = frozenset({"alg", "typ"})
-_FAST_CLAIMS = frozenset({"sub", "exp", "iat", "nbf", "channels", "publish"})
+_FAST_CLAIMS = frozenset({"sub", "exp", "iat", "nbf", "channels", "publish",
+                           "presence"})
 
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")  # unpadded base64url, what PyJWT's tokens use
@@ -176,6 +183,7 @@ def _claims(payload: dict[str, Any]) -> Claims:
         expires=float(payload["exp"]),
         channels=_str_list(payload.get("channels"), "channels"),
         publish=_str_list(payload.get("publish"), "publish"),
+        presence=_str_list(payload.get("presence"), "presence"),
     )
 
 
@@ -186,6 +194,7 @@ def mint(
     ttl: float = 3600.0,
     channels: list[str] | None = None,
     publish: list[str] | None = None,
+    presence: list[str] | None = None,
     algorithm: str = "HS256",
 ) -> str:
     """Sign a client token (dev tooling and tests; production tokens come from your backend)."""
@@ -194,4 +203,6 @@ def mint(
         payload["channels"] = channels
     if publish:
         payload["publish"] = publish
+    if presence:
+        payload["presence"] = presence
     return jwt.encode(payload, secret, algorithm=algorithm)

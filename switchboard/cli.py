@@ -123,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--user", required=True)
     tok.add_argument("--channels", default="", help="comma-separated channels or prefix* patterns")
     tok.add_argument("--publish", default="", help="comma-separated channels it may publish to")
+    tok.add_argument("--presence", default="", help="comma-separated channels (or prefix* "
+                     "patterns) whose joins and leaves it announces and receives")
     tok.add_argument("--ttl", type=float, default=24 * 3600.0, help="seconds until expiry")
     tok.add_argument("--jwt-secret", default=None, help="env SWITCHBOARD_JWT_SECRET")
 
@@ -167,13 +169,15 @@ def _token(args: argparse.Namespace) -> int:
         raise CliError(f"--ttl must be a positive number of seconds, not {args.ttl}")
     split = [c.strip() for c in args.channels.split(",") if c.strip()]
     pubs = [c.strip() for c in args.publish.split(",") if c.strip()]
+    watched = [c.strip() for c in args.presence.split(",") if c.strip()]
     try:
         secret.encode()
     except UnicodeError:
         raise CliError("the JWT secret is not valid UTF-8") from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        token = mint(secret, args.user, ttl=args.ttl, channels=split, publish=pubs)
+        token = mint(secret, args.user, ttl=args.ttl, channels=split, publish=pubs,
+                     presence=watched)
     for w in caught:  # PyJWT's short-key warning, say: one line, not a source excerpt
         print(f"switchboard token: warning: {one_line(str(w.message))}", file=sys.stderr)
     print(token)

@@ -8,7 +8,10 @@ Envelopes travel over pub/sub and sit in the replay log, and are msgpack arrays:
 
 - message: ``[stream_key, epoch, offset, published_ms, data]``
 - control: ``["!", op, *args]``, e.g. ``["!", "disconnect", user, code, reason]`` or
-  ``["!", "drain", reason]`` (sent to one gateway: drain as on SIGTERM, then exit)
+  ``["!", "drain", reason]`` (sent to one gateway: drain as on SIGTERM, then exit), or
+  ``["!", "presence", channel, "join"|"leave", user, conn]`` (on the channel's own pub/sub
+  channel: a connection that opted in to its presence events joined or left it; never
+  stored, so it takes no offset)
 
 The publish script builds the message envelope itself because only it knows the offset: it
 packs the first three items with Redis' built-in cmsgpack and appends the caller's pre-packed
@@ -28,6 +31,8 @@ from switchboard import streams
 CONTROL = "!"
 OP_DISCONNECT = "disconnect"
 OP_DRAIN = "drain"
+OP_PRESENCE = "presence"
+PRESENCE_EVENTS = ("join", "leave")
 
 
 class EnvelopeError(ValueError):
@@ -431,6 +436,27 @@ def pack_message(msg: Message) -> bytes:
 
 def pack_control(op: str, *args: Any) -> bytes:
     return bytes(msgpack.packb([CONTROL, op, *args], use_bin_type=True))
+
+
+class PresenceEvent(NamedTuple):
+    channel: str
+    event: str  # one of PRESENCE_EVENTS
+    user: str
+    conn: str
+
+    def pack(self) -> bytes:
+        return pack_control(OP_PRESENCE, *self)
+
+    @classmethod
+    def of(cls, control: Control) -> PresenceEvent | None:
+        """The event a presence control carries, or None if it is malformed."""
+        args = control.args
+        if len(args) != 4 or not all(isinstance(a, str) for a in args):
+            return None
+        event = cls(*args)
+        if event.event not in PRESENCE_EVENTS or not streams.valid_channel(event.channel):
+            return None
+        return event
 
 
 def log_messages(entries: list[Any]) -> list[Message]:

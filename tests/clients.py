@@ -112,6 +112,7 @@ class SseClient(Recorder):
         self.status: int | None = None
         self.response_headers: dict[str, str] = {}
         self.event_ids: list[str] = []
+        self.event_types: list[str] = []  # each event's `event:` line, in arrival order
         self.comments = 0
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -142,6 +143,7 @@ class SseClient(Recorder):
                     if "data" in event:
                         obj = json.loads(event["data"])
                         self.received.append(obj)
+                        self.event_types.append(event.get("event", "message"))
                         if "id" in event:
                             self.event_ids.append(event["id"])
                         if event.get("event") == "error" and obj.get("close"):

@@ -54,7 +54,8 @@ EDGES: list[tuple[str, Any]] = [
     ("nbf", NOW + 500), ("nbf", NOW - 5), ("nbf", "x"), ("nbf", False),
     ("sub", ""), ("sub", "a b"), ("sub", 7), ("sub", "x" * 300), ("sub", "bob"),
     ("channels", "room"), ("channels", [1]), ("publish", ["room"]), ("publish", None),
-    ("aud", "someone"), ("jti", 7), ("jti", "j1"), ("iss", "me"), ("extra", {"a": 1})]
+    ("aud", "someone"), ("jti", 7), ("jti", "j1"), ("iss", "me"), ("extra", {"a": 1}),
+    ("presence", ["room*"]), ("presence", "room"), ("presence", [2])]
 claim_changes = st.lists(st.one_of(st.sampled_from(EDGES),
                                    st.tuples(st.sampled_from(["exp", "iat", "nbf"]), times)),
                          max_size=2).map(dict)
@@ -124,10 +125,13 @@ def test_each_edge_alone_is_answered_as_pyjwt_answers_it(claim: str, value: Any)
 @pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
 def test_the_tokens_switchboard_mints_take_the_fast_path(algorithm: str) -> None:
     v = Verifier(secret=SECRET, algorithm=algorithm)
-    tok = mint(SECRET, "alice", channels=["room"], publish=["room"], algorithm=algorithm)
+    tok = mint(SECRET, "alice", channels=["room"], publish=["room"], presence=["ro*"],
+               algorithm=algorithm)
     claims = v._fast(tok)
     assert claims is not None and claims == v._pyjwt(tok)
     assert (claims.user, claims.channels, claims.publish) == ("alice", ("room",), ("room",))
+    assert claims.presence == ("ro*",) and claims.wants_presence("room")
+    assert not claims.wants_presence("other")
     # with iat and nbf (what backends commonly add) too
     now = int(time.time())
     assert v._fast(token({"alg": algorithm, "typ": "JWT"},

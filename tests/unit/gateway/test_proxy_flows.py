@@ -32,6 +32,7 @@ class FakeProxy:
         self.cancelled = 0
         self.grant: ConnectGrant | Denied = ConnectGrant(user="parked")
         self.refreshed: Refreshed | Denied = Refreshed(expire_at=time.time() + 3600)
+        self.subscribed: Allowed | Denied = Allowed()
 
     def subscribes(self, channel: str) -> bool:
         return self.asks_subscribe
@@ -56,7 +57,7 @@ class FakeProxy:
         self.calls.append(("subscribe", body))
         if self.raises is not None:
             raise self.raises
-        return Allowed()
+        return self.subscribed
 
     async def publish(self, body: dict[str, Any]) -> Allowed | Denied:
         self.calls.append(("publish", body))

@@ -83,7 +83,7 @@ def test_connect_body_leaves_out_the_token() -> None:
         params={"token": "secret.jwt.here", "channels": "a"}, claims=claims)
     assert body["params"] == {"channels": "a"}
     assert body["claims"] == {"user": "alice", "exp": 1000000000, "channels": ["a*"],
-                              "publish": []}
+                              "publish": [], "presence": []}
     assert body["headers"] == {"cookie": "sid=1"}
 
 
@@ -176,14 +176,15 @@ def answer(**fields: object) -> bytes:
 def test_connect_grant_widens_the_token_claims() -> None:
     grant = proxyrules.parse_connect(answer(
         allow=True, channels=["room-*"], publish=["room-1"], join=["news"],
-        info={"name": "Alice"}, expire_at=2000000000))
+        info={"name": "Alice"}, expire_at=2000000000, presence=["room-*"]))
     assert isinstance(grant, ConnectGrant)
-    token = Claims(user="alice", expires=1e9, channels=("a",), publish=())
+    token = Claims(user="alice", expires=1e9, channels=("a",), publish=(), presence=("a",))
     claims = grant.claims(token)
     assert isinstance(claims, ProxyClaims)
     assert claims.user == "alice"
     assert claims.channels == ("a", "room-*")
     assert claims.publish == ("room-1",)
+    assert claims.presence == ("a", "room-*")
     assert claims.expires == 2000000000
     assert claims.info == {"name": "Alice"}
     assert grant.join == ("news",)
@@ -214,7 +215,8 @@ def test_connect_refusals_carry_a_reason_and_401_or_403() -> None:
     answer(allow=True, join=["bad name"]), answer(allow=True, join="news"),
     answer(allow=True, channels=[1]), answer(allow=True, info=[1]),
     answer(allow=True, expire_at="soon"), answer(allow=True, expire_at=True),
-    answer(allow=False, reason=5),
+    answer(allow=False, reason=5), answer(allow=True, presence=True),
+    answer(allow=True, presence=[""]),
     b'{"allow": true, "pad": "' + b"x" * proxyrules.MAX_ANSWER_BYTES + b'"}',
 ])
 def test_malformed_connect_answers_are_bad_answers(body: bytes) -> None:
@@ -257,6 +259,13 @@ def test_an_info_later_calls_could_not_encode_is_a_bad_answer(event: str) -> Non
 
 def test_subscribe_and_publish_verdicts() -> None:
     assert proxyrules.parse_subscribe(answer(allow=True)) == Allowed()
+    assert proxyrules.parse_subscribe(answer(allow=True, presence=True)) == Allowed(
+        presence=True)
+    assert proxyrules.parse_subscribe(answer(allow=True, presence=False)) == Allowed(
+        presence=False)
+    for bad in ("yes", 1, ["room"]):
+        with pytest.raises(BadAnswer):
+            proxyrules.parse_subscribe(answer(allow=True, presence=bad))
     assert proxyrules.parse_subscribe(answer(allow=False, reason="members only")) == Denied(
         "members only")
     assert proxyrules.parse_publish(answer(allow=True)) == Allowed()
@@ -281,6 +290,10 @@ def test_refresh_extends_and_may_replace_claims_and_info() -> None:
     assert isinstance(changed, Refreshed)
     new = changed.claims(Claims(user="alice", expires=100.0, channels=("a",)))
     assert new.channels == () and new.info == {"v": 2} and new.expires == 300.0
+    watching = proxyrules.parse_refresh(answer(allow=True, expire_at=300, presence=["b"]))
+    assert isinstance(watching, Refreshed)
+    assert watching.claims(old).presence == ("b",)
+    assert kept.claims(Claims(user="a", expires=1.0, presence=("c",))).presence == ("c",)
     assert proxyrules.parse_refresh(answer(allow=False, reason="logged out")) == Denied(
         "logged out", 401)
     with pytest.raises(BadAnswer):
