@@ -79,6 +79,15 @@ export interface Subscribed {
   recovered: boolean;
 }
 
+/** A connection joined or left a channel whose presence events this one receives. */
+export interface Presence {
+  channel: string;
+  event: "join" | "leave";
+  user: string;
+  /** The connection's id: a user with two tabs joins twice and leaves twice. */
+  conn: string;
+}
+
 export interface Published {
   channel: string;
   epoch: string;
@@ -167,6 +176,7 @@ export interface EventMap {
   error: SwitchboardError;
   subscribed: Subscribed;
   unsubscribed: { channel: string };
+  presence: Presence;
 }
 
 export interface Stats {

@@ -7,6 +7,7 @@
  *   const sb = new Switchboard("https://rt.example.com", { tokenProvider: fetchToken });
  *   sb.on("message", (m) => render(m.stream, m.data));
  *   sb.on("recovered", (r) => { if (!r.recovered) refetch(r.lost); });
+ *   sb.on("presence", (p) => p.event === "join" ? here.add(p.conn) : here.delete(p.conn));
  *   await sb.connect();
  *
  * What it does for you (docs/protocol.md is the contract, docs/browser.md the guide):
@@ -41,11 +42,11 @@ const CHANNEL_PREFIX = "ch.";
 // Upper bound (s) of the delay after a drain or rebalance close that came without after_ms.
 const JITTER_MAX = 1.0;
 const SERVER_TYPES = ["welcome", "message", "subscribed", "unsubscribed", "reconnect", "pong",
-  "published"];
+  "published", "presence"];
 // Errors about a channel that mean "you will not get this subscription": forget the channel.
 const DENIALS = ["forbidden", "bad_request", "too_many_channels"];
 const EVENTS = ["message", "state", "welcome", "recovered", "error", "subscribed",
-  "unsubscribed"];
+  "unsubscribed", "presence"];
 
 /**
  * @typedef {"connecting"|"open"|"reconnecting"|"offline"|"closed"} State
@@ -302,7 +303,12 @@ export class Switchboard {
 
   /**
    * Listen to "message", "state", "welcome", "recovered", "error", "subscribed",
-   * "unsubscribed". Returns a function that removes the listener.
+   * "unsubscribed", "presence". Returns a function that removes the listener.
+   *
+   * "presence" ({channel, event: "join"|"leave", user, conn}) comes only for channels whose
+   * presence events the token (or the backend) opted this connection into. Events are not
+   * replayed: after each "subscribed", read the channel's members again (your backend asks
+   * the router's GET /v1/channels/{channel}/presence) and apply the events on top.
    */
   on(event, callback) {
     if (!EVENTS.includes(event)) throw new Error(`switchboard: unknown event ${event}`);
@@ -734,6 +740,10 @@ export class Switchboard {
       case "unsubscribed":
         this._pendingSubscribes.delete(obj.channel);
         return this._emit("unsubscribed", { channel: obj.channel });
+      case "presence":
+        if (!this._channels.has(obj.channel)) return undefined; // unsubscribed meanwhile
+        return this._emit("presence", { channel: obj.channel, event: obj.event, user: obj.user,
+          conn: obj.conn });
       case "reconnect":
         if (typeof obj.after_ms === "number") this._hint = Math.max(0, obj.after_ms / 1000);
         return undefined;

@@ -16,6 +16,7 @@ from switchboard_client import (
     Client,
     Message,
     Position,
+    Presence,
     Published,
     PublishError,
     Recovery,
@@ -249,3 +250,32 @@ async def test_a_subscription_survives_its_gateway_being_replaced(
         old.stop()
         if new is not None:
             new.stop()
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+async def test_on_presence_reports_who_joins_and_leaves_a_watched_channel(
+        gateways: list[Proc], api: httpx.AsyncClient, fmt: Any) -> None:
+    seen: list[Presence] = []
+    watcher = Client(url(gateways[0]), format=fmt, on_presence=seen.append,
+                     token=mint(JWT_SECRET, "wes", channels=["*"], presence=["lobby"]))
+    guest = Client(url(gateways[1]),
+                   token=mint(JWT_SECRET, "gus", channels=["*"], presence=["lobby"]))
+    plain_seen: list[Presence] = []
+    plain = client(gateways[1], "pat", on_presence=plain_seen.append)
+    async with watcher, plain:
+        await watcher.subscribe("lobby")
+        await plain.subscribe("lobby")
+        await until(lambda: [(p.event, p.user) for p in seen] == [("join", "wes")], 10,
+                    "the watcher's own join")
+        async with guest:
+            await guest.subscribe("lobby")
+            await until(lambda: [(p.event, p.user) for p in seen][-1:] == [("join", "gus")],
+                        10, "gus joins on the other gateway")
+        await until(lambda: [(p.event, p.user) for p in seen][-1:] == [("leave", "gus")], 10,
+                    "gus's leave when his client closes")
+        assert {p.channel for p in seen} == {"lobby"}
+        assert seen[1].conn == seen[2].conn != seen[0].conn
+        result = await publish(api, channel="lobby", data="after")
+        assert result["offset"] == 1  # presence events take no offsets
+        await watcher.unsubscribe("lobby")
+    assert plain_seen == []

@@ -382,6 +382,35 @@ async def test_the_token_claims_apply_before_the_proxy(
         gw.stop()
 
 
+async def test_the_subscribe_answer_turns_presence_events_on_or_off(
+        redis_server: RedisServer, logdir: Path, backend: Backend) -> None:
+    # "vip*": on, whatever the token says; anything else: off, whatever the token says
+    backend.decide = lambda body: {"allow": True,
+                                   "presence": body["channel"].startswith("vip")}
+    gw = proxied(redis_server, logdir, backend, "subscribe")
+    try:
+        plain = await WsClient(ws(gw, f"?token={token('pia', channels=['*'])}")).start()
+        keen = await WsClient(ws(gw, "?token=" + token("kai", channels=["*"],
+                                                      presence=["*"]))).start()
+        for client in (plain, keen):  # one after the other: events come after `subscribed`
+            for channel in ("vip1", "room1"):
+                await client.send({"type": "subscribe", "channel": channel})
+            await until(lambda c=client: len(replies(c, "subscribed")) == 2, 5, "subscribed")
+        await until(lambda: len(replies(plain, "presence")) == 2, 5,
+                    "pia is told of both joins of vip1, hers and kai's")
+        assert {(m["channel"], m["user"]) for m in replies(plain, "presence")} == {
+            ("vip1", "pia"), ("vip1", "kai")}
+        await until(lambda: len(replies(keen, "presence")) == 1, 5, "kai, of his own join")
+        assert replies(keen, "presence")[0]["channel"] == "vip1"
+        assert backend.events("subscribe")[0].body["claims"]["presence"] == []
+        await keen.close()
+        await until(lambda: replies(plain, "presence")[-1]["event"] == "leave", 5, "a leave")
+        assert {m["channel"] for m in replies(plain, "presence")} == {"vip1"}
+        await plain.close()
+    finally:
+        gw.stop()
+
+
 async def test_subscribe_timed_out_or_backend_down_is_unavailable_and_keeps_the_connection(
         redis_server: RedisServer, logdir: Path, backend: Backend) -> None:
     backend.delay = 1.5

@@ -30,10 +30,11 @@ class Cluster {
   }
 
   /** An HS256 client JWT, as `switchboard token` makes them. */
-  token(user, { channels, publish, ttl = 3600, secret = this.jwtSecret } = {}) {
+  token(user, { channels, publish, presence, ttl = 3600, secret = this.jwtSecret } = {}) {
     const claims = { sub: user, exp: Math.floor(Date.now() / 1000) + ttl };
     if (channels) claims.channels = channels;
     if (publish) claims.publish = publish;
+    if (presence) claims.presence = presence;
     return signJwt(claims, secret);
   }
 
@@ -81,14 +82,16 @@ export async function until(predicate, what, timeout = 10_000) {
   }
 }
 
-/** Everything a client emits, in order, with `messages` (the "message" payloads) for short. */
+/** Everything a client emits, in order, with `messages` (the "message" payloads) for short
+ * and `presence` (the "presence" payloads, whose own `event` field is the join or leave). */
 export function record(sb) {
-  const log = { messages: [], events: [] };
+  const log = { messages: [], events: [], presence: [] };
   for (const event of ["message", "state", "welcome", "recovered", "error", "subscribed",
-    "unsubscribed"]) {
+    "unsubscribed", "presence"]) {
     sb.on(event, (payload) => {
-      log.events.push({ event, ...payload });
+      log.events.push({ ...payload, event });
       if (event === "message") log.messages.push(payload);
+      if (event === "presence") log.presence.push(payload);
     });
   }
   log.of = (event) => log.events.filter((e) => e.event === event);

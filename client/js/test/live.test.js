@@ -185,3 +185,36 @@ test("close() while connecting, then connect() again: resumes what was published
       [away.epoch, away.offset, "while closed"]]);
     assert.equal(log.of("recovered").at(-1).recovered, true);
   });
+
+test("a watcher is told who joins and leaves its channel; a client that did not opt in is not",
+  T, async () => {
+    const channel = uniqueName("lobby");
+    const watcher = client({ token: cluster.token(uniqueName("wes"),
+      { channels: [channel], presence: [channel] }), channels: [channel] });
+    const log = record(watcher);
+    await watcher.connect();
+    await until(() => log.of("subscribed").length === 1, "the watcher's subscription");
+    const mine = await until(() => log.presence[0], "the watcher's own join");
+
+    const ann = uniqueName("ann");
+    const guest = client({ token: cluster.token(ann, { channels: [channel],
+      presence: [channel] }) });
+    const plain = client({ token: cluster.token(uniqueName("pat"), { channels: [channel] }),
+      channels: [channel] });
+    const plainLog = record(plain);
+    await plain.connect();
+    await guest.connect();
+    guest.subscribe(channel);
+    const join = await until(() => log.presence.find((e) => e.user === ann),
+      "ann's join");
+    guest.close();
+    const leave = await until(() => log.presence.find(
+      (e) => e.user === ann && e.event === "leave"), "ann's leave");
+    assert.deepEqual([mine.event, join.event, join.channel], ["join", "join", channel]);
+    assert.equal(leave.conn, join.conn);
+    assert.notEqual(join.conn, mine.conn);
+    const r = await cluster.publish({ channel }, "after");
+    assert.equal(r.offset, 1); // presence takes no offsets
+    await until(() => plainLog.messages.length === 1, "the plain subscriber's message");
+    assert.equal(plainLog.presence.length, 0);
+  });

@@ -43,7 +43,7 @@ from switchboard_client.errors import (
     SwitchboardError,
     TerminalClose,
 )
-from switchboard_client.protocol import Message, Position, Recovery, Stats
+from switchboard_client.protocol import Message, Position, Presence, Recovery, Stats
 
 try:
     __version__ = version("switchboard-client")
@@ -57,6 +57,7 @@ __all__ = [
     "Forbidden",
     "Message",
     "Position",
+    "Presence",
     "PublishError",
     "Published",
     "Recovery",

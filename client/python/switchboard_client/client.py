@@ -31,7 +31,7 @@ from typing import Any
 from switchboard_client.backoff import Backoff
 from switchboard_client.channels import Published, Subscribed, check_channel
 from switchboard_client.connection import Connector, Options, State, TokenProvider
-from switchboard_client.protocol import SUBPROTOCOLS, Format, Item, Position, Stats
+from switchboard_client.protocol import SUBPROTOCOLS, Format, Item, Position, Presence, Stats
 
 log = logging.getLogger("switchboard_client")
 
@@ -94,6 +94,10 @@ class Client:
             call is waiting for (a refused request raises from its call instead), e.g. a
             channel refused at reconnect.
         on_state: ``(state)`` on each change of :attr:`state`.
+        on_presence: ``(presence)`` for each :class:`~switchboard_client.Presence` event (a
+            connection joined or left a subscribed channel whose presence events the token,
+            or the application's backend, opted this client into). Not replayed after a
+            reconnect: re-read the channel's members then.
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class Client:
         proxy: str | None = None,
         on_error: Callable[[str, str], object] | None = None,
         on_state: Callable[[State], object] | None = None,
+        on_presence: Callable[[Presence], object] | None = None,
     ) -> None:
         if format not in SUBPROTOCOLS:
             raise ValueError(f"format must be one of {sorted(SUBPROTOCOLS)}, not {format!r}")
@@ -136,6 +141,7 @@ class Client:
         rng = rng if rng is not None else random.Random()
         self._on_error = on_error
         self._on_state = on_state
+        self._on_presence = on_presence
         self._state: State = "connecting"
         self._stats = Stats()
         self._queue: asyncio.Queue[Item | _End] = asyncio.Queue(max_queue)
@@ -150,6 +156,7 @@ class Client:
             set_state=self._set_state,
             on_error=self._report_error,
             stats=self._stats,
+            on_presence=self._report_presence,
         )
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
@@ -369,6 +376,10 @@ class Client:
     def _report_error(self, code: str, message: str) -> None:
         if self._on_error is not None:
             self._callback(self._on_error, code, message)
+
+    def _report_presence(self, event: Presence) -> None:
+        if self._on_presence is not None:
+            self._callback(self._on_presence, event)
 
     @staticmethod
     def _callback(fn: Callable[..., object], *args: object) -> None:

@@ -33,6 +33,7 @@ from switchboard_client.channels import (
     Published,
     Request,
     Subscribed,
+    channel_stream,
     check_channel,
     check_cursor,
 )
@@ -50,6 +51,7 @@ from switchboard_client.protocol import (
     Gap,
     Item,
     Position,
+    Presence,
     ProtocolViolation,
     Stats,
     Tracker,
@@ -59,6 +61,7 @@ from switchboard_client.protocol import (
     encode,
     format_cursor,
     parse_message,
+    parse_presence,
     parse_welcome,
 )
 
@@ -111,6 +114,7 @@ class Connector:
         set_state: Callable[[State], None],
         on_error: Callable[[str, str], None],
         stats: Stats,
+        on_presence: Callable[[Presence], None] | None = None,
     ) -> None:
         self.options = options
         self.tracker = Tracker(stats)
@@ -129,6 +133,7 @@ class Connector:
         self._deliver = deliver
         self._set_state = set_state
         self._on_error = on_error
+        self._on_presence = on_presence
         self._hint: float | None = None  # after_ms of a reconnect message, seconds
         self._fresh_token = False  # the token was fetched because the last one was refused
         self._progress = True  # a message was delivered since the last gap
@@ -383,6 +388,12 @@ class Connector:
             code, message = str(msg.get("code", "")), str(msg.get("message", ""))
             log.warning("gateway error %s: %s", code, message)
             self._on_error(code, message)
+        elif kind == "presence":
+            event = parse_presence(msg)
+            # not for a channel unsubscribed meanwhile
+            if self._on_presence is not None and self.channels.accepts(
+                    channel_stream(event.channel)):
+                self._on_presence(event)
         elif kind == "pong":
             if self._pings:
                 pong = self._pings.popleft()

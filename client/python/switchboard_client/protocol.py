@@ -76,6 +76,22 @@ class Recovery:
     gateway: str
 
 
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """A connection joined or left a channel whose presence events this client receives
+    (opted in by the token's ``presence`` claim or the application's backend).
+
+    ``conn`` tells a user's connections apart: two tabs join twice and leave twice. Events
+    are not replayed: after a (re)subscribe, re-read the channel's members and apply the
+    events on top.
+    """
+
+    channel: str
+    event: Literal["join", "leave"]
+    user: str
+    conn: str
+
+
 @dataclass(slots=True)
 class Stats:
     connects: int = 0  # connections that reached their welcome, the first one included
@@ -148,6 +164,17 @@ def parse_welcome(obj: Mapping[str, Any]) -> Welcome:
         recovered=bool(obj.get("recovered", False)),
         streams={str(s): parse_position(p, f"welcome stream {s!r}") for s, p in streams.items()},
     )
+
+
+def parse_presence(obj: Mapping[str, Any]) -> Presence:
+    channel, event, user, conn = (obj.get(k) for k in ("channel", "event", "user", "conn"))
+    if not (isinstance(channel, str) and isinstance(user, str) and isinstance(conn, str)):
+        raise ProtocolViolation("presence needs string channel, user and conn")
+    if event == "join":
+        return Presence(channel, "join", user, conn)
+    if event == "leave":
+        return Presence(channel, "leave", user, conn)
+    raise ProtocolViolation(f"presence.event must be join or leave, not {event!r}")
 
 
 def parse_message(obj: Mapping[str, Any]) -> Message:

@@ -16,6 +16,7 @@ from switchboard_client.protocol import (
     Gap,
     Message,
     Position,
+    Presence,
     ProtocolViolation,
     Recovery,
     Tracker,
@@ -26,6 +27,7 @@ from switchboard_client.protocol import (
     encode,
     format_cursor,
     parse_message,
+    parse_presence,
     parse_welcome,
 )
 
@@ -250,3 +252,12 @@ def test_the_first_message_must_be_a_welcome() -> None:
         parse_welcome({"type": "message"})
     with pytest.raises(ProtocolViolation):
         parse_welcome({"type": "welcome", "streams": {"user": {"epoch": "e"}}})
+
+
+def test_presence_events_parse_and_malformed_ones_are_violations() -> None:
+    ok = {"type": "presence", "channel": "c", "event": "leave", "user": "u", "conn": "k"}
+    assert parse_presence(ok) == Presence("c", "leave", "u", "k")
+    for bad in ({**ok, "event": "wave"}, {**ok, "conn": 7}, {**ok, "user": None},
+                {"type": "presence"}):
+        with pytest.raises(ProtocolViolation):
+            parse_presence(bad)
