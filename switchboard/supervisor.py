@@ -709,8 +709,9 @@ def run(args: argparse.Namespace) -> int:
     with sup.signals_handled():
         try:
             sup.start_all()
+            # presence on: demo tabs in one channel show each other join and leave
             token = mint(cfg.jwt_secret, "demo", ttl=DEMO_TOKEN_TTL, channels=["*"],
-                         publish=["*"])
+                         publish=["*"], presence=["*"])
             pids = [(f"{c.name} {c.ident}".strip(), c.pid) for c in sup.children()]
             summary = None
             if sup.cluster is not None:

@@ -66,8 +66,9 @@ class DemoCluster:
         return f"http://127.0.0.1:{self.port}"
 
     def token(self, user: str = "demo") -> str:
-        """What `switchboard up` prints: every channel may be subscribed and published to."""
-        return mint(JWT_SECRET, user, channels=["*"], publish=["*"])
+        """What `switchboard up` prints: every channel may be subscribed and published to,
+        with presence events on."""
+        return mint(JWT_SECRET, user, channels=["*"], publish=["*"], presence=["*"])
 
     def page_url(self, user: str = "demo", **params: str) -> str:
         query = "&".join([f"token={self.token(user)}", *(f"{k}={v}" for k, v in params.items())])

@@ -87,6 +87,23 @@ def test_channel_subscribe_publish_and_unsubscribe(demo: DemoCluster, page: Page
     assert "ch.lobby" not in page.evaluate("window.demo.sb.positions")
 
 
+def test_two_demo_tabs_in_one_channel_see_each_other_join_and_leave(
+        demo: DemoCluster, page: Page, context: BrowserContext) -> None:
+    open_demo(page, demo.page_url("ann", channels="lobby"))
+    wait_for(page, "() => window.demo.events.some(e => e.type === 'presence'"
+                   " && e.user === 'ann')")  # her own join
+    other = context.new_page()
+    open_demo(other, demo.page_url("bob", channels="lobby"))
+    wait_for(page, "() => window.demo.events.some(e => e.type === 'presence'"
+                   " && e.user === 'bob' && e.event === 'join')")
+    expect(page.locator("#log")).to_contain_text("joined lobby")
+    other.close()
+    wait_for(page, "() => window.demo.events.some(e => e.type === 'presence'"
+                   " && e.user === 'bob' && e.event === 'leave')")
+    expect(page.locator("#log")).to_contain_text("bob")
+    expect(page.locator("#log")).to_contain_text("left lobby")
+
+
 def test_denied_subscribe_is_reported_and_forgotten(demo: DemoCluster, page: Page) -> None:
     from switchboard.auth import mint
     from tests.support import JWT_SECRET

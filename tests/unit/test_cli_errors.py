@@ -208,3 +208,15 @@ def test_process_commands_with_bad_settings_are_one_line() -> None:
                    "/nonexistent/key.pem")
     one_line_error(switchboard("router", SWITCHBOARD_API_KEYS=KEY,
                                SWITCHBOARD_HTTP_PARSER="fast"), "--http-parser")
+
+
+def test_a_minted_token_carries_the_presence_channels_it_was_given() -> None:
+    from switchboard.auth import Verifier
+
+    done = switchboard("token", "--user", "alice", "--channels", "room,news-*",
+                       "--presence", " room , news-* ,", SWITCHBOARD_JWT_SECRET=SECRET)
+    assert done.returncode == 0, done.stderr
+    claims = Verifier(secret=SECRET).verify(done.stdout.strip())
+    assert claims.presence == ("room", "news-*") and claims.wants_presence("news-eu")
+    plain = switchboard("token", "--user", "bob", SWITCHBOARD_JWT_SECRET=SECRET)
+    assert Verifier(secret=SECRET).verify(plain.stdout.strip()).presence == ()
