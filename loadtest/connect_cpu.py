@@ -18,6 +18,7 @@ import asyncio
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +56,32 @@ async def open_sse(port: int, path: str) -> SseConn:
     return SseConn(writer)
 
 
+@dataclass(frozen=True)
+class Rooms:
+    """Connection i joins channel ``room-{i % count}`` at connect (count 0: none); with
+    ``presence`` its token opts in to that room's presence events."""
+
+    count: int = 0
+    presence: bool = False
+
+    def path(self, i: int, query: str) -> str:
+        # the presence keyword only when asked: the bench also runs against builds before it
+        extra: dict[str, Any] = {"presence": ["room-*"]} if self.presence else {}
+        token = mint(JWT_SECRET, f"c{i}", channels=["room-*"] if self.count else None,
+                     **extra)
+        rooms = f"&channels=room-{i % self.count}" if self.count else ""
+        return f"?token={token}{query}{rooms}"
+
+
 async def open_all(port: int, n: int, concurrency: int, sse: bool = False,
-                   query: str = "", replay: int = 0, welcome: bool = True) -> list[Any]:
+                   query: str = "", replay: int = 0, welcome: bool = True,
+                   rooms: Rooms = Rooms()) -> list[Any]:
     gate = asyncio.Semaphore(concurrency)
     opened: list[Any] = []
 
     async def one(i: int) -> None:
         async with gate:
-            path = f"?token={mint(JWT_SECRET, f'c{i}')}{query}"
+            path = rooms.path(i, query)
             if sse:
                 conn: Any = await open_sse(port, f"/sse{path}")
                 opened.append(conn)
@@ -88,10 +107,10 @@ async def cursor_behind(redis_url: str, replay: int) -> str:
 
 
 async def measure(gw: Proc, n: int, concurrency: int, sse: bool = False,
-                  replay: int = 0) -> dict[str, Any]:
+                  replay: int = 0, rooms: Rooms = Rooms()) -> dict[str, Any]:
     redis_url = gw.env["SWITCHBOARD_REDIS_URL"]
     query = await cursor_behind(redis_url, replay) if replay else ""
-    return await _measure(gw.pid, gw.port, n, concurrency, sse, query, replay)
+    return await _measure(gw.pid, gw.port, n, concurrency, sse, query, replay, rooms=rooms)
 
 
 async def measure_baseline(base: Baseline, n: int, concurrency: int) -> dict[str, Any]:
@@ -101,11 +120,12 @@ async def measure_baseline(base: Baseline, n: int, concurrency: int) -> dict[str
 
 
 async def _measure(pid: int, port: int, n: int, concurrency: int, sse: bool = False,
-                   query: str = "", replay: int = 0, welcome: bool = True) -> dict[str, Any]:
+                   query: str = "", replay: int = 0, welcome: bool = True,
+                   rooms: Rooms = Rooms()) -> dict[str, Any]:
     rss_before = rss_kib(pid)
     before = cpu_seconds(pid)
     started = time.perf_counter()
-    conns = await open_all(port, n, concurrency, sse, query, replay, welcome)
+    conns = await open_all(port, n, concurrency, sse, query, replay, welcome, rooms)
     seconds = time.perf_counter() - started
     # the heartbeat and a few late callbacks belong to the connects too: let them land
     await asyncio.sleep(0.5)
@@ -131,9 +151,18 @@ def main() -> None:
     parser.add_argument("--webhooks", action="store_true",
                         help="also each run with webhook state tracked (SWITCHBOARD_WEBHOOK_URL "
                         "set; no dispatcher needed), and the ratio to the run without")
+    parser.add_argument("--rooms", type=int, default=0, metavar="N",
+                        help="each connection joins one of N channels at connect")
+    parser.add_argument("--presence", action="store_true",
+                        help="with --rooms: also each run with tokens opting in to their "
+                        "room's presence events (each join told to the room's watchers), and "
+                        "the ratio to the run without")
     parser.add_argument("--baseline", action="store_true",
                         help="also the bench's baseline server, each run (WebSocket, one node)")
     args = parser.parse_args()
+    if args.presence and not args.rooms:
+        parser.error("--presence needs --rooms")
+    rooms = Rooms(args.rooms)
     raise_nofile_limit()
     if args.redis_shards:
         from switchboard.localcluster import start_cluster
@@ -151,9 +180,19 @@ def main() -> None:
             gw = start_gateway(backend, logdir, SWITCHBOARD_HEARTBEAT_INTERVAL="2")
             try:
                 runs.append(uvloop.run(measure(gw, args.connections, args.concurrency,
-                                               args.sse, args.replay)))
+                                               args.sse, args.replay, rooms)))
             finally:
                 gw.stop()
+            if args.presence:
+                gw = start_gateway(backend, logdir, SWITCHBOARD_HEARTBEAT_INTERVAL="2")
+                try:
+                    p = uvloop.run(measure(gw, args.connections, args.concurrency, args.sse,
+                                           args.replay, Rooms(args.rooms, presence=True)))
+                finally:
+                    gw.stop()
+                runs[-1]["presence_cpu_us_per_connect"] = p["gateway_cpu_us_per_connect"]
+                runs[-1]["presence_ratio"] = round(
+                    p["gateway_cpu_us_per_connect"] / runs[-1]["gateway_cpu_us_per_connect"], 3)
             if args.webhooks:
                 gw = start_gateway(backend, logdir, SWITCHBOARD_HEARTBEAT_INTERVAL="2",
                                    SWITCHBOARD_WEBHOOK_URL="http://127.0.0.1:9/unused")
