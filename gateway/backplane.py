@@ -24,6 +24,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from gateway import retry, webhookstate
+from gateway.acks import AckBatch
 from gateway.canary import Canary, deadline_for
 from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.metrics import GatewayMetrics
@@ -32,7 +33,7 @@ from gateway.pubsub import PubSubConnection, PubSubError
 from gateway.sharedreads import SharedReads
 from gateway.shutdown import stop_tasks
 from gateway.webhookstate import WebhookState
-from switchboard import contract, resp, streams
+from switchboard import contract, receipts, resp, streams
 from switchboard import whcontract as wh
 from switchboard.config import GatewaySettings
 from switchboard.contract import GatewayInfo, Message
@@ -84,6 +85,10 @@ class RedisBackplane:
         # Presence events waiting for this loop iteration's batch, and the batches out.
         self._announcements: list[contract.PresenceEvent] = []
         self._announcer: asyncio.Future[None] | None = None
+        # Acks of user streams gathered for the next write, and the loop writing them.
+        self._acks = AckBatch()
+        self._acker: asyncio.Future[None] | None = None
+        self._ack_script = receipts.ACK
         # Online/offline and join/leave state for the webhook dispatcher, when it is on.
         self._webhook_redis = webhookstate.connection(settings, gateway_id) \
             if settings.webhook_url else None
@@ -148,6 +153,7 @@ class RedisBackplane:
         with contextlib.suppress(BackendUnavailable):
             await self._flush_gone()
         await self._flush_announcements()
+        await self._stop_acks()
         await self._forget_roster()
         with contextlib.suppress(RedisError, OSError):
             pipe = self.redis.pipeline(transaction=False)
@@ -511,6 +517,54 @@ class RedisBackplane:
         assert self._registrar is not None
         await self._registrar.execute_many([
             ("PUBLISH", self.keys.channel_channel(e.channel), e.pack()) for e in batch])
+
+    # -- acks ---------------------------------------------------------------------------------
+
+    def ack(self, ack: receipts.Ack) -> None:
+        self._acks.add(ack)
+        if self._acker is None or self._acker.done():
+            self._acker = asyncio.ensure_future(self._ack_loop())
+
+    async def _ack_loop(self) -> None:
+        while len(self._acks) and not self._stopped:
+            await asyncio.sleep(receipts.ACK_INTERVAL)
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        groups = self._acks.take()
+        if not groups:
+            return
+        try:
+            with unavailable("ack"):
+                await self._write_acks(groups)
+            self.metrics.acks("written", sum(len(g) for g in groups))
+        except BackendUnavailable as exc:
+            # Acks are cumulative, so writing them again later is harmless; the batch keeps
+            # one per session, so waiting ones stay bounded while Redis is away.
+            self.metrics.redis_error("ack")
+            self.metrics.acks("retried", sum(len(g) for g in groups))
+            log.warning("acks not written: %s", exc)
+            for group in groups:
+                for ack in group:
+                    self._acks.add(ack)
+
+    async def _write_acks(self, groups: list[list[receipts.Ack]]) -> None:
+        """One pipeline, one call per user: every key of a call is in the user's slot."""
+        pipe = self.redis.pipeline(transaction=False)
+        for group in groups:
+            keys, args = receipts.ack_call(self.settings.prefix, self.settings.meta_ttl, group)
+            await self._script(pipe, self._ack_script, keys, args)
+        await pipe.execute()
+
+    async def _stop_acks(self) -> None:
+        """At a clean stop: write what the closing connections acked last."""
+        acker = self._acker
+        if acker is not None and not acker.done():
+            # it writes within one interval; a cancel could drop a batch it has taken
+            await asyncio.wait([acker], timeout=self.settings.redis_timeout * 2)
+            acker.cancel()
+        with contextlib.suppress(BackendUnavailable, TimeoutError):
+            await asyncio.wait_for(self._flush_acks(), self.settings.redis_timeout * 2)
 
     # -- client publishes and the registry --------------------------------------------------
 

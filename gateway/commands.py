@@ -1,4 +1,4 @@
-"""What a client may ask over its WebSocket: ping, subscribe, unsubscribe, publish.
+"""What a client may ask over its WebSocket: ping, subscribe, unsubscribe, publish, ack.
 
 Subscribing to a channel is a small resume: the connection joins the hub (live messages for
 the channel wait in the session), the gateway makes sure its own Redis subscription to the
@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from gateway import hub, presence, proxyrules
+from gateway import acks, hub, presence, proxyrules
 from gateway.attach import attach
 from gateway.errors import BackendUnavailable, ProxyUnavailable
 from gateway.ports import Client, Registration, Services
@@ -119,6 +119,10 @@ def handle(svc: Services, conn: Client, msg: dict[str, Any]) -> None:
         unsubscribe(svc, conn, msg)
     elif kind == "publish":
         publish_command(svc, conn, msg)
+    elif kind == "ack":
+        refused = acks.command(svc, conn, msg)
+        if refused is not None:
+            error(conn, "bad_request", refused, stream=msg.get("stream"))
     else:
         svc.metrics.client_error()
         error(conn, "unknown_type", f"unknown type {kind!r}")

@@ -22,6 +22,7 @@ from gateway.errors import BackendUnavailable, ChannelUnavailable
 from gateway.ports import BackplaneEvents, Registration
 from switchboard import contract, streams
 from switchboard.contract import GatewayInfo, Message
+from switchboard.receipts import Ack
 from switchboard.store import Published
 from switchboard.streams import Position
 
@@ -45,6 +46,7 @@ class MemoryCluster:
         self.registry: dict[str, GatewayInfo] = {}
         self.members: dict[str, MemoryBackplane] = {}
         self.channel_subscribers: dict[str, set[str]] = {}  # channel -> gateway ids
+        self.acks: dict[str, dict[str, Ack]] = {}  # user -> session -> highest ack
         self.down = False
         self._drop = 0
 
@@ -65,7 +67,8 @@ class MemoryCluster:
 
     def lose_everything(self) -> None:
         """FLUSHALL: positions, logs, maps, sessions, presence and the registry are gone."""
-        for table in (self.streams, self.conns, self.sessions, self.presence, self.registry):
+        for table in (self.streams, self.conns, self.sessions, self.presence, self.registry,
+                      self.acks):
             table.clear()
 
     def expire(self, key: str) -> None:
@@ -116,6 +119,18 @@ class MemoryCluster:
         subscribers = self.channel_subscribers.get(key[2:], set())
         return [gw for gw in listening if gw in subscribers]
 
+    def ack(self, ack: Ack) -> None:
+        """As :data:`switchboard.receipts.ACK`: offsets only rise, and an ack of another
+        epoch than the stream's, or past its top, is ignored."""
+        self.check()
+        stream = self.streams.get(streams.user_key(ack.user))
+        if stream is None or stream.epoch != ack.epoch or ack.offset > stream.offset:
+            return
+        sessions = self.acks.setdefault(ack.user, {})
+        held = sessions.get(ack.session)
+        if held is None or held.epoch != ack.epoch or held.offset < ack.offset:
+            sessions[ack.session] = ack
+
     def announce(self, event: contract.PresenceEvent) -> None:
         """Route a presence event to the gateways receiving its channel, as pub/sub does."""
         self.check()
@@ -152,6 +167,7 @@ class MemoryBackplane:
         # Unregistrations that found the backend down, applied when it answers again (the
         # Redis backplane queues and retries them the same way).
         self._gone: list[Registration] = []
+        self._unacked: list[Ack] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -193,6 +209,9 @@ class MemoryBackplane:
     def reconnect(self) -> None:
         """Pub/sub came back after an outage: what a new subscription tells the gateway."""
         self._flush_gone()
+        unacked, self._unacked = self._unacked, []
+        for ack in unacked:
+            self.ack(ack)
         self.events.reconnecting()
         self.subscribed = True
         self.events.resubscribed()
@@ -323,6 +342,12 @@ class MemoryBackplane:
     async def unsubscribe_channel(self, channel: str) -> None:
         self._channels.discard(channel)
         self.cluster.channel_subscribers.get(channel, set()).discard(self.gateway_id)
+
+    def ack(self, ack: Ack) -> None:
+        try:
+            self.cluster.ack(ack)
+        except BackendUnavailable:
+            self._unacked.append(ack)  # written again when the backend answers, as on Redis
 
     def announce(self, event: contract.PresenceEvent) -> None:
         with contextlib.suppress(BackendUnavailable):  # at most once, as on Redis

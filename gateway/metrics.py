@@ -60,6 +60,12 @@ class GatewayMetrics:
             "delivered (event x watching connection), malformed (dropped)", ["outcome"],
             registry=r,
         )
+        self._acks = Counter(
+            "switchboard_gateway_acks",
+            "Client acks of the user stream: stale (another epoch, dropped), refused (past "
+            "what was sent), written (per session and batch), retried (Redis failed)",
+            ["outcome"], registry=r,
+        )
         self._resumes = Counter(
             "switchboard_gateway_resumes", "Connections that sent a cursor, by outcome",
             ["outcome"], registry=r,
@@ -183,6 +189,9 @@ class GatewayMetrics:
 
     def presence(self, outcome: str, n: int = 1) -> None:
         self._presence.labels(outcome).inc(n)
+
+    def acks(self, outcome: str, n: int = 1) -> None:
+        self._acks.labels(outcome).inc(n)
 
     def client_error(self) -> None:
         self._client_errors.inc()

@@ -30,6 +30,7 @@ from gateway.wire import Outgoing
 from switchboard.auth import Claims
 from switchboard.config import GatewaySettings
 from switchboard.contract import Control, GatewayInfo, Message, PresenceEvent
+from switchboard.receipts import Ack
 from switchboard.store import Published
 from switchboard.streams import Position
 
@@ -124,6 +125,11 @@ class Backplane(Protocol):
         """Tell every gateway receiving the event's channel (this one too) that a connection
         joined or left it: queued, sent in batches, at most once (a failure is counted, not
         retried)."""
+
+    def ack(self, ack: Ack) -> None:
+        """A connection acknowledged its user stream up to ``ack.offset``: gathered for
+        :data:`switchboard.receipts.ACK_INTERVAL` and written in one batch, one small call
+        per user (a failed batch is written again with the next)."""
 
     async def publish(self, channel: str, data: Any) -> Published:
         """A client publish to a channel (ValueError/TypeError/OverflowError for data that

@@ -40,6 +40,11 @@ class Session:
     def positions(self) -> dict[str, Position]:
         return {k: Position(self._epochs[k], o) for k, o in self._offsets.items()}
 
+    def position(self, stream_key: str) -> Position | None:
+        """The last message delivered in the stream (None: not followed)."""
+        offset = self._offsets.get(stream_key)
+        return None if offset is None else Position(self._epochs[stream_key], offset)
+
     def follows(self, stream_key: str) -> bool:
         return stream_key in self._offsets
 

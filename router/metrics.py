@@ -18,7 +18,7 @@ Outcome = Literal["ok", "duplicate", "failed"]
 Mode = Literal["single", "batch"]
 Operation = Literal[
     "publish", "batch", "connections", "disconnect", "presence", "cluster", "ready",
-    "channels", "drain", "history", "messages", "top"
+    "channels", "drain", "history", "messages", "top", "positions"
 ]
 
 TARGET_LABELS: dict[TargetKind, str] = {"u": "user", "c": "channel", "b": "broadcast"}

@@ -204,6 +204,30 @@ class StreamTop(BaseModel):
     offset: int = Field(..., description="offset of the stream's latest message; 0: none yet")
 
 
+class SessionPosition(BaseModel):
+    session: str | None = Field(..., description="the session that acknowledged; null: a live "
+                                "connection that has acknowledged nothing yet")
+    conn: str = Field(..., description="the connection it acknowledged through last")
+    gateway: str | None = Field(..., description="the gateway holding that connection; null "
+                                "when it is gone")
+    connected: bool = Field(..., description="that connection is live (its gateway beats)")
+    acked: StreamPosition | None = Field(..., description="the highest offset acknowledged "
+                                         "(cumulative: everything up to it was processed)")
+    acked_ms: int | None = Field(..., description="when the gateway wrote that ack, Unix ms")
+
+
+class UserPositions(BaseModel):
+    user: str
+    top: StreamPosition = Field(..., description="the user stream's latest message")
+    acked: StreamPosition | None = Field(..., description="the highest offset any session "
+                                         "acknowledged in the stream's current epoch; null: "
+                                         "none")
+    sessions: list[SessionPosition] = Field(..., description="acknowledging sessions (at "
+                                            "most 32, the most recent), then live "
+                                            "connections that acknowledged nothing")
+    pending_receipts: int = Field(..., description="receipts not yet acknowledged or fired")
+
+
 class Error(BaseModel):
     error: str = Field(..., description="machine-readable code")
     message: str

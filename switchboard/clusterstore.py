@@ -57,20 +57,10 @@ class ClusterStore(Store):
         # master promoted by a failover never answers NOSCRIPT. One slot: the stream's tag.
         return await self.redis.eval(script.script, len(keys), *keys, *args)
 
-    async def _live_gateways(self, gateway_ids: set[str]) -> set[str]:
-        if not gateway_ids:
-            return set()
-        ordered = sorted(gateway_ids)
-        pipe = self.redis.pipeline(transaction=False)
-        for gid in ordered:
-            pipe.exists(self.keys.gateway(gid))
-        found = await pipe.execute()
-        return {gid for gid, n in zip(ordered, found, strict=True) if int(n)}
-
     async def connections(self, user: str) -> dict[str, str]:
         key = self.keys.conns(user)
         conns = {text(k): text(v) for k, v in (await self.redis.hgetall(key)).items()}
-        alive = await self._live_gateways(set(conns.values()))
+        alive = await self.live_gateways(set(conns.values()))
         dead = [c for c, gw in conns.items() if gw not in alive]
         if dead:
             await self.redis.hdel(key, *dead)  # their gateway stopped beating
@@ -117,7 +107,7 @@ class ClusterStore(Store):
         for conn_id, value in (await self.redis.hgetall(key)).items():
             gw, _, user = text(value).partition(" ")
             entries[text(conn_id)] = (gw, user)
-        alive = await self._live_gateways({gw for gw, _ in entries.values()})
+        alive = await self.live_gateways({gw for gw, _ in entries.values()})
         dead = [c for c, (gw, _) in entries.items() if gw not in alive]
         if dead:
             await self.redis.hdel(key, *dead)

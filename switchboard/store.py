@@ -261,6 +261,17 @@ class Store:
         raw = await self.redis.hgetall(self.keys.conns(user))
         return {text(k): text(v) for k, v in raw.items()}
 
+    async def live_gateways(self, gateway_ids: set[str]) -> set[str]:
+        """Those of ``gateway_ids`` whose registry entry exists (they beat in time)."""
+        if not gateway_ids:
+            return set()
+        ordered = sorted(gateway_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for gid in ordered:
+            pipe.exists(self.keys.gateway(gid))
+        found = await pipe.execute()
+        return {gid for gid, n in zip(ordered, found, strict=True) if int(n)}
+
     async def disconnect(self, user: str, code: int, reason: str) -> int:
         envelope = contract.pack_control(contract.OP_DISCONNECT, user, code, reason)
         n = await self._route_to_user(

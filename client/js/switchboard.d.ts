@@ -127,6 +127,10 @@ export interface Options {
   fallbackAfter?: number;
   /** Probe the gateway with a plain GET after a failed handshake (default true). */
   probe?: boolean;
+  /** Acknowledge the user stream's messages once the "message" listeners have returned
+   * (delivery receipts, docs/receipts.md): at most every 50 messages or 1 s, and at close;
+   * over WebSocket only (default true). */
+  ack?: boolean;
   /** Extra query parameters for every connect (e.g. `{user: "alice"}` on a dev gateway with
    * auth disabled). */
   params?: Record<string, string>;

@@ -45,6 +45,8 @@ const SERVER_TYPES = ["welcome", "message", "subscribed", "unsubscribed", "recon
   "published", "presence"];
 // Errors about a channel that mean "you will not get this subscription": forget the channel.
 const DENIALS = ["forbidden", "bad_request", "too_many_channels"];
+const ACK_EVERY = 50; // messages processed before an ack goes out at once
+const ACK_MS = 1000; // or this long after the first one not yet acked
 const EVENTS = ["message", "state", "welcome", "recovered", "error", "subscribed",
   "unsubscribed", "presence"];
 
@@ -72,6 +74,7 @@ const EVENTS = ["message", "state", "welcome", "recovered", "error", "subscribed
  *   fallbackAfter?: number,
  *   params?: Record<string, string>,
  *   probe?: boolean,
+ *   ack?: boolean,
  *   WebSocket?: new (url: string, protocols?: string[]) => any,
  *   EventSource?: new (url: string) => any,
  *   fetch?: (url: string, init?: object) => Promise<any>,
@@ -280,6 +283,9 @@ export class Switchboard {
     this._pendingSubscribes = new Set(); // asked for, neither confirmed nor refused yet
     this._publishes = new Map(); // publish id -> {resolve, reject, timer}
     this._publishId = 0;
+    this._autoAck = o.ack ?? true;
+    this._ack = null; // {epoch, offset, count}: the user stream processed, not yet acked
+    this._ackTimer = null;
     this.stats = { connects: 0, reconnects: 0, duplicates: 0, gaps: 0, lost: 0, fallbacks: 0 };
     this._onOnline = () => this._online();
     this._onOffline = () => this._offline();
@@ -349,6 +355,7 @@ export class Switchboard {
 
   /** Close the connection (WebSocket code 1000) and stop reconnecting. */
   close() {
+    this._flushAck(); // what the listeners processed, before the close frame
     this._stop();
     this._setState("closed");
   }
@@ -821,6 +828,7 @@ export class Switchboard {
     const missing = [...this._channels].filter((c) => !sent.has(c));
     const dropped = conn.channels.filter((c) => !this._channels.has(c));
     if (conn.kind === "websocket") {
+      this._flushAck(); // processed on the last connection: the session carries it on
       for (const c of missing) {
         this._pendingSubscribes.add(c);
         this._send({ type: "subscribe", channel: c });
@@ -921,6 +929,28 @@ export class Switchboard {
         gateway: this._gateway, initial: false, via: null });
     }
     this._emit("message", { stream, epoch, offset, data: m.data });
+    if (stream === "user" && this._autoAck) this._processed(epoch, offset);
+  }
+
+  // -- acks (delivery receipts): the user stream's messages the listeners have processed ------
+
+  /** The "message" listeners returned for this user-stream message: ack it, batched. */
+  _processed(epoch, offset) {
+    const count = this._ack && this._ack.epoch === epoch ? this._ack.count + 1 : 1;
+    this._ack = { epoch, offset, count };
+    if (count >= ACK_EVERY) this._flushAck();
+    else if (this._ackTimer == null) this._ackTimer = setTimeout(() => this._flushAck(), ACK_MS);
+  }
+
+  /** Send the pending ack if a WebSocket can carry it (SSE cannot: it stays pending). */
+  _flushAck() {
+    if (this._ackTimer != null) clearTimeout(this._ackTimer);
+    this._ackTimer = null;
+    const conn = this._conn;
+    if (!this._ack || !conn || !conn.welcomed || conn.kind !== "websocket") return;
+    const { epoch, offset } = this._ack;
+    this._ack = null;
+    this._send({ type: "ack", stream: "user", epoch, offset });
   }
 
   /** Offsets are missing: reconnect with our cursor and let the gateway replay them. */

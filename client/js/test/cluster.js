@@ -55,6 +55,20 @@ class Cluster {
     return this.post("/v1/publish", { ...target, data });
   }
 
+  /** GET from the router; the JSON answer, failing on anything but 2xx. */
+  async get(path) {
+    const resp = await fetch(`${this.routerUrl}${path}`,
+      { headers: { Authorization: `Bearer ${this.apiKey}` } });
+    const text = await resp.text();
+    if (!resp.ok) throw new Error(`router ${path}: HTTP ${resp.status}: ${text}`);
+    return JSON.parse(text);
+  }
+
+  /** Where each of the user's sessions is in its user stream (what the SDK acked). */
+  positions(user) {
+    return this.get(`/v1/users/${encodeURIComponent(user)}/positions`);
+  }
+
   disconnect(user, code = 4201, reason = "test") {
     return this.post(`/v1/users/${encodeURIComponent(user)}/disconnect`, { code, reason });
   }
@@ -75,7 +89,7 @@ export function uniqueName(prefix) {
 export async function until(predicate, what, timeout = 10_000) {
   const deadline = Date.now() + timeout;
   for (;;) {
-    const value = predicate();
+    const value = await predicate(); // a promise (a router query) is awaited
     if (value) return value;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));

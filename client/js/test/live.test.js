@@ -218,3 +218,29 @@ test("a watcher is told who joins and leaves its channel; a client that did not 
     await until(() => plainLog.messages.length === 1, "the plain subscriber's message");
     assert.equal(plainLog.presence.length, 0);
   });
+
+test("the user stream's processed messages are acked: within a second, at close, and never "
+  + "with ack: false", T, async () => {
+  const user = uniqueName("ida");
+  const sb = client({ token: cluster.token(user) });
+  const log = record(sb);
+  await sb.connect();
+  const quiet = client({ token: cluster.token(user), ack: false });
+  await quiet.connect();
+  const first = await cluster.publish({ user }, 1);
+  await until(() => stream(log, "user").length === 1, "the first message");
+  const acked = async (offset) => {
+    const p = await cluster.positions(user);
+    return p.sessions.find((s) => s.session === sb.session && s.acked
+      && s.acked.offset === offset);
+  };
+  const row = await until(() => acked(1), "the timer's ack of offset 1", 5000);
+  assert.equal(row.acked.epoch, first.epoch);
+  await cluster.publish({ user }, 2);
+  await until(() => stream(log, "user").length === 2, "the second message");
+  sb.close(); // sends what is pending before the close frame
+  await until(() => acked(2), "the ack sent at close");
+  const p = await cluster.positions(user);
+  assert.equal(p.acked.offset, 2);
+  assert.equal(p.sessions.filter((s) => s.session === quiet.session).length, 0);
+});

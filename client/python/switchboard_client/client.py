@@ -89,6 +89,13 @@ class Client:
         proxy: HTTP or SOCKS proxy URL (default None: connect directly; the environment is
             not read).
 
+    Delivery receipts:
+        ack: acknowledge the user stream's messages the application has processed (default
+            True). A message counts as processed when the application asks for the next item,
+            or closes the client after it. Acks go out at most every 50 messages or 1 s, and
+            at close; the backend reads them (``GET /v1/users/{U}/positions``) and a publish
+            with a receipt deadline fires ``message.undelivered`` without one.
+
     Callbacks (plain functions; exceptions they raise are logged and ignored):
         on_error: ``(code, message)`` for each non-fatal ``error`` from the gateway that no
             call is waiting for (a refused request raises from its call instead), e.g. a
@@ -121,6 +128,7 @@ class Client:
         backoff_reset: float = 60.0,
         rng: random.Random | None = None,
         proxy: str | None = None,
+        ack: bool = True,
         on_error: Callable[[str, str], object] | None = None,
         on_state: Callable[[State], object] | None = None,
         on_presence: Callable[[Presence], object] | None = None,
@@ -136,7 +144,7 @@ class Client:
             url=url, format=format, channels=tuple(channels), token_in_header=token_in_header,
             open_timeout=open_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
             close_timeout=close_timeout, max_size=max_size, proxy=proxy,
-            request_timeout=request_timeout,
+            request_timeout=request_timeout, ack=ack,
         )
         rng = rng if rng is not None else random.Random()
         self._on_error = on_error
@@ -161,6 +169,7 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._closing = False
+        self._handed: Item | None = None  # the item the application has, until it asks again
 
     # -- what the application can look at -----------------------------------------------------
 
@@ -232,6 +241,12 @@ class Client:
 
     async def close(self) -> None:
         """Close the connection (code 1000) and stop; iteration ends. Idempotent."""
+        if self._handed is not None and not self._closing:
+            # the last item handed out counts as processed: the application closes after it
+            handed, self._handed = self._handed, None
+            await self._conn.processed(handed)
+            with contextlib.suppress(Exception):
+                await self._conn.flush_acks()
         self._closing = True
         self._conn.stop_requests("client closed")
         ws, task = self._conn.ws, self._task
@@ -269,12 +284,16 @@ class Client:
             raise StopAsyncIteration
         if self._task is None:
             raise RuntimeError("start the client first: `async with Client(...) as c`")
+        if self._handed is not None:  # the application came back for more: it is done with it
+            handed, self._handed = self._handed, None
+            await self._conn.processed(handed)
         item = await self._queue.get()
         if isinstance(item, _End):
             self._queue.put_nowait(item)  # there is room: we just took it; later calls end too
             if self._error is not None and not self._closing:
                 raise self._error
             raise StopAsyncIteration
+        self._handed = item
         return item
 
     async def ping(self) -> float:

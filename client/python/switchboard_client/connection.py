@@ -26,6 +26,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 from websockets.typing import Subprotocol
 
+from switchboard_client import acks
+from switchboard_client.acks import Acks
 from switchboard_client.backoff import Backoff
 from switchboard_client.channels import (
     Channels,
@@ -50,6 +52,7 @@ from switchboard_client.protocol import (
     Format,
     Gap,
     Item,
+    Message,
     Position,
     Presence,
     ProtocolViolation,
@@ -86,6 +89,7 @@ class Options:
     max_size: int | None
     proxy: str | None
     request_timeout: float | None = 10.0
+    ack: bool = True  # acknowledge the user stream's messages the application processed
 
     def connect_kwargs(self) -> dict[str, Any]:
         return {
@@ -140,6 +144,9 @@ class Connector:
         self._pings: collections.deque[asyncio.Future[None]] = collections.deque()
         self._waiters: dict[int, list[asyncio.Future[Any]]] = {}  # request id -> callers
         self._stopped: str | None = None  # why requests are refused from now on
+        self._acks = Acks()  # the user stream's messages processed, not acked yet
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_sends: set[asyncio.Task[None]] = set()
         # Waits between attempts; tests swap it to record delays instead of sleeping.
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -151,6 +158,40 @@ class Connector:
                 log.info("reconnecting in %.2fs", delay)
                 await self.sleep(delay)
             delay = await self._connection()
+
+    # -- acks (delivery receipts) -------------------------------------------------------------
+
+    async def processed(self, item: Item) -> None:
+        """The application is done with ``item``: a user-stream message is acked, batched."""
+        if not self.options.ack or not isinstance(item, Message) or item.stream != "user":
+            return
+        if self._acks.processed(item.epoch, item.offset):
+            await self.flush_acks()
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(
+                acks.INTERVAL, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._ack_timer = None
+        task = asyncio.ensure_future(self.flush_acks())
+        self._ack_sends.add(task)
+        task.add_done_callback(self._ack_sends.discard)
+
+    async def flush_acks(self) -> None:
+        """Send the pending ack on the live connection (it stays pending without one)."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        ws, frame = self.live, self._acks.take()
+        if frame is None:
+            return
+        if ws is None:
+            self._acks.put_back(frame)
+            return
+        try:
+            await ws.send(encode(frame, self.options.format))
+        except ConnectionClosed:
+            self._acks.put_back(frame)
 
     async def ping(self) -> float:
         ws = self.ws
@@ -362,6 +403,8 @@ class Connector:
             await self._deliver(recovery)  # before any later message
         self.live = ws
         await self._carry_out(self.channels.opened(welcome))  # what waited for a connection
+        if self._acks.pending:
+            await self.flush_acks()  # processed during the last connection: the session goes on
 
     async def _handle(self, msg: dict[str, Any]) -> float | None:
         """Act on one server message; a float means: close, reconnect after that delay."""
