@@ -13,10 +13,12 @@ responses; lower-layer errors (redis-py, Starlette, FastAPI) are translated ther
     ├── NotFound               404
     ├── MethodNotAllowed       405
     ├── Conflict               409  the target cannot take the request now (not listening)
+    │   └── ReceiptsUnavailable  409  a receipt, where no dispatcher would fire it
     ├── BodyTooLarge           413  Content-Length or the bytes read exceed max_body
     ├── BatchTooLarge          413  more messages than max_batch
     ├── UnsupportedMediaType   415  neither JSON nor msgpack
     ├── InvalidField           422  well-formed, but a field is missing, mistyped or invalid
+    ├── TooManyReceipts        429  the user has too many receipts waiting; nothing stored
     ├── InternalError          500  a bug; no details leave the process
     └── RedisUnavailable       503  Redis did not answer; nothing was acknowledged
 """
@@ -90,6 +92,15 @@ class MethodNotAllowed(ApiError):
 class Conflict(ApiError):
     status = 409
     code = "conflict"
+
+
+class ReceiptsUnavailable(Conflict):
+    code = "receipts_unavailable"
+
+
+class TooManyReceipts(ApiError):
+    status = 429
+    code = "too_many_receipts"
 
 
 class BodyTooLarge(ApiError):

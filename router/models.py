@@ -18,6 +18,7 @@ from router.validation import (
     MAX_REASON_CHARS,
     MSGPACK_TYPE,
 )
+from switchboard.receipts import MAX_WITHIN_MS, MIN_WITHIN_MS
 from switchboard.streams import CHANNEL_RE, USER_RE
 
 _TARGETS = ("user", "channel", "broadcast")
@@ -25,15 +26,23 @@ _TARGETS = ("user", "channel", "broadcast")
 
 def _one_target(schema: dict[str, Any], model: type[BaseModel]) -> None:
     """The validator counts a target as given when its key is present (null included), so the
-    schema says the same: exactly one of the three keys, and none of them null."""
+    schema says the same: exactly one of the three keys, and none of them null (nor a
+    receipt: present means given)."""
     properties = schema.get("properties", {})
-    for name in _TARGETS:
+    for name in (*_TARGETS, "receipt"):
         prop = properties.get(name, {})
         options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
         if options:
             prop.update(options[0])
         prop.pop("default", None)
     schema["oneOf"] = [{"required": [name]} for name in _TARGETS]
+
+
+class Receipt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    within_ms: int = Field(..., ge=MIN_WITHIN_MS, le=MAX_WITHIN_MS,
+                           description="deadline after the publish, in ms")
 
 
 class PublishRequest(BaseModel):
@@ -51,6 +60,11 @@ class PublishRequest(BaseModel):
         None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY,
         pattern=f"^{IDEMPOTENCY_KEY_RE.pattern}$",
         description="a retried publish with the same key and target is stored once (1 h)",
+    )
+    receipt: Receipt | None = Field(
+        None, description="user targets, POST /v1/publish only: fire the webhook "
+        "message.undelivered if no session of the user acknowledged the message in time "
+        "(docs/receipts.md); refused with 409 where receipts are not available",
     )
 
 
@@ -82,6 +96,8 @@ class PublishResult(BaseModel):
     recipients: int = Field(..., description="gateways (user) or subscribed gateways reached")
     duplicate: bool = Field(..., description="true: the idempotency key was seen; the "
                             "original epoch and offset are returned")
+    receipt: Literal["pending"] | None = Field(None, description="'pending': a receipt was "
+                                               "asked for and is waiting for an ack")
 
 
 class BatchResult(BaseModel):

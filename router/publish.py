@@ -14,6 +14,9 @@ from redis.exceptions import RedisError
 
 from router import bodies, models, validation
 from router.context import Context
+from router.errors import ReceiptsUnavailable, TooManyReceipts
+from switchboard import receipts
+from switchboard.redisurl import is_cluster
 from switchboard.store import Published
 
 MSGPACK_RESULT: dict[str, Any] = {"content": {validation.MSGPACK_TYPE: {}}}
@@ -28,16 +31,34 @@ def result_body(p: Published) -> dict[str, Any]:
 async def publish_message(ctx: Context, doc: dict[str, Any]) -> dict[str, Any]:
     """Validate and publish one message (a decoded body); the answer's payload."""
     req = validation.parse_publish(doc)
+    if req.receipt_ms is not None:
+        check_receipts(ctx)
     started = time.perf_counter()
     with ctx.redis("publish"):
         try:
-            published = await ctx.store.publish(req.target, req.data, req.idempotency_key)
+            published = await ctx.store.publish(req.target, req.data, req.idempotency_key,
+                                                receipt_ms=req.receipt_ms)
         except RedisError:
             ctx.metrics.publish_failed(req.target.kind)
             raise
+        except receipts.ReceiptsFull:
+            raise TooManyReceipts(
+                f"{receipts.MAX_PENDING} receipts of this user are waiting for an ack or "
+                "their deadline; message not stored", field="receipt") from None
     ctx.metrics.publish_latency("single", time.perf_counter() - started)
     ctx.metrics.published(req.target.kind, published.duplicate)
-    return result_body(published)
+    body = result_body(published)
+    if req.receipt_ms is not None and not published.duplicate:
+        body["receipt"] = "pending"
+    return body
+
+
+def check_receipts(ctx: Context) -> None:
+    """Receipts are fired by the webhook dispatcher, which runs on one Redis node for now."""
+    if not ctx.settings.webhook_url:
+        raise ReceiptsUnavailable(receipts.RECEIPTS_UNCONFIGURED, field="receipt")
+    if is_cluster(ctx.settings.redis_url):
+        raise ReceiptsUnavailable(receipts.RECEIPTS_CLUSTER_REFUSED, field="receipt")
 
 
 async def publish_messages(ctx: Context, doc: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +91,8 @@ def add_routes(api: APIRouter, ctx: Context) -> None:
         tags=["publish"],
         summary="Publish one message to a user, a channel or everyone",
         response_model=models.PublishResult,
-        responses={200: MSGPACK_RESULT, **models.errors(400, 401, 403, 413, 415, 422, 503)},
+        responses={200: MSGPACK_RESULT,
+                   **models.errors(400, 401, 403, 409, 413, 415, 422, 429, 503)},
         openapi_extra=models.request_body(models.PublishRequest),
     )
     async def publish(request: Request) -> Response:

@@ -22,7 +22,7 @@ from router.errors import (
     MalformedBody,
     UnsupportedMediaType,
 )
-from switchboard import streams, untrusted
+from switchboard import receipts, streams, untrusted
 from switchboard.closecodes import Close
 from switchboard.store import Target
 
@@ -34,7 +34,7 @@ MSGPACK_TYPE = "application/msgpack"
 MSGPACK_TYPES = frozenset({MSGPACK_TYPE, "application/x-msgpack", "application/vnd.msgpack"})
 
 TARGETS = ("user", "channel", "broadcast")
-PUBLISH_FIELDS = frozenset({*TARGETS, "data", "idempotency_key"})
+PUBLISH_FIELDS = frozenset({*TARGETS, "data", "idempotency_key", "receipt"})
 MAX_IDEMPOTENCY_KEY = 128
 
 DISCONNECT_DEFAULT_CODE = int(Close.DISCONNECTED)
@@ -51,6 +51,7 @@ class PublishRequest:
     target: Target
     data: Any
     idempotency_key: str | None = None
+    receipt_ms: int | None = None  # a receipt deadline (docs/receipts.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +164,7 @@ def parse_publish(doc: dict[str, Any]) -> PublishRequest:
         if name not in PUBLISH_FIELDS:
             raise InvalidField(
                 f"unknown field {str(name)[:64]!r}; expected user, channel or broadcast, "
-                "data and optionally idempotency_key",
+                "data and optionally idempotency_key and receipt",
                 field=str(name)[:64],
             )
     target = _target(doc)
@@ -172,7 +173,24 @@ def parse_publish(doc: dict[str, Any]) -> PublishRequest:
                            field="data")
     data = doc["data"]
     _check_encodable(data)
-    return PublishRequest(target, data, _idempotency_key(doc.get("idempotency_key")))
+    return PublishRequest(target, data, _idempotency_key(doc.get("idempotency_key")),
+                          _receipt(doc.get("receipt"), target) if "receipt" in doc else None)
+
+
+def _receipt(value: object, target: Target) -> int:
+    """``{"within_ms": N}``: the deadline of a receipt, for a user target only."""
+    rule = (f"'receipt' must be {{\"within_ms\": {receipts.MIN_WITHIN_MS}.."
+            f"{receipts.MAX_WITHIN_MS}}}")
+    if not isinstance(value, dict) or set(value) != {"within_ms"}:
+        raise InvalidField(rule, field="receipt")
+    within = value["within_ms"]
+    if isinstance(within, bool) or not isinstance(within, int) or not (
+            receipts.MIN_WITHIN_MS <= within <= receipts.MAX_WITHIN_MS):
+        raise InvalidField(rule, field="receipt.within_ms")
+    if target.kind != "u":
+        raise InvalidField("a receipt is for a message to a user (acks are per user stream)",
+                           field="receipt")
+    return within
 
 
 def _target(doc: dict[str, Any]) -> Target:
@@ -258,6 +276,10 @@ def parse_batch(doc: dict[str, Any], max_batch: int) -> list[PublishRequest]:
         except InvalidField as exc:
             field = f"{where}.{exc.field}" if exc.field else where
             raise InvalidField(f"{where}: {exc.message}", field=field, index=index) from None
+        if "receipt" in item:
+            # One message's full receipts (429) must not leave the batch half answered.
+            raise InvalidField(f"{where}: a receipt is for POST /v1/publish only, not a batch",
+                               field=f"{where}.receipt", index=index)
     return result
 
 

@@ -233,6 +233,10 @@ class RouterSettings(RedisSettings):
     )
     max_body: int = field(default=1024 * 1024, metadata={"help": "largest request body (413)"})
     max_batch: int = field(default=1000, metadata={"help": "most messages in one batch"})
+    webhook_url: str = field(
+        default="", metadata={"help": "the webhook receiver, as the dispatcher's: publishes "
+                                      "may ask for receipts only when it is set"}
+    )
     cors_origins: tuple[str, ...] = field(
         default=(), metadata={"help": "browser origins allowed to call the API (CORS)"}
     )

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from switchboard import contract, streams
+from switchboard import whcontract as wh
 from switchboard.pipelined import Script
-from switchboard.store import text
 from switchboard.streams import Position
 
 ACK_INTERVAL = 0.25  # seconds a gateway gathers acks before writing them
@@ -48,9 +48,10 @@ class Ack:
     offset: int
 
 
-# KEYS: acks, meta (of the user stream). ARGV: 1 ttl ms, 2 most sessions, then per session:
-# session, conn, epoch, offset. Offsets only ever rise (per session, and _max); an ack of
-# another epoch than the stream's current one, or past its top, is ignored.
+# KEYS: acks, meta (of the user stream), receipts, rcpt. ARGV: 1 ttl ms, 2 most sessions,
+# then per session: session, conn, epoch, offset. Offsets only ever rise (per session, and
+# _max); an ack of another epoch than the stream's current one, or past its top, is ignored.
+# Receipts the new _max covers are cleared at once (so they do not count against the cap).
 # Returns the new _max offset (-1: none in the current epoch).
 ACK = Script(r"""
 local acks, meta = KEYS[1], KEYS[2]
@@ -99,6 +100,15 @@ if redis.call('HLEN', acks) > limit + 1 then
   for i = 1, #aged - limit do redis.call('HDEL', acks, aged[i][2]) end
 end
 redis.call('PEXPIRE', acks, ARGV[1])
+if raised and redis.call('EXISTS', KEYS[3]) == 1 then
+  for _, r in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    local e, o = string.match(r, '^(.+):(%d+)$')
+    if e == epoch and tonumber(o) <= best then
+      redis.call('ZREM', KEYS[3], r)
+      redis.call('HDEL', KEYS[4], r)
+    end
+  end
+end
 return best
 """)
 
@@ -110,7 +120,8 @@ def ack_call(prefix: str, meta_ttl: float,
     args: list[str | int] = [contract.ms(meta_ttl), MAX_SESSIONS]
     for a in batch:
         args += [a.session, a.conn, a.epoch, a.offset]
-    return [acks_key(prefix, user), contract.Keys(prefix).meta(streams.user_key(user))], args
+    return [acks_key(prefix, user), contract.Keys(prefix).meta(streams.user_key(user)),
+            receipts_key(prefix, user), rcpt_key(prefix, user)], args
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +149,10 @@ def parse_acks(raw: dict[str, str]) -> tuple[Position | None, list[SessionAck]]:
     return best, sessions
 
 
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 @dataclass(frozen=True, slots=True)
 class UserPositions:
     """Where each of a user's connections is in its user stream (``GET
@@ -159,6 +174,129 @@ async def read_positions(store: Any, user: str) -> UserPositions:
     pending = await store.redis.zcard(receipts_key(store.settings.prefix, user))
     conns = await store.connections(user)
     alive = await store.live_gateways(set(conns.values()))
-    best, sessions = parse_acks({text(k): text(v) for k, v in raw.items()})
+    best, sessions = parse_acks({_text(k): _text(v) for k, v in raw.items()})
     return UserPositions(top, best, sessions,
                          {c: g for c, g in conns.items() if g in alive}, int(pending))
+
+
+# -- receipt deadlines (one Redis node) -------------------------------------------------------
+#
+# A publish to a user may ask for a receipt: if no session of the user acknowledged the
+# message within ``within_ms``, the webhook dispatcher fires ``message.undelivered``. The
+# publish script writes, in the same call as the message:
+#   sb:{u:U}:receipts  zset  member EPOCH:OFFSET -> deadline ms
+#   sb:{u:U}:rcpt      hash  EPOCH:OFFSET -> "PUBLISHED_MS DEADLINE_MS IDEMPOTENCY_KEY"
+#   the due set of the user's webhook partition: ["r", U] at its earliest deadline
+# On one node a script may write keys of any slot; on a Redis Cluster the due set is in
+# another slot, so receipts are refused there for now (RECEIPTS_CLUSTER_REFUSED).
+
+MIN_WITHIN_MS = 1000  # acks take up to 1.25 s to reach Redis (SDK batch + gateway batch)
+MAX_WITHIN_MS = 24 * 3600 * 1000
+MAX_PENDING = 1000  # receipts waiting per user; one more is refused (429), nothing stored
+RECEIPTS_CLUSTER_REFUSED = "receipts need one Redis node for now, not a Redis Cluster"
+RECEIPTS_UNCONFIGURED = ("receipts need the webhook dispatcher: set SWITCHBOARD_WEBHOOK_URL "
+                         "for the router too (docs/receipts.md)")
+FULL = 2  # the publish script's 4th reply: the user has MAX_PENDING receipts waiting
+
+
+def rcpt_key(prefix: str, user: str) -> str:
+    return f"{prefix}{{{streams.user_key(user)}}}:rcpt"
+
+
+class ReceiptsFull(Exception):
+    """The user has :data:`MAX_PENDING` receipts waiting: the message was not stored."""
+
+
+# KEYS: meta, log, idempotency, conns, receipts, rcpt, due. ARGV: the publish script's 1..11,
+# then 12 within ms, 13 most pending, 14 due member, 15 receipt ttl ms, 16 idempotency key
+# or ''. For user targets only.
+# Returns the publish script's reply; {'', 0, 0, 2} when the user's receipts are full (checked
+# before anything is stored; a repeat of a stored idempotent publish is answered as one).
+RECEIPT_PUBLISH = Script(contract._GATEWAYS_LUA + r"""
+local within = tonumber(ARGV[12])
+if not (ARGV[9] == '1' and redis.call('EXISTS', KEYS[3]) == 1) then
+  if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[13]) then return {'', 0, 0, 2} end
+end
+""" + contract._STORE_LUA + r"""
+do
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local deadline = now + within
+  local member = epoch .. ':' .. offset
+  local idem = ARGV[16]
+  redis.call('ZADD', KEYS[5], deadline, member)
+  redis.call('HSET', KEYS[6], member, now .. ' ' .. deadline .. ' ' .. idem)
+  local ttl = tonumber(ARGV[15])
+  for i = 5, 6 do
+    if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
+  redis.call('ZADD', KEYS[7], 'LT', deadline, ARGV[14])
+end
+return {epoch, offset, route_to_user(KEYS[4], ARGV[8], env), 0}
+""")
+
+
+def receipt_call(prefix: str, user: str, within_ms: int, idempotency_key: str | None,
+                 meta_ttl: float) -> tuple[list[str], list[str | int]]:
+    """What :data:`RECEIPT_PUBLISH` takes after the publish script's KEYS and ARGV."""
+    keys = wh.WebhookKeys(prefix)
+    entity = streams.user_key(user)
+    return ([receipts_key(prefix, user), rcpt_key(prefix, user),
+             keys.due(keys.partition(entity))],
+            [within_ms, MAX_PENDING, wh.due_member("r", user),
+             within_ms + contract.ms(meta_ttl), idempotency_key or ""])
+
+
+# The dispatcher's check of one user's receipts whose deadline has come (due member
+# ["r", U]). KEYS: receipts, rcpt, acks, meta, conns, then the partition's out, due, lost.
+# ARGV: 1 due member, 2 user, 3 outbox cap. A receipt acknowledged in time (the _max of the
+# stream's current epoch reaches its offset) is dropped without a word; any other fires
+# message.undelivered: "not_acked", or "epoch_changed" when the stream is no longer in the
+# receipt's epoch (history lost: offsets of the new epoch say nothing about it, so it errs
+# to undelivered, never to a false delivered). The member is put back at the next deadline.
+RECEIPTS_DUE = Script(wh._COMMON + r"""
+local receipts, rcpt, acks, meta, conns = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local out, due, lost = KEYS[6], KEYS[7], KEYS[8]
+local member, user, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = now_ms()
+local score = redis.call('ZSCORE', due, member)
+if not score or tonumber(score) > now then return 0 end
+redis.call('ZREM', due, member)
+local epoch = redis.call('HGET', meta, 'epoch')
+local best = -1
+local max = redis.call('HGET', acks, '_max')
+if max and epoch then
+  local e, n = string.match(max, '^(%S+) (%d+)$')
+  if e == epoch then best = tonumber(n) end
+end
+local wrote = 0
+for _, r in ipairs(redis.call('ZRANGEBYSCORE', receipts, '-inf', now)) do
+  local e, o = string.match(r, '^(.+):(%d+)$')
+  local info = redis.call('HGET', rcpt, r) or ''
+  local published, deadline, idem = string.match(info, '^(%d+) (%d+) ?(.*)$')
+  redis.call('ZREM', receipts, r)
+  redis.call('HDEL', rcpt, r)
+  if e and not (e == epoch and tonumber(o) <= best) then
+    local ev = {id = 'r:' .. user .. '/' .. e .. '/' .. o, type = 'message.undelivered',
+      ts_ms = tonumber(deadline) or now, user = user, stream = 'user', epoch = e,
+      offset = tonumber(o), published_ms = tonumber(published),
+      deadline_ms = tonumber(deadline), connections = redis.call('HLEN', conns),
+      reason = (e == epoch) and 'not_acked' or 'epoch_changed'}
+    if idem and idem ~= '' then ev.idempotency_key = idem end
+    wrote = wrote + emit(out, lost, cap, ev)
+  end
+end
+local nxt = redis.call('ZRANGE', receipts, 0, 0, 'WITHSCORES')
+if nxt[2] then redis.call('ZADD', due, nxt[2], member) end
+return wrote
+""")
+
+
+def due_call(prefix: str, user: str, member: str,
+             cap: int) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of :data:`RECEIPTS_DUE` for one user."""
+    keys = wh.WebhookKeys(prefix)
+    entity = streams.user_key(user)
+    return ([receipts_key(prefix, user), rcpt_key(prefix, user), acks_key(prefix, user),
+             contract.Keys(prefix).meta(entity), contract.Keys(prefix).conns(user),
+             *keys.part_keys(keys.partition(entity))], [member, user, cap])

@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from switchboard import contract, streams
+from switchboard import contract, receipts, streams
 from switchboard.config import RedisSettings
 from switchboard.contract import GatewayInfo, Message
 from switchboard.pipelined import Arg, PipelinedRedis, Script
@@ -110,7 +110,8 @@ PUBLISH_SCRIPT = Script(contract.PUBLISH_LUA)
 def pipelined(settings: RedisSettings, client_name: str) -> PipelinedRedis:
     """The publish connection :class:`Store` can take: scripts preloaded, fail-fast timeout."""
     return PipelinedRedis(settings.redis_url, settings.redis_timeout,
-                          client_name=client_name, scripts=[PUBLISH_SCRIPT])
+                          client_name=client_name,
+                          scripts=[PUBLISH_SCRIPT, receipts.RECEIPT_PUBLISH])
 
 
 class ScriptRunner(Protocol):
@@ -215,9 +216,23 @@ class Store:
         data: Any,
         idempotency_key: str | None = None,
         idempotency_ttl: float = 3600.0,
+        receipt_ms: int | None = None,
     ) -> Published:
+        """``receipt_ms`` (a user target, one Redis node): fire ``message.undelivered`` if no
+        session of the user acknowledged the message that long after it is stored; raises
+        :class:`~switchboard.receipts.ReceiptsFull` (nothing stored) past the cap."""
         keys, args = self._publish_args(target, data, idempotency_key, idempotency_ttl)
-        raw = await self.pipelined.run_script(self.publish_script, keys, args)
+        script = self.publish_script
+        if receipt_ms is not None:
+            if target.kind != "u":
+                raise ValueError("receipts are for user targets only")
+            more_keys, more_args = receipts.receipt_call(
+                self.settings.prefix, target.name, receipt_ms, idempotency_key,
+                self.settings.meta_ttl)
+            keys, args, script = keys + more_keys, args + more_args, receipts.RECEIPT_PUBLISH
+        raw = await self.pipelined.run_script(script, keys, args)
+        if int(raw[3]) == receipts.FULL:
+            raise receipts.ReceiptsFull(target.name)
         return self._result(target, raw)
 
     async def publish_many(

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from redis.exceptions import RedisError, ResponseError
 
-from switchboard import contract, streams
+from switchboard import contract, receipts, streams
 from switchboard import whcontract as wh
 from switchboard.config import WebhookSettings
 from switchboard.store import text
@@ -45,7 +45,7 @@ class Dispatcher:
         self.leader = False
         self._valid_until = 0.0  # monotonic: until then the lease is surely ours
         self._run_script = Scripts(redis, wh.CONFIRM, wh.PEEK, wh.OVERFLOW, wh.LEASE,
-                                   wh.RELEASE).run
+                                   wh.RELEASE, receipts.RECEIPTS_DUE).run
         self._sweeper = Sweeper(settings, redis, self.keys)
         self._secrets = tuple(s.encode() for s in settings.webhook_secrets)
         self._busy: set[int] = set()  # partitions with a request in flight
@@ -154,10 +154,14 @@ class Dispatcher:
         pipe = self.redis.pipeline(transaction=False)
         for raw in members:
             parsed = wh.parse_due_member(raw)
-            if parsed is None or parsed[0] not in ("o", "l", "v") or len(parsed) < 2:
+            if parsed is None or parsed[0] not in ("o", "l", "v", "r") or len(parsed) < 2:
                 pipe.zrem(due, raw)  # not ours: it would block the partition for ever
                 continue
             kind, name = parsed[0], parsed[1]
+            if kind == "r":  # a user's receipts whose deadline came (docs/receipts.md)
+                keys, args = receipts.due_call(s.prefix, name, text(raw), s.webhook_outbox_max)
+                await self._run_script(receipts.RECEIPTS_DUE, keys, args, client=pipe)
+                continue
             keys = self.keys.user(name) if kind == "o" else self.keys.channel(name)
             user = parsed[2] if kind == "l" and len(parsed) > 2 else ""
             await self._run_script(wh.CONFIRM, keys, [
