@@ -3,8 +3,9 @@
 An ack is cumulative ("I processed everything up to N in epoch E"), so of one session's acks
 between two writes only the highest matters: the batch keeps one entry per session, and the
 backplane writes the batch as one small call per user (:data:`switchboard.receipts.ACK`).
-Acks are checked against what the connection was actually sent, so a client can never
-acknowledge a message it did not get.
+Acks are checked against what the connection was actually sent: an ack covers the offsets
+from the connection's ``ack_floor`` (where it started, or its last gap) up to the last one
+it delivered, so a client can never acknowledge a message it did not get.
 """
 
 from __future__ import annotations
@@ -17,20 +18,23 @@ from switchboard.receipts import Ack
 
 
 class AckBatch:
-    """The highest ack of each session since the last write."""
+    """The highest ack of each session (and range start) since the last write."""
 
     __slots__ = ("_pending",)
 
     def __init__(self) -> None:
-        self._pending: dict[str, Ack] = {}
+        self._pending: dict[tuple[str, str, int], Ack] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def add(self, ack: Ack) -> None:
-        held = self._pending.get(ack.session)
-        if held is None or held.epoch != ack.epoch or held.offset < ack.offset:
-            self._pending[ack.session] = ack
+        # keyed by the range's start too: a session's acks from before a reconnect (another
+        # floor) cover other offsets, and must not be replaced by the newer range
+        key = (ack.session, ack.epoch, ack.floor)
+        held = self._pending.get(key)
+        if held is None or held.offset < ack.offset:
+            self._pending[key] = ack
 
     def take(self) -> list[list[Ack]]:
         """Everything gathered, grouped by user (one write each), and a fresh batch."""
@@ -63,6 +67,11 @@ def command(svc: Services, conn: Client, msg: dict[str, Any]) -> str | None:
         svc.metrics.acks("refused")
         return f"ack of offset {offset}, but this connection was sent up to " \
                f"{delivered.offset}"
-    if offset > 0:
-        svc.backplane.ack(Ack(session.user, session.session_id, conn.conn_id, epoch, offset))
+    if offset <= session.ack_floor:
+        # Not sent by this connection (it started above, or skipped them): acks from an
+        # earlier connection of the session, carried over by the SDK, land here.
+        svc.metrics.acks("stale")
+        return None
+    svc.backplane.ack(Ack(session.user, session.session_id, conn.conn_id, epoch,
+                          session.ack_floor, offset))
     return None

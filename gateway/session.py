@@ -24,13 +24,18 @@ _NOTHING_HELD: list[Outgoing] = []  # never appended to: only ready sessions poi
 
 
 class Session:
-    __slots__ = ("_epochs", "_offsets", "held", "joining", "ready", "session_id", "user")
+    __slots__ = ("_epochs", "_offsets", "ack_floor", "held", "joining", "ready", "session_id",
+                 "user")
 
     def __init__(self, session_id: str, user: str) -> None:
         self.session_id = session_id
         self.user = user
         self._epochs: dict[str, str] = {}  # Redis stream key -> epoch
         self._offsets: dict[str, int] = {}  # Redis stream key -> last offset delivered
+        # The user stream's offset this connection has delivered every message after, without
+        # a gap: it may acknowledge only offsets above it (receipts must never count a
+        # message it was not sent, e.g. one published before it connected at the top).
+        self.ack_floor = 0
         self.ready = False
         self.held: list[Outgoing] = []
         # Channel keys being subscribed: their live messages wait until the position is known.
@@ -57,6 +62,8 @@ class Session:
     def follow(self, stream_key: str, position: Position) -> None:
         self._epochs[stream_key] = position.epoch
         self._offsets[stream_key] = position.offset
+        if stream_key[0] == "u":
+            self.ack_floor = position.offset
 
     def begin_join(self, stream_key: str) -> None:
         self.joining.setdefault(stream_key, [])
@@ -101,11 +108,16 @@ class Session:
             # The stream's history was lost and restarted: the new epoch's offsets start at 1.
             self._epochs[key] = m.epoch
             self._offsets[key] = offset
+            if key[0] == "u":
+                self.ack_floor = offset - 1
             return NEXT + offset - 1
         if offset <= last:
             return DUPLICATE
         self._offsets[key] = offset
-        return NEXT + offset - last - 1
+        gap = offset - last - 1
+        if gap and key[0] == "u":
+            self.ack_floor = offset - 1  # what was skipped was never sent here
+        return NEXT + gap
 
     def hold(self) -> None:
         """Hold live messages again (a paced replay is going out); :meth:`start` releases

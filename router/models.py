@@ -238,8 +238,8 @@ class UserPositions(BaseModel):
     acked: StreamPosition | None = Field(..., description="the highest offset any session "
                                          "acknowledged in the stream's current epoch; null: "
                                          "none")
-    sessions: list[SessionPosition] = Field(..., description="acknowledging sessions (at "
-                                            "most 32, the most recent), then live "
+    sessions: list[SessionPosition] = Field(..., description="acknowledging sessions (the 32 "
+                                            "that acked last, by session id), then live "
                                             "connections that acknowledged nothing")
     pending_receipts: int = Field(..., description="receipts not yet acknowledged or fired")
 

@@ -39,19 +39,22 @@ def receipts_key(prefix: str, user: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """One connection's highest acknowledged offset of its user stream."""
+    """One connection's acknowledgement of its user stream: every offset in ``floor + 1 ..
+    offset`` of ``epoch`` is processed (the connection delivered all of them)."""
 
     user: str
     session: str
     conn: str
     epoch: str
+    floor: int
     offset: int
 
 
 # KEYS: acks, meta (of the user stream), receipts, rcpt. ARGV: 1 ttl ms, 2 most sessions,
-# then per session: session, conn, epoch, offset. Offsets only ever rise (per session, and
+# then per ack: session, conn, epoch, floor, offset. Offsets only ever rise (per session, and
 # _max); an ack of another epoch than the stream's current one, or past its top, is ignored.
-# Receipts the new _max covers are cleared at once (so they do not count against the cap).
+# Receipts in floor+1..offset whose deadline has not passed are cleared: delivered in time.
+# (One whose deadline passed is left for the dispatcher: it fires, late, as it would have.)
 # Returns the new _max offset (-1: none in the current epoch).
 ACK = Script(r"""
 local acks, meta = KEYS[1], KEYS[2]
@@ -69,9 +72,25 @@ if max then
   end
 end
 local raised = false
-for i = 3, #ARGV, 4 do
-  local session, conn, e, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+local receipts = redis.call('EXISTS', KEYS[3]) == 1
+local cleared = {}
+for i = 3, #ARGV, 5 do
+  local session, conn, e = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local floor, n = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   if e == epoch and n and n <= top then
+    if receipts then
+      for _, r in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], now, '+inf')) do
+        local re, ro = string.match(r, '^(.+):(%d+)$')
+        if re == epoch and tonumber(ro) > floor and tonumber(ro) <= n then
+          cleared[#cleared + 1] = r
+        end
+      end
+      for _, r in ipairs(cleared) do
+        redis.call('ZREM', KEYS[3], r)
+        redis.call('HDEL', KEYS[4], r)
+      end
+      cleared = {}
+    end
     local old = redis.call('HGET', acks, session)
     if old then
       local a, b, c = string.match(old, '^(%S+) (%S+) (%d+)')
@@ -100,15 +119,6 @@ if redis.call('HLEN', acks) > limit + 1 then
   for i = 1, #aged - limit do redis.call('HDEL', acks, aged[i][2]) end
 end
 redis.call('PEXPIRE', acks, ARGV[1])
-if raised and redis.call('EXISTS', KEYS[3]) == 1 then
-  for _, r in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-    local e, o = string.match(r, '^(.+):(%d+)$')
-    if e == epoch and tonumber(o) <= best then
-      redis.call('ZREM', KEYS[3], r)
-      redis.call('HDEL', KEYS[4], r)
-    end
-  end
-end
 return best
 """)
 
@@ -119,7 +129,7 @@ def ack_call(prefix: str, meta_ttl: float,
     user = batch[0].user
     args: list[str | int] = [contract.ms(meta_ttl), MAX_SESSIONS]
     for a in batch:
-        args += [a.session, a.conn, a.epoch, a.offset]
+        args += [a.session, a.conn, a.epoch, a.floor, a.offset]
     return [acks_key(prefix, user), contract.Keys(prefix).meta(streams.user_key(user)),
             receipts_key(prefix, user), rcpt_key(prefix, user)], args
 
@@ -175,6 +185,8 @@ async def read_positions(store: Any, user: str) -> UserPositions:
     conns = await store.connections(user)
     alive = await store.live_gateways(set(conns.values()))
     best, sessions = parse_acks({_text(k): _text(v) for k, v in raw.items()})
+    if best is not None and best.epoch != top.epoch:
+        best = None  # acks of an epoch the stream has left say nothing about the current one
     return UserPositions(top, best, sessions,
                          {c: g for c, g in conns.items() if g in alive}, int(pending))
 
@@ -249,11 +261,12 @@ def receipt_call(prefix: str, user: str, within_ms: int, idempotency_key: str | 
 
 # The dispatcher's check of one user's receipts whose deadline has come (due member
 # ["r", U]). KEYS: receipts, rcpt, acks, meta, conns, then the partition's out, due, lost.
-# ARGV: 1 due member, 2 user, 3 outbox cap. A receipt acknowledged in time (the _max of the
-# stream's current epoch reaches its offset) is dropped without a word; any other fires
-# message.undelivered: "not_acked", or "epoch_changed" when the stream is no longer in the
-# receipt's epoch (history lost: offsets of the new epoch say nothing about it, so it errs
-# to undelivered, never to a false delivered). The member is put back at the next deadline.
+# ARGV: 1 due member, 2 user, 3 outbox cap. A receipt acknowledged in time is gone already
+# (the ACK that covered it cleared it), so every receipt still here whose deadline passed
+# fires message.undelivered: "not_acked", or "epoch_changed" when the stream is no longer in
+# the receipt's epoch (history lost: offsets of the new epoch say nothing about it, so it
+# errs to undelivered, never to a false delivered). The member is put back at the next
+# deadline. (acks is among the KEYS only to keep every user key of the call declared.)
 RECEIPTS_DUE = Script(wh._COMMON + r"""
 local receipts, rcpt, acks, meta, conns = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local out, due, lost = KEYS[6], KEYS[7], KEYS[8]
@@ -263,12 +276,6 @@ local score = redis.call('ZSCORE', due, member)
 if not score or tonumber(score) > now then return 0 end
 redis.call('ZREM', due, member)
 local epoch = redis.call('HGET', meta, 'epoch')
-local best = -1
-local max = redis.call('HGET', acks, '_max')
-if max and epoch then
-  local e, n = string.match(max, '^(%S+) (%d+)$')
-  if e == epoch then best = tonumber(n) end
-end
 local wrote = 0
 for _, r in ipairs(redis.call('ZRANGEBYSCORE', receipts, '-inf', now)) do
   local e, o = string.match(r, '^(.+):(%d+)$')
@@ -276,7 +283,7 @@ for _, r in ipairs(redis.call('ZRANGEBYSCORE', receipts, '-inf', now)) do
   local published, deadline, idem = string.match(info, '^(%d+) (%d+) ?(.*)$')
   redis.call('ZREM', receipts, r)
   redis.call('HDEL', rcpt, r)
-  if e and not (e == epoch and tonumber(o) <= best) then
+  if e then
     local ev = {id = 'r:' .. user .. '/' .. e .. '/' .. o, type = 'message.undelivered',
       ts_ms = tonumber(deadline) or now, user = user, stream = 'user', epoch = e,
       offset = tonumber(o), published_ms = tonumber(published),

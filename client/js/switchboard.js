@@ -949,8 +949,8 @@ export class Switchboard {
     const conn = this._conn;
     if (!this._ack || !conn || !conn.welcomed || conn.kind !== "websocket") return;
     const { epoch, offset } = this._ack;
-    this._ack = null;
-    this._send({ type: "ack", stream: "user", epoch, offset });
+    // kept when the socket is not open (closing): the next connection of the session sends it
+    if (this._send({ type: "ack", stream: "user", epoch, offset })) this._ack = null;
   }
 
   /** Offsets are missing: reconnect with our cursor and let the gateway replay them. */
@@ -989,11 +989,14 @@ export class Switchboard {
     conn.pingTimer = null;
   }
 
+  /** Send over the open WebSocket; false when there is none. */
   _send(obj) {
     const conn = this._conn;
     if (conn && conn.kind === "websocket" && conn.socket && conn.socket.readyState === 1) {
       conn.socket.send(JSON.stringify(obj));
+      return true;
     }
+    return false;
   }
 
   _failPings(why) {

@@ -158,3 +158,29 @@ async def test_a_receipt_whose_stream_lost_its_history_fires_as_epoch_changed(
     redis_server.cli("DEL", f"sb:{{{streams.user_key('eve')}}}:meta")
     [event] = await _wait(receiver, "eve")
     assert (event["reason"], event["epoch"]) == ("epoch_changed", sent["epoch"])
+
+
+async def test_an_ack_covers_only_what_its_connection_was_sent(
+        redis_server: RedisServer, receiver: Receiver,
+        hooked: tuple[Proc, httpx.Client]) -> None:
+    """Published while the user was offline, then a fresh connection (no cursor) starts at
+    the top and never gets it: its ack of a later message must not count for it."""
+    gw, http = hooked
+    missed = http.post("/v1/publish", json={"user": "uma", "data": "missed",
+                                            "receipt": {"within_ms": WITHIN}}).json()
+    late = await WsClient(f"ws://127.0.0.1:{gw.port}/ws?token={token('uma')}").start()
+    seen = http.post("/v1/publish", json={"user": "uma", "data": "seen",
+                                          "receipt": {"within_ms": WITHIN}}).json()
+    await until(lambda: late.data("user") == ["seen"], 10, "the message after the connect")
+    for offset in (missed["offset"], seen["offset"]):  # the first is dropped: never sent here
+        await late.send({"type": "ack", "stream": "user", "epoch": seen["epoch"],
+                         "offset": offset})
+    [event] = await _wait(receiver, "uma")
+    assert event["offset"] == missed["offset"] and event["connections"] == 1
+    await until(lambda: due_score(redis_server, "uma") == "", 10, "uma's deadlines checked")
+    keys = wh.WebhookKeys("sb:")
+    out = keys.outbox(keys.partition(streams.user_key("uma")))
+    await until(lambda: redis_server.cli("XLEN", out).strip() == "0", 10, "outbox drained")
+    assert [e["offset"] for e in undelivered(receiver, "uma")] == [missed["offset"]]
+    assert http.get("/v1/users/uma/positions").json()["acked"]["offset"] == seen["offset"]
+    await late.close()

@@ -92,9 +92,10 @@ class Client:
     Delivery receipts:
         ack: acknowledge the user stream's messages the application has processed (default
             True). A message counts as processed when the application asks for the next item,
-            or closes the client after it. Acks go out at most every 50 messages or 1 s, and
-            at close; the backend reads them (``GET /v1/users/{U}/positions``) and a publish
-            with a receipt deadline fires ``message.undelivered`` without one.
+            or closes the client after it (not when ``async with`` ends with an exception).
+            Acks go out at most every 50 messages or 1 s, and at close; the backend reads
+            them (``GET /v1/users/{U}/positions``), and a publish with a receipt deadline
+            fires ``message.undelivered`` without one.
 
     Callbacks (plain functions; exceptions they raise are logged and ignored):
         on_error: ``(code, message)`` for each non-fatal ``error`` from the gateway that no
@@ -241,12 +242,14 @@ class Client:
 
     async def close(self) -> None:
         """Close the connection (code 1000) and stop; iteration ends. Idempotent."""
-        if self._handed is not None and not self._closing:
-            # the last item handed out counts as processed: the application closes after it
-            handed, self._handed = self._handed, None
-            await self._conn.processed(handed)
-            with contextlib.suppress(Exception):
+        if not self._closing:
+            with contextlib.suppress(Exception):  # nothing here may keep the client open
+                if self._handed is not None:
+                    # the last item handed out counts as processed: the application closes
+                    # after it (not when it raised: see __aexit__)
+                    await self._conn.processed(self._handed)
                 await self._conn.flush_acks()
+        self._handed = None
         self._closing = True
         self._conn.stop_requests("client closed")
         ws, task = self._conn.ws, self._task
@@ -274,6 +277,8 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc_type is not None:
+            self._handed = None  # its processing raised: not acknowledged
         await self.close()
 
     def __aiter__(self) -> Client:

@@ -31,16 +31,36 @@ async def test_an_ack_is_checked_against_what_the_connection_was_sent(env: Env) 
     assert len(ada.of_type("error")) == 1, "a stale epoch is dropped without a word"
 
 
-def test_the_gateway_batch_keeps_each_sessions_highest_ack_grouped_by_user() -> None:
+async def test_a_connection_acks_only_above_where_it_started(env: Env) -> None:
+    node = env.node()
+    publish(env.cluster, "user:bo", "before")  # never sent to the connection below
+    bo = await node.welcomed("bo")
+    publish(env.cluster, "user:bo", "after")
+    await bo.wait_offset("user", 2)
+    epoch = bo.of_type("message")[0]["epoch"]
+    session = bo.of_type("welcome")[0]["session"]
+    bo.send({"type": "ack", "stream": "user", "epoch": epoch, "offset": 1})
+    await settle()
+    assert "bo" not in env.cluster.acks, "an offset from before the connect is dropped"
+    bo.send({"type": "ack", "stream": "user", "epoch": epoch, "offset": 2})
+    await settle()
+    held = env.cluster.acks["bo"][session]
+    assert (held.floor, held.offset) == (1, 2)
+    assert bo.of_type("error") == []
+
+
+def test_the_gateway_batch_keeps_each_ranges_highest_ack_grouped_by_user() -> None:
     batch = AckBatch()
-    batch.add(Ack("ann", "s1", "c1", "E", 5))
-    batch.add(Ack("ann", "s1", "c1", "E", 3))
-    batch.add(Ack("ann", "s2", "c2", "E", 1))
-    batch.add(Ack("bob", "s3", "c3", "E", 7))
-    batch.add(Ack("bob", "s3", "c4", "F", 1))  # a new epoch replaces the old one's ack
+    batch.add(Ack("ann", "s1", "c1", "E", 0, 5))
+    batch.add(Ack("ann", "s1", "c1", "E", 0, 3))
+    batch.add(Ack("ann", "s2", "c2", "E", 0, 1))
+    batch.add(Ack("bob", "s3", "c3", "E", 0, 7))
+    batch.add(Ack("bob", "s3", "c4", "F", 0, 1))  # a new epoch: another range
+    batch.add(Ack("bob", "s3", "c5", "F", 4, 6))  # reconnected above 4: another range too
     groups = {g[0].user: g for g in batch.take()}
     assert [(a.session, a.offset) for a in groups["ann"]] == [("s1", 5), ("s2", 1)]
-    assert [(a.epoch, a.offset, a.conn) for a in groups["bob"]] == [("F", 1, "c4")]
+    assert [(a.epoch, a.floor, a.offset) for a in groups["bob"]] == [
+        ("E", 0, 7), ("F", 0, 1), ("F", 4, 6)], "none hides what another covers"
     assert batch.take() == [] and len(batch) == 0
 
 
