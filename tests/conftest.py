@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from switchboard.localcluster import LocalCluster
 from tests.relay import Relay
 from tests.support import RedisServer, start_redis
 
@@ -36,3 +37,11 @@ def relay(redis_server: RedisServer) -> Iterator[Relay]:
 
 # A real 3-master, 3-replica Redis Cluster (tests/cluster_support.py), for any test that asks.
 from tests.cluster_support import redis_cluster  # noqa: E402, F401
+
+
+@pytest.fixture(params=["one_node", "redis_cluster"])
+def any_redis(request: pytest.FixtureRequest) -> RedisServer | LocalCluster:
+    """The test runs twice: on one redis-server and on a Redis Cluster (both started real)."""
+    name = "redis_server" if request.param == "one_node" else "redis_cluster"
+    backend: RedisServer | LocalCluster = request.getfixturevalue(name)
+    return backend

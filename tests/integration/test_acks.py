@@ -7,6 +7,7 @@ is refused, one of another epoch is dropped, and offsets only ever rise."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,14 @@ def errors(client: WsClient) -> list[dict[str, Any]]:
     return [m for m in client.received if m.get("type") == "error"]
 
 
-async def acks_and_positions(c: Cluster) -> None:
+@pytest.fixture
+def c(any_redis: RedisServer | LocalCluster, logdir: Path) -> Iterator[Cluster]:
+    """Two gateways and a router, on one node or on a Redis Cluster."""
+    with cluster(any_redis, logdir) as started:  # type: ignore[arg-type]
+        yield started
+
+
+async def test_acks_are_written_per_session_and_read_back_as_positions(c: Cluster) -> None:
     first = await WsClient(c.ws_url(0, "ada")).start()
     second = await WsClient(c.ws_url(1, "ada")).start()
     assert first.welcome and second.welcome
@@ -103,18 +111,6 @@ async def _is(c: Cluster, user: str, session: str, offset: int) -> bool:
 async def _disconnected(c: Cluster, user: str, session: str) -> bool:
     return any(s["session"] == session and not s["connected"] and s["gateway"] is None
                for s in positions(c, user)["sessions"])
-
-
-async def test_acks_are_written_per_session_and_read_back_as_positions(
-        redis_server: RedisServer, logdir: Path) -> None:
-    with cluster(redis_server, logdir) as c:
-        await acks_and_positions(c)
-
-
-async def test_acks_and_positions_on_a_redis_cluster(
-        redis_cluster: LocalCluster, logdir: Path) -> None:
-    with cluster(redis_cluster, logdir) as c:  # type: ignore[arg-type]
-        await acks_and_positions(c)
 
 
 async def test_a_resumed_session_acks_on_and_an_invalid_user_is_a_404(
