@@ -264,11 +264,14 @@ class Tracker:
     def _release(self, key: str) -> tuple[list[Message], Fill | None]:
         """Deliver what waited for ``key``, re-checked as if it had just arrived."""
         ready: list[Message] = []
-        for m in self._waiting.pop(key, []):
+        queued = self._waiting.pop(key, [])
+        for i, m in enumerate(queued):
             now, fill = self.live(m)
             ready.extend(now)
             if fill is not None:
-                # live() queued the rest behind this new fill: hand them over to it.
+                # live() queued this one behind the new fill; the rest wait behind it too
+                # (dropping them lost every message queued after a second gap).
+                self._waiting[key].extend(queued[i + 1:])
                 return ready, fill
         return ready, None
 
