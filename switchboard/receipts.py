@@ -37,6 +37,11 @@ def receipts_key(prefix: str, user: str) -> str:
     return f"{prefix}{{{streams.user_key(user)}}}:receipts"
 
 
+def rcpt_key(prefix: str, user: str) -> str:
+    """A hash of the user's pending receipts: EPOCH:OFFSET -> published, deadline, key."""
+    return f"{prefix}{{{streams.user_key(user)}}}:rcpt"
+
+
 @dataclass(frozen=True, slots=True)
 class Ack:
     """One connection's acknowledgement of its user stream: every offset in ``floor + 1 ..
@@ -209,10 +214,6 @@ RECEIPTS_CLUSTER_REFUSED = "receipts need one Redis node for now, not a Redis Cl
 RECEIPTS_UNCONFIGURED = ("receipts need the webhook dispatcher: set SWITCHBOARD_WEBHOOK_URL "
                          "for the router too (docs/receipts.md)")
 FULL = 2  # the publish script's 4th reply: the user has MAX_PENDING receipts waiting
-
-
-def rcpt_key(prefix: str, user: str) -> str:
-    return f"{prefix}{{{streams.user_key(user)}}}:rcpt"
 
 
 class ReceiptsFull(Exception):
