@@ -88,7 +88,6 @@ class RedisBackplane:
         # Acks of user streams gathered for the next write, and the loop writing them.
         self._acks = AckBatch()
         self._acker: asyncio.Future[None] | None = None
-        self._ack_script = receipts.ACK
         # Online/offline and join/leave state for the webhook dispatcher, when it is on.
         self._webhook_redis = webhookstate.connection(settings, gateway_id) \
             if settings.webhook_url else None
@@ -553,7 +552,7 @@ class RedisBackplane:
         pipe = self.redis.pipeline(transaction=False)
         for group in groups:
             keys, args = receipts.ack_call(self.settings.prefix, self.settings.meta_ttl, group)
-            await self._script(pipe, self._ack_script, keys, args)
+            await self._script(pipe, receipts.ACK, keys, args)
         await pipe.execute()
 
     async def _stop_acks(self) -> None:

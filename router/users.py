@@ -53,7 +53,7 @@ def add_routes(api: APIRouter, ctx: Context) -> None:
     async def positions(user: UserPath) -> JSONResponse:
         user = validation.parse_user(user)
         with ctx.redis("positions"):
-            found = await receipts.read_positions(ctx.store, user)
+            found = await ctx.store.positions(user)
         return JSONResponse(positions_body(user, found))
 
     @api.post(

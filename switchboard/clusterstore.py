@@ -66,6 +66,9 @@ class ClusterStore(Store):
             await self.redis.hdel(key, *dead)  # their gateway stopped beating
         return {c: gw for c, gw in conns.items() if gw in alive}
 
+    async def live_connections(self, user: str) -> dict[str, str]:
+        return await self.connections(user)  # already only those of live gateways
+
     async def disconnect(self, user: str, code: int, reason: str) -> int:
         envelope = contract.pack_control(contract.OP_DISCONNECT, user, code, reason)
         channel = self.keys.live_channel(streams.user_key(user))

@@ -16,7 +16,6 @@ nothing about the old one's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from switchboard import contract, streams
 from switchboard import whcontract as wh
@@ -61,13 +60,12 @@ class Ack:
 # Receipts in floor+1..offset whose deadline has not passed are cleared: delivered in time.
 # (One whose deadline passed is left for the dispatcher: it fires, late, as it would have.)
 # Returns the new _max offset (-1: none in the current epoch).
-ACK = Script(r"""
+ACK = Script(wh.NOW_MS_FN + r"""
 local acks, meta = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then return -1 end
 local top = tonumber(redis.call('HGET', meta, 'offset') or '0')
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local best = -1
 local max = redis.call('HGET', acks, '_max')
 if max then
@@ -78,23 +76,18 @@ if max then
 end
 local raised = false
 local receipts = redis.call('EXISTS', KEYS[3]) == 1
-local cleared = {}
 for i = 3, #ARGV, 5 do
   local session, conn, e = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local floor, n = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   if e == epoch and n and n <= top then
-    if receipts then
+    if receipts then  -- the reply is a copy: removing while walking it is safe
       for _, r in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], now, '+inf')) do
         local re, ro = string.match(r, '^(.+):(%d+)$')
         if re == epoch and tonumber(ro) > floor and tonumber(ro) <= n then
-          cleared[#cleared + 1] = r
+          redis.call('ZREM', KEYS[3], r)
+          redis.call('HDEL', KEYS[4], r)
         end
       end
-      for _, r in ipairs(cleared) do
-        redis.call('ZREM', KEYS[3], r)
-        redis.call('HDEL', KEYS[4], r)
-      end
-      cleared = {}
     end
     local old = redis.call('HGET', acks, session)
     if old then
@@ -164,36 +157,17 @@ def parse_acks(raw: dict[str, str]) -> tuple[Position | None, list[SessionAck]]:
     return best, sessions
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 @dataclass(frozen=True, slots=True)
 class UserPositions:
-    """Where each of a user's connections is in its user stream (``GET
-    /v1/users/{U}/positions``): the stream's top, the highest offset acknowledged, each
-    session's last ack, and the live connections (gateway id) that acked nothing yet."""
+    """Where each of a user's sessions is in its user stream (``GET
+    /v1/users/{U}/positions``): the stream's top, the highest offset acknowledged in its
+    current epoch, each session's last ack, and the user's live connections."""
 
     top: Position
     acked: Position | None
     sessions: list[SessionAck]
     connections: dict[str, str]  # live conn -> gateway
     pending_receipts: int
-
-
-async def read_positions(store: Any, user: str) -> UserPositions:
-    """Read by ``store`` (:class:`switchboard.store.Store` or its cluster twin): the keys are
-    all in the user's slot; the gateways' registry entries tell which connections live."""
-    top = await store.top(streams.user_key(user))
-    raw = await store.redis.hgetall(acks_key(store.settings.prefix, user))
-    pending = await store.redis.zcard(receipts_key(store.settings.prefix, user))
-    conns = await store.connections(user)
-    alive = await store.live_gateways(set(conns.values()))
-    best, sessions = parse_acks({_text(k): _text(v) for k, v in raw.items()})
-    if best is not None and best.epoch != top.epoch:
-        best = None  # acks of an epoch the stream has left say nothing about the current one
-    return UserPositions(top, best, sessions,
-                         {c: g for c, g in conns.items() if g in alive}, int(pending))
 
 
 # -- receipt deadlines (one Redis node) -------------------------------------------------------
@@ -225,15 +199,14 @@ class ReceiptsFull(Exception):
 # or ''. For user targets only.
 # Returns the publish script's reply; {'', 0, 0, 2} when the user's receipts are full (checked
 # before anything is stored; a repeat of a stored idempotent publish is answered as one).
-RECEIPT_PUBLISH = Script(contract._GATEWAYS_LUA + r"""
+RECEIPT_PUBLISH = Script(contract._GATEWAYS_LUA + wh.NOW_MS_FN + r"""
 local within = tonumber(ARGV[12])
 if not (ARGV[9] == '1' and redis.call('EXISTS', KEYS[3]) == 1) then
   if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[13]) then return {'', 0, 0, 2} end
 end
 """ + contract._STORE_LUA + r"""
 do
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = now_ms()
   local deadline = now + within
   local member = epoch .. ':' .. offset
   local idem = ARGV[16]

@@ -276,6 +276,23 @@ class Store:
         raw = await self.redis.hgetall(self.keys.conns(user))
         return {text(k): text(v) for k, v in raw.items()}
 
+    async def live_connections(self, user: str) -> dict[str, str]:
+        """The user's connections held by gateways that still beat: conn -> gateway."""
+        conns = await self.connections(user)
+        alive = await self.live_gateways(set(conns.values()))
+        return {c: g for c, g in conns.items() if g in alive}
+
+    async def positions(self, user: str) -> receipts.UserPositions:
+        """Where each of the user's sessions is in its user stream (docs/receipts.md)."""
+        top = await self.top(streams.user_key(user))
+        raw = await self.redis.hgetall(receipts.acks_key(self.settings.prefix, user))
+        pending = await self.redis.zcard(receipts.receipts_key(self.settings.prefix, user))
+        live = await self.live_connections(user)
+        best, sessions = receipts.parse_acks({text(k): text(v) for k, v in raw.items()})
+        if best is not None and best.epoch != top.epoch:
+            best = None  # acks of an epoch the stream has left say nothing about this one
+        return receipts.UserPositions(top, best, sessions, live, int(pending))
+
     async def live_gateways(self, gateway_ids: set[str]) -> set[str]:
         """Those of ``gateway_ids`` whose registry entry exists (they beat in time)."""
         if not gateway_ids:

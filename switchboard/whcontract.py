@@ -163,11 +163,15 @@ def parse_due_member(raw: bytes | str) -> list[str] | None:
 
 
 # KEYS of a partition come last in every script (out, due, lost); ARGV[1..] per script.
-_COMMON = r"""
+# Redis' own clock in ms, for every script that stamps or compares times.
+NOW_MS_FN = r"""
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+"""
+
+_COMMON = NOW_MS_FN + r"""
 -- Append an event, unless the outbox is full: then count it as lost and keep the oldest
 -- (the state stays right; the event was only news). Returns 1 if written.
 local function emit(out, lost, cap, ev)
