@@ -182,11 +182,11 @@ class Connector:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
-        ws, frame = self.live, self._acks.take()
-        if frame is None:
-            return
+        ws = self.live
         if ws is None:
-            self._acks.put_back(frame)
+            return  # no connection to send it on: it stays pending
+        frame = self._acks.take()
+        if frame is None:
             return
         try:
             await ws.send(encode(frame, self.options.format))
