@@ -89,10 +89,7 @@ class RedisBackplane:
         self._acks = AckBatch()
         self._acker: asyncio.Future[None] | None = None
         # Online/offline and join/leave state for the webhook dispatcher, when it is on.
-        self._webhook_redis = webhookstate.connection(settings, gateway_id) \
-            if settings.webhook_url else None
-        self.webhooks = WebhookState(settings, gateway_id, self._webhook_redis) \
-            if self._webhook_redis is not None else None
+        self.webhooks = self._open_webhooks() if settings.webhook_url else None
 
     def _open_clients(self) -> tuple[Any, Store]:
         """The command client and the store for client publishes."""
@@ -107,6 +104,10 @@ class RedisBackplane:
         # Client publishes go over a pipelined connection, opened at the first one: redis-py
         # would cost this event loop ~0.3 ms of CPU per publish, time it delivers nothing.
         return client, Store(client, s, pipelined(s, f"{s.prefix}publish:{self.gateway_id}"))
+
+    def _open_webhooks(self) -> WebhookState:
+        return WebhookState(self.settings, self.gateway_id,
+                            webhookstate.connection(self.settings, self.gateway_id))
 
     async def _script(self, client: Any, script: Script, keys: list[str],
                       args: list[Any]) -> Any:
@@ -172,8 +173,9 @@ class RedisBackplane:
         self._store.pipelined.close()
         if self._registrar is not None:
             self._registrar.close()
-        if self._webhook_redis is not None:
-            self._webhook_redis.close()
+        if self.webhooks is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.webhooks.aclose(), self.settings.redis_timeout)
         if self._pubsub is not None:
             self._pubsub.close()
 

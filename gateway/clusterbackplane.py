@@ -25,11 +25,13 @@ from typing import Any
 
 from redis.asyncio.cluster import ClusterPipeline
 
-from gateway import sharded
+from gateway import clusterwebhookstate, sharded
 from gateway.backplane import RedisBackplane
 from gateway.canary import deadline_for
+from gateway.clusterwebhookstate import ClusterWebhookState
 from gateway.errors import BackendUnavailable, ChannelUnavailable, unavailable
 from gateway.ports import BackplaneEvents, Registration
+from gateway.webhookstate import WebhookState
 from switchboard import contract, streams
 from switchboard.clusterclient import connect_cluster, tag_for_slot
 from switchboard.clusterstore import ClusterStore, cluster_pipelined
@@ -56,6 +58,11 @@ class ClusterBackplane(RedisBackplane):
             canary_deadline=deadline_for(s.redis_timeout, s.heartbeat_interval))
         return client, ClusterStore(client, s, cluster_pipelined(client, s, name))
 
+    def _open_webhooks(self) -> WebhookState:
+        return ClusterWebhookState(self.settings, self.gateway_id,
+                                   clusterwebhookstate.connection(self.settings,
+                                                                  self.gateway_id))
+
     async def _script(self, client: Any, script: Script, keys: list[str],
                       args: list[Any]) -> Any:
         queued = client.eval(script.source, len(keys), *keys, *args)
@@ -77,7 +84,9 @@ class ClusterBackplane(RedisBackplane):
 
     def _background(self) -> dict[str, Coroutine[Any, Any, None]]:
         # no single pub/sub connection: the sharded subscriber runs its own repair loop
-        return {"heartbeat": self._heartbeat_loop(), "unregister": self._unregister_loop()}
+        loops = super()._background()
+        loops.pop("pubsub").close()
+        return loops
 
     async def stop(self) -> None:
         await super().stop()

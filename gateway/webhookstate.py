@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from redis.exceptions import WatchError
 
@@ -52,10 +53,11 @@ def _call(script: Script, call: tuple[list[str], list[Arg]]) -> Command:
 
 
 class WebhookState:
-    def __init__(self, settings: GatewaySettings, gateway_id: str, redis: PipelinedRedis, *,
-                 cluster: bool = False) -> None:
+    cluster = False
+
+    def __init__(self, settings: GatewaySettings, gateway_id: str, redis: Any) -> None:
         self.gateway_id = gateway_id
-        self.keys = wh.WebhookKeys(settings.prefix, cluster=cluster)
+        self.keys = wh.WebhookKeys(settings.prefix, cluster=self.cluster)
         self.roster = self.keys.roster(gateway_id)
         self.incarnation = streams.random_id()
         self._redis = redis
@@ -152,11 +154,11 @@ class WebhookState:
             self._wake.clear()
             while self._queue:
                 if self._head is None:
-                    self._head = (streams.random_id(), min(len(self._queue), CHUNK))
+                    self._head = (streams.random_id(), self._batch_size())
                 token, size = self._head
                 try:
                     with unavailable("webhook_state"):
-                        await self._transact(token, self._queue[:size])
+                        await self._send(token, self._queue[:size])
                 except BackendUnavailable as exc:
                     self.failures += 1
                     log.warning("webhook state not written (%s): retrying", exc)
@@ -167,7 +169,10 @@ class WebhookState:
                 self.started = True
             self._idle.set()
 
-    async def _transact(self, token: str, commands: list[Command]) -> None:
+    def _batch_size(self) -> int:
+        return min(len(self._queue), CHUNK)
+
+    async def _send(self, token: str, commands: list[Command]) -> None:
         """Apply ``commands`` as one transaction, unless the one of ``token`` was applied."""
         # The scripts it calls are loaded in front: a flushed script cache must not fail
         # calls inside the transaction (its other commands would still run). Only those: all
@@ -206,3 +211,6 @@ class WebhookState:
         with unavailable("webhook_state"):
             await self._redis.execute_many([("DEL", self.roster, self._sent),
                                             ("SREM", self.keys.rosters(), self.gateway_id)])
+
+    async def aclose(self) -> None:
+        self._redis.close()

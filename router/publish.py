@@ -16,7 +16,6 @@ from router import bodies, models, validation
 from router.context import Context
 from router.errors import ReceiptsUnavailable, TooManyReceipts
 from switchboard import receipts
-from switchboard.redisurl import is_cluster
 from switchboard.store import Published
 
 MSGPACK_RESULT: dict[str, Any] = {"content": {validation.MSGPACK_TYPE: {}}}
@@ -54,11 +53,9 @@ async def publish_message(ctx: Context, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_receipts(ctx: Context) -> None:
-    """Receipts are fired by the webhook dispatcher, which runs on one Redis node for now."""
+    """Receipts are fired by the webhook dispatcher: without one they never would be."""
     if not ctx.settings.webhook_url:
         raise ReceiptsUnavailable(receipts.RECEIPTS_UNCONFIGURED, field="receipt")
-    if is_cluster(ctx.settings.redis_url):
-        raise ReceiptsUnavailable(receipts.RECEIPTS_CLUSTER_REFUSED, field="receipt")
 
 
 async def publish_messages(ctx: Context, doc: dict[str, Any]) -> dict[str, Any]:

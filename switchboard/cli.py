@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
-from switchboard import __version__, redisurl, routerapi, settings_cli, watch, whcontract
+from switchboard import __version__, routerapi, settings_cli, watch
 from switchboard.config import GatewaySettings, RouterSettings, WebhookSettings
 from switchboard.routerapi import CliError, one_line
 
@@ -218,8 +218,6 @@ def _check_listen(host: str, port: int, *, reuse_port: bool = False) -> None:
 def _gateway(args: argparse.Namespace) -> int:
     settings = settings_cli.build(GatewaySettings, args)
     _check_redis_url(settings.redis_url)
-    if settings.webhook_url and redisurl.is_cluster(settings.redis_url):
-        raise CliError(f"--webhook-url: {whcontract.CLUSTER_REFUSED}")
     _check_listen(settings.host, settings.port, reuse_port=settings.reuse_port)
     from gateway.app import run as run_gateway
 
@@ -231,8 +229,6 @@ def _webhooks(args: argparse.Namespace) -> int:
     _check_redis_url(settings.redis_url)
     if not settings.webhook_url:
         raise CliError("no receiver: set --webhook-url or SWITCHBOARD_WEBHOOK_URL")
-    if redisurl.is_cluster(settings.redis_url):
-        raise CliError(whcontract.CLUSTER_REFUSED)
     _check_listen(settings.host, settings.webhook_port)
     from switchboard.webhooks.main import run as run_webhooks
 

@@ -133,9 +133,11 @@ class ClusterPipelined:
                                           f"{REDIRECTS} redirections")
 
     async def run_script_many(self, script: Script,
-                              calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]) -> list[Any]:
+                              calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]], *,
+                              raise_on_error: bool = True) -> list[Any]:
         """Each master's calls in one write (their order kept); calls redirected by MOVED or
-        ASK did not run and are sent again one by one; any other failure is raised."""
+        ASK did not run and are sent again one by one; any other failure is raised (an
+        error reply is returned in its place with ``raise_on_error=False``)."""
         if not calls:
             return []
         groups: dict[int, tuple[PipelinedRedis, list[int]]] = {}
@@ -156,7 +158,7 @@ class ClusterPipelined:
                 if isinstance(reply, (exceptions.MovedError, exceptions.AskError,
                                       exceptions.TryAgainError)):
                     redo.append(i)
-                elif isinstance(reply, BaseException):
+                elif isinstance(reply, BaseException) and raise_on_error:
                     raise reply
                 else:
                     results[i] = reply

@@ -20,7 +20,8 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from switchboard import contract, streams
+from switchboard import contract, receipts, streams
+from switchboard import whcontract as wh
 from switchboard.clusterclient import connect_cluster
 from switchboard.clusterpipe import ClusterPipelined
 from switchboard.config import RedisSettings
@@ -35,7 +36,8 @@ def cluster_pipelined(cluster: RedisCluster, settings: RedisSettings,
     from switchboard.redisurl import parse_cluster
 
     return ClusterPipelined(cluster, parse_cluster(settings.redis_url), settings.redis_timeout,
-                            client_name=client_name, scripts=[CLUSTER_PUBLISH_SCRIPT])
+                            client_name=client_name,
+                            scripts=[CLUSTER_PUBLISH_SCRIPT, receipts.CLUSTER_RECEIPT_PUBLISH])
 
 
 class ClusterStore(Store):
@@ -43,6 +45,8 @@ class ClusterStore(Store):
                  pipelined: ClusterPipelined) -> None:
         super().__init__(client, settings, pipelined)
         self.publish_script = CLUSTER_PUBLISH_SCRIPT
+        self.receipt_script = receipts.CLUSTER_RECEIPT_PUBLISH
+        self.cluster = True
 
     @classmethod
     def open(cls, settings: RedisSettings, client_name: str) -> ClusterStore:
@@ -56,6 +60,12 @@ class ClusterStore(Store):
         # EVAL, as the cluster gateway runs its scripts: the source travels along, so a
         # master promoted by a failover never answers NOSCRIPT. One slot: the stream's tag.
         return await self.redis.eval(script.script, len(keys), *keys, *args)
+
+    async def _receipt_stored(self, user: str) -> None:
+        """Hint the dispatcher at the user's partition, so it sees the deadline soon and not
+        only at its next look at every partition (the hint is not needed for correctness)."""
+        keys = wh.WebhookKeys(self.settings.prefix, cluster=True)
+        await self.redis.sadd(keys.hints(), keys.partition(streams.user_key(user)))
 
     async def connections(self, user: str) -> dict[str, str]:
         key = self.keys.conns(user)

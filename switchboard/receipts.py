@@ -178,13 +178,12 @@ class UserPositions:
 #   sb:{u:U}:receipts  zset  member EPOCH:OFFSET -> deadline ms
 #   sb:{u:U}:rcpt      hash  EPOCH:OFFSET -> "PUBLISHED_MS DEADLINE_MS IDEMPOTENCY_KEY"
 #   the due set of the user's webhook partition: ["r", U] at its earliest deadline
-# On one node a script may write keys of any slot; on a Redis Cluster the due set is in
-# another slot, so receipts are refused there for now (RECEIPTS_CLUSTER_REFUSED).
+# The due set is that of the user's webhook partition: on one node any key, on a Redis
+# Cluster one in the user's own slot (whcontract.WebhookKeys: there a partition is a slot).
 
 MIN_WITHIN_MS = 1000  # acks take up to 1.25 s to reach Redis (SDK batch + gateway batch)
 MAX_WITHIN_MS = 24 * 3600 * 1000
 MAX_PENDING = 1000  # receipts waiting per user; one more is refused (429), nothing stored
-RECEIPTS_CLUSTER_REFUSED = "receipts need one Redis node for now, not a Redis Cluster"
 RECEIPTS_UNCONFIGURED = ("receipts need the webhook dispatcher: set SWITCHBOARD_WEBHOOK_URL "
                          "for the router too (docs/receipts.md)")
 FULL = 2  # the publish script's 4th reply: the user has MAX_PENDING receipts waiting
@@ -194,15 +193,16 @@ class ReceiptsFull(Exception):
     """The user has :data:`MAX_PENDING` receipts waiting: the message was not stored."""
 
 
-# KEYS: meta, log, idempotency, conns, receipts, rcpt, due. ARGV: the publish script's 1..11,
-# then 12 within ms, 13 most pending, 14 due member, 15 receipt ttl ms, 16 idempotency key
-# or ''. For user targets only.
+# KEYS: meta, log, idempotency, conns (one node only), receipts, rcpt, due. ARGV: the
+# publish script's 1..11, then 12 within ms, 13 most pending, 14 due member, 15 receipt ttl
+# ms, 16 idempotency key or ''. For user targets only.
 # Returns the publish script's reply; {'', 0, 0, 2} when the user's receipts are full (checked
 # before anything is stored; a repeat of a stored idempotent publish is answered as one).
-RECEIPT_PUBLISH = Script(contract._GATEWAYS_LUA + wh.NOW_MS_FN + r"""
+_RECEIPT_PUBLISH = wh.NOW_MS_FN + r"""
+local receipts, rcpt, due = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
 local within = tonumber(ARGV[12])
 if not (ARGV[9] == '1' and redis.call('EXISTS', KEYS[3]) == 1) then
-  if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[13]) then return {'', 0, 0, 2} end
+  if redis.call('ZCARD', receipts) >= tonumber(ARGV[13]) then return {'', 0, 0, 2} end
 end
 """ + contract._STORE_LUA + r"""
 do
@@ -210,22 +210,29 @@ do
   local deadline = now + within
   local member = epoch .. ':' .. offset
   local idem = ARGV[16]
-  redis.call('ZADD', KEYS[5], deadline, member)
-  redis.call('HSET', KEYS[6], member, now .. ' ' .. deadline .. ' ' .. idem)
+  redis.call('ZADD', receipts, deadline, member)
+  redis.call('HSET', rcpt, member, now .. ' ' .. deadline .. ' ' .. idem)
   local ttl = tonumber(ARGV[15])
-  for i = 5, 6 do
-    if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+  for _, key in ipairs({receipts, rcpt}) do
+    if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
   end
-  redis.call('ZADD', KEYS[7], 'LT', deadline, ARGV[14])
+  redis.call('ZADD', due, 'LT', deadline, ARGV[14])
 end
+"""
+RECEIPT_PUBLISH = Script(contract._GATEWAYS_LUA + _RECEIPT_PUBLISH + r"""
 return {epoch, offset, route_to_user(KEYS[4], ARGV[8], env), 0}
+""")
+# Redis Cluster: every key is in the user's slot (the due set of its partition too, which is
+# that slot), and the message goes to the user's sharded channel, as CLUSTER_PUBLISH_LUA's.
+CLUSTER_RECEIPT_PUBLISH = Script(contract._GATEWAYS_LUA + _RECEIPT_PUBLISH + r"""
+return {epoch, offset, redis.call('SPUBLISH', ARGV[11], env), 0}
 """)
 
 
 def receipt_call(prefix: str, user: str, within_ms: int, idempotency_key: str | None,
-                 meta_ttl: float) -> tuple[list[str], list[str | int]]:
+                 meta_ttl: float, *, cluster: bool = False) -> tuple[list[str], list[str | int]]:
     """What :data:`RECEIPT_PUBLISH` takes after the publish script's KEYS and ARGV."""
-    keys = wh.WebhookKeys(prefix)
+    keys = wh.WebhookKeys(prefix, cluster=cluster)
     entity = streams.user_key(user)
     return ([receipts_key(prefix, user), rcpt_key(prefix, user),
              keys.due(keys.partition(entity))],
@@ -273,10 +280,10 @@ return wrote
 """)
 
 
-def due_call(prefix: str, user: str, member: str,
-             cap: int) -> tuple[list[str], list[str | int]]:
+def due_call(prefix: str, user: str, member: str, cap: int, *,
+             cluster: bool = False) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of :data:`RECEIPTS_DUE` for one user."""
-    keys = wh.WebhookKeys(prefix)
+    keys = wh.WebhookKeys(prefix, cluster=cluster)
     entity = streams.user_key(user)
     return ([receipts_key(prefix, user), rcpt_key(prefix, user), acks_key(prefix, user),
              contract.Keys(prefix).meta(entity), contract.Keys(prefix).conns(user),

@@ -141,6 +141,8 @@ class Store:
         self.redis = client
         self.settings = settings
         self.publish_script = PUBLISH_SCRIPT
+        self.receipt_script = receipts.RECEIPT_PUBLISH
+        self.cluster = False
         self.pipelined = pipelined
         self.keys = contract.Keys(settings.prefix)
         self._route_to_user = client.register_script(contract.ROUTE_TO_USER_LUA)
@@ -228,12 +230,18 @@ class Store:
                 raise ValueError("receipts are for user targets only")
             more_keys, more_args = receipts.receipt_call(
                 self.settings.prefix, target.name, receipt_ms, idempotency_key,
-                self.settings.meta_ttl)
-            keys, args, script = keys + more_keys, args + more_args, receipts.RECEIPT_PUBLISH
+                self.settings.meta_ttl, cluster=self.cluster)
+            keys, args, script = keys + more_keys, args + more_args, self.receipt_script
         raw = await self.pipelined.run_script(script, keys, args)
-        if receipt_ms is not None and int(raw[3]) == receipts.FULL:  # plain ones: no check
-            raise receipts.ReceiptsFull(target.name)
+        if receipt_ms is not None:
+            if int(raw[3]) == receipts.FULL:  # plain ones: no check
+                raise receipts.ReceiptsFull(target.name)
+            if not int(raw[3]):
+                await self._receipt_stored(target.name)
         return self._result(target, raw)
+
+    async def _receipt_stored(self, user: str) -> None:
+        """On one node the dispatcher looks at every partition on every poll."""
 
     async def publish_many(
         self,

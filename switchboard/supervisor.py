@@ -68,7 +68,6 @@ from switchboard.contract import Keys
 from switchboard.limits import raise_nofile_limit
 from switchboard.localcluster import ClusterCancelled, ClusterError, LocalCluster, start_cluster
 from switchboard.redisurl import is_cluster, parse_cluster
-from switchboard.whcontract import CLUSTER_REFUSED
 
 log = logging.getLogger("switchboard.supervisor")
 
@@ -165,8 +164,6 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str],
         keys = env_keys or (new_secret(),)
     shards = _redis_shards(args, environ)
     webhook_url = environ.get("SWITCHBOARD_WEBHOOK_URL", "").strip()
-    if webhook_url and (shards or is_cluster(_redis_url(args, environ, shards) or "")):
-        raise SystemExit(f"switchboard: SWITCHBOARD_WEBHOOK_URL: {CLUSTER_REFUSED}")
     return UpConfig(
         host=args.host,
         port=_port(args.port, environ, "SWITCHBOARD_PORT", DEFAULT_PORT),

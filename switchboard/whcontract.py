@@ -31,15 +31,14 @@ from switchboard.pipelined import Arg, Script
 NODE_PARTITIONS = 16
 CLUSTER_PARTITIONS = 16384
 ROSTER_INC = "_inc"  # roster field: the gateway's current incarnation
-CLUSTER_REFUSED = ("webhooks need one Redis node for now, not a Redis Cluster "
-                   "(docs/webhooks.md)")
 
 
 class WebhookKeys:
-    __slots__ = ("partitions", "prefix")
+    __slots__ = ("cluster", "partitions", "prefix")
 
     def __init__(self, prefix: str = "sb:", *, cluster: bool = False) -> None:
         self.prefix = prefix
+        self.cluster = cluster
         self.partitions = CLUSTER_PARTITIONS if cluster else NODE_PARTITIONS
 
     def partition(self, entity: str) -> int:
@@ -47,8 +46,7 @@ class WebhookKeys:
         return key_slot(entity.encode()) % self.partitions
 
     def _part(self, partition: int) -> str:
-        tag = tag_for_slot(partition) if self.partitions == CLUSTER_PARTITIONS \
-            else f"wh{partition}"
+        tag = tag_for_slot(partition) if self.cluster else f"wh{partition}"
         return f"{self.prefix}{{{tag}}}:wh"
 
     def outbox(self, partition: int) -> str:
@@ -98,6 +96,12 @@ class WebhookKeys:
 
     def lease(self) -> str:
         return f"{self.prefix}wh:lease"
+
+    def hints(self) -> str:
+        """Redis Cluster: partitions just written to, added after the write (a script cannot:
+        it would be another slot), taken by the dispatcher, which also looks at every
+        partition now and then, so a hint that never came costs latency, not an event."""
+        return f"{self.prefix}{{wh}}:hints"
 
 
 class Leaves:
@@ -426,6 +430,18 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+""")
+
+# Redis Cluster's TAKE, in the roster's slot only. KEYS: roster, dead roster. Moves the roster
+# aside; 1 moved, -1 no roster. The dead member is listed (SADD sb:wh:dead, another slot)
+# *before* this call, so a roster moved aside is never unlisted; a member listed for a roster
+# that was never moved is swept as an empty roster. The registry entry is checked before, not
+# in the same call: a gateway that came back in between has its connections left and writes
+# them again at its next heartbeat (its roster is gone), within the offline delay: no event.
+TAKE_SLOT = Script(r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('RENAME', KEYS[1], KEYS[2])
 return 1
 """)
 

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from switchboard import contract, receipts, streams
 from switchboard import whcontract as wh
+from switchboard.clusterpipe import ClusterPipelined
 from switchboard.config import WebhookSettings
 from switchboard.store import text
 from switchboard.webhooks import deliver
@@ -33,14 +34,23 @@ from switchboard.webhooks.sweep import Sweeper
 
 log = logging.getLogger("switchboard.webhooks")
 CONFIRM_BATCH = 100
+FULL_LOOK_INTERVAL = 5.0  # Redis Cluster: seconds between looks at every partition
+HINTS_TAKEN = 10_000  # Redis Cluster: hinted partitions taken per poll
 
 
 class Dispatcher:
-    def __init__(self, settings: WebhookSettings, redis: Any, metrics: WebhookMetrics) -> None:
+    def __init__(self, settings: WebhookSettings, redis: Any, metrics: WebhookMetrics,
+                 peeker: ClusterPipelined | None = None) -> None:
+        """``peeker``: on Redis Cluster, the pipelined connections (one per master) that look
+        at all 16,384 partitions in one write each."""
         self.settings = settings
         self.redis = redis
         self.metrics = metrics
-        self.keys = wh.WebhookKeys(settings.prefix)
+        self.keys = wh.WebhookKeys(settings.prefix, cluster=peeker is not None)
+        self._peeker = peeker
+        self._lengths: dict[int, int] = {}  # outbox lengths, as last looked at
+        self._first_due: dict[int, float] = {}  # earliest due confirmation, as last looked at
+        self._full_at = 0.0  # monotonic: when every partition was last looked at
         self.id = streams.random_id()
         self.leader = False
         self._valid_until = 0.0  # monotonic: until then the lease is surely ours
@@ -107,20 +117,24 @@ class Dispatcher:
             await asyncio.sleep(self.settings.webhook_poll_interval)
 
     async def poll(self) -> None:
-        """One look at every partition: the outbox depth (every dispatcher reports it, so a
+        """One look at the partitions: the outbox depth (every dispatcher reports it, so a
         standby's gauge is not the one it last saw as the leader); then, on the leader only,
-        report losses, confirm what is due, deliver."""
-        pipe = self.redis.pipeline(transaction=False)
-        for p in range(self.keys.partitions):
-            await self._run_script(wh.PEEK, self.keys.part_keys(p), [], client=pipe)
-        # one partition's error (a key of the wrong type) must not stop the others
-        peeks = await pipe.execute(raise_on_error=False)
-        self.metrics.depth.set(sum(int(peek[0]) for peek in peeks
-                                   if not isinstance(peek, Exception)))
+        report losses, confirm what is due, deliver.
+
+        On one node that is every partition, every time. On Redis Cluster, 16,384 of them:
+        every one only each :data:`FULL_LOOK_INTERVAL`, and in between those hinted by the
+        writers (:meth:`~switchboard.whcontract.WebhookKeys.hints`), those with events
+        waiting and those with a confirmation due."""
+        parts = await self._to_look_at()
+        peeks = await self._peek(parts)
+        for p, peek in zip(parts, peeks, strict=True):
+            if not isinstance(peek, Exception):
+                self._lengths[p], self._first_due[p] = int(peek[0]), float(peek[1])
+        self.metrics.depth.set(sum(self._lengths.values()))
         if not self.leading:
             return
         now_ms = contract.now_ms()
-        for p, peek in enumerate(peeks):
+        for p, peek in zip(parts, peeks, strict=True):
             if isinstance(peek, Exception):
                 log.error("webhook outbox %d not read: %s", p, peek)
                 continue
@@ -137,6 +151,33 @@ class Dispatcher:
                 task = asyncio.create_task(self._deliver(p))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    async def _to_look_at(self) -> list[int]:
+        if self._peeker is None or time.monotonic() >= self._full_at + FULL_LOOK_INTERVAL:
+            self._full_at = time.monotonic()
+            return list(range(self.keys.partitions))
+        if not self.leading:  # a standby leaves the hints to the leader
+            return []
+        hinted = await self.redis.spop(self.keys.hints(), HINTS_TAKEN)
+        now_ms = contract.now_ms()
+        parts = {int(raw) for raw in hinted or ()}
+        parts.update(p for p, n in self._lengths.items() if n)
+        parts.update(p for p, due in self._first_due.items() if 0 <= due <= now_ms)
+        return sorted(p for p in parts if 0 <= p < self.keys.partitions)
+
+    async def _peek(self, parts: list[int]) -> list[Any]:
+        """PEEK of each partition; one partition's error (a key of the wrong type) stands in
+        its place and does not stop the others."""
+        if not parts:
+            return []
+        if self._peeker is not None:
+            return await self._peeker.run_script_many(
+                wh.PEEK, [(self.keys.part_keys(p), []) for p in parts], raise_on_error=False)
+        pipe = self.redis.pipeline(transaction=False)
+        for p in parts:
+            await self._run_script(wh.PEEK, self.keys.part_keys(p), [], client=pipe)
+        peeks: list[Any] = await pipe.execute(raise_on_error=False)
+        return peeks
 
     async def _overflow(self, p: int) -> None:
         out, _, lost = self.keys.part_keys(p)
@@ -159,7 +200,8 @@ class Dispatcher:
                 continue
             kind, name = parsed[0], parsed[1]
             if kind == "r":  # a user's receipts whose deadline came (docs/receipts.md)
-                keys, args = receipts.due_call(s.prefix, name, text(raw), s.webhook_outbox_max)
+                keys, args = receipts.due_call(s.prefix, name, text(raw), s.webhook_outbox_max,
+                                               cluster=self.keys.cluster)
                 await self._run_script(receipts.RECEIPTS_DUE, keys, args, client=pipe)
                 continue
             keys = self.keys.user(name) if kind == "o" else self.keys.channel(name)

@@ -35,7 +35,7 @@ class Sweeper:
         self.keys = keys
         self.ckeys = contract.Keys(settings.prefix)
         self._args = wh.Leaves(settings, keys)
-        self._run = Scripts(redis, wh.USER_OFF, wh.CHANNEL_OFF, wh.TAKE).run
+        self._run = Scripts(redis, wh.USER_OFF, wh.CHANNEL_OFF, wh.TAKE, wh.TAKE_SLOT).run
         self.swept = 0  # connections left, for the metrics
 
     async def sweep(self) -> None:
@@ -44,6 +44,7 @@ class Sweeper:
             member = text(raw)
             gateway_id, _, token = member.partition("\t")
             dead = self.keys.dead_roster(gateway_id, token)
+            swept = self.swept
             # one roster that cannot be swept (a key of the wrong type, say) must not keep
             # every other dead gateway's users online: it stays listed, for the next sweep
             try:
@@ -57,7 +58,8 @@ class Sweeper:
             pipe.delete(dead)
             pipe.srem(self.keys.dead_rosters(), member)
             await pipe.execute()
-            log.info("swept the connections of dead gateway %s", gateway_id)
+            if self.swept > swept:
+                log.info("swept the connections of dead gateway %s", gateway_id)
 
     async def _take_dead(self) -> None:
         """Move aside the rosters of gateways without a registry entry."""
@@ -72,13 +74,28 @@ class Sweeper:
             if exists:
                 continue
             token = streams.random_id()
-            try:  # with no roster, TAKE also takes the gateway off the list
+            try:
+                if self.keys.cluster:
+                    await self._take_in_steps(gateway_id, token)
+                    continue
+                # with no roster, TAKE also takes the gateway off the list
                 await self._run(wh.TAKE, [
                     self.keys.roster(gateway_id), self.keys.dead_roster(gateway_id, token),
                     self.keys.dead_rosters(), self.ckeys.gateway(gateway_id),
                     self.keys.rosters()], [wh.dead_member(gateway_id, token), gateway_id])
             except RedisError as exc:  # this one roster only: the others are still taken
                 log.error("the roster of dead gateway %s not taken: %s", gateway_id, exc)
+
+    async def _take_in_steps(self, gateway_id: str, token: str) -> None:
+        """Redis Cluster: TAKE's keys are in three slots, so it is three steps, in an order
+        that never strands a roster (see :data:`~switchboard.whcontract.TAKE_SLOT`)."""
+        member = wh.dead_member(gateway_id, token)
+        await self.redis.sadd(self.keys.dead_rosters(), member)
+        moved = await self._run(wh.TAKE_SLOT, [self.keys.roster(gateway_id),
+                                               self.keys.dead_roster(gateway_id, token)], [])
+        if int(moved) < 0:  # nothing to sweep; a gateway back meanwhile lists itself again
+            await self.redis.srem(self.keys.dead_rosters(), member)
+            await self.redis.srem(self.keys.rosters(), gateway_id)
 
     async def _leave_all(self, gateway_id: str, roster: str) -> bool:
         """Leave every connection the roster holds; False if some leave failed, and stays."""

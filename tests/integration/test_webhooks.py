@@ -25,8 +25,10 @@ import pytest
 import redis
 
 from switchboard import whcontract as wh
+from switchboard.localcluster import LocalCluster
 from switchboard.signing import verify
 from tests.clients import WsClient, until
+from tests.cluster_support import cluster_client
 from tests.integration.cluster import token
 from tests.support import (
     Proc,
@@ -41,6 +43,7 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.integration
+Backend = RedisServer | LocalCluster  # the tests taking any_redis run on both
 
 SECRETS = ("old-webhook-secret", "new-webhook-secret")
 DELAY = 1.5  # seconds: webhook_offline_delay in these tests
@@ -124,7 +127,7 @@ def webhook_env(receiver: Receiver, **extra: str) -> dict[str, str]:
             "SWITCHBOARD_WEBHOOK_OFFLINE_DELAY": str(DELAY), **extra}
 
 
-def start_dispatcher(redis: RedisServer, logdir: Path, receiver: Receiver,
+def start_dispatcher(redis: Backend, logdir: Path, receiver: Receiver,
                      **extra: str) -> Proc:
     port = free_port()
     env = {"SWITCHBOARD_REDIS_URL": redis.url, "SWITCHBOARD_HOST": "127.0.0.1",
@@ -134,9 +137,16 @@ def start_dispatcher(redis: RedisServer, logdir: Path, receiver: Receiver,
     return spawn("webhooks", ["webhooks"], port, env, "/metrics", logdir)
 
 
-def hooked_gateway(redis: RedisServer, logdir: Path, receiver: Receiver,
+def hooked_gateway(redis: Backend, logdir: Path, receiver: Receiver,
                    **extra: str) -> Proc:
     return start_gateway(redis, logdir, **webhook_env(receiver), **extra)
+
+
+def exists(backend: Backend, key: str) -> int:
+    if isinstance(backend, LocalCluster):
+        with cluster_client(backend) as client:
+            return int(client.exists(key))
+    return int(backend.cli("EXISTS", key))
 
 
 def roster_of(gateway_id: str) -> str:
@@ -169,9 +179,9 @@ async def quiet_for(seconds: float) -> None:
 
 
 async def test_online_once_and_offline_after_the_delay(
-        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
-    gw = hooked_gateway(redis_server, logdir, receiver)
-    hooks = start_dispatcher(redis_server, logdir, receiver)
+        any_redis: Backend, logdir: Path, receiver: Receiver) -> None:
+    gw = hooked_gateway(any_redis, logdir, receiver)
+    hooks = start_dispatcher(any_redis, logdir, receiver)
     try:
         first = await connect(gw, "alice")
         [online] = await wait_for(receiver, "user.online", "alice")
@@ -196,10 +206,10 @@ async def test_online_once_and_offline_after_the_delay(
 
 
 async def test_reconnects_and_a_drain_fire_no_offline(
-        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
-    gw1 = hooked_gateway(redis_server, logdir, receiver)
-    gw2 = hooked_gateway(redis_server, logdir, receiver)
-    hooks = start_dispatcher(redis_server, logdir, receiver)
+        any_redis: Backend, logdir: Path, receiver: Receiver) -> None:
+    gw1 = hooked_gateway(any_redis, logdir, receiver)
+    gw2 = hooked_gateway(any_redis, logdir, receiver)
+    hooks = start_dispatcher(any_redis, logdir, receiver)
     try:
         client = await connect(gw1, "bob")
         await wait_for(receiver, "user.online", "bob")
@@ -213,7 +223,7 @@ async def test_reconnects_and_a_drain_fire_no_offline(
         client = await connect(gw2, "bob")
         assert gw1.proc.wait(15) == 0
         # a clean stop left every connection itself: nothing of gw1 is left to sweep
-        assert redis_server.cli("EXISTS", roster_of(online["gateway"])).strip() == "0"
+        assert exists(any_redis, roster_of(online["gateway"])) == 0
         await quiet_for(DELAY + 1)
         assert of(receiver, "user.offline", "bob") == []
         assert len(of(receiver, "user.online", "bob")) == 1
@@ -226,10 +236,10 @@ async def test_reconnects_and_a_drain_fire_no_offline(
 
 
 async def test_a_killed_gateway_takes_its_users_offline_once(
-        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
-    doomed = hooked_gateway(redis_server, logdir, receiver)
-    other = hooked_gateway(redis_server, logdir, receiver)
-    hooks = start_dispatcher(redis_server, logdir, receiver)
+        any_redis: Backend, logdir: Path, receiver: Receiver) -> None:
+    doomed = hooked_gateway(any_redis, logdir, receiver)
+    other = hooked_gateway(any_redis, logdir, receiver)
+    hooks = start_dispatcher(any_redis, logdir, receiver)
     try:
         await connect(doomed, "carol", ("room",))
         dave = await connect(doomed, "dave")
@@ -254,10 +264,10 @@ async def test_a_killed_gateway_takes_its_users_offline_once(
 
 
 async def test_channel_occupancy_and_membership_in_order(
-        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
-    gw1 = hooked_gateway(redis_server, logdir, receiver)
-    gw2 = hooked_gateway(redis_server, logdir, receiver)
-    hooks = start_dispatcher(redis_server, logdir, receiver)
+        any_redis: Backend, logdir: Path, receiver: Receiver) -> None:
+    gw1 = hooked_gateway(any_redis, logdir, receiver)
+    gw2 = hooked_gateway(any_redis, logdir, receiver)
+    hooks = start_dispatcher(any_redis, logdir, receiver)
     try:
         a = await connect(gw1, "erin", ("lobby",))
         b = await connect(gw2, "frank", ("lobby",))
@@ -283,9 +293,9 @@ async def test_channel_occupancy_and_membership_in_order(
 
 
 async def test_receiver_down_for_ten_seconds_loses_nothing(
-        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
-    gw = hooked_gateway(redis_server, logdir, receiver)
-    hooks = start_dispatcher(redis_server, logdir, receiver)
+        any_redis: Backend, logdir: Path, receiver: Receiver) -> None:
+    gw = hooked_gateway(any_redis, logdir, receiver)
+    hooks = start_dispatcher(any_redis, logdir, receiver)
     users = [f"u{i}" for i in range(20)]
     try:
         await connect(gw, "warmup")
@@ -313,10 +323,10 @@ async def test_receiver_down_for_ten_seconds_loses_nothing(
 
 
 async def test_the_standby_takes_over_from_a_killed_leader(
-        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
-    gw = hooked_gateway(redis_server, logdir, receiver)
-    first = start_dispatcher(redis_server, logdir, receiver)
-    second = start_dispatcher(redis_server, logdir, receiver)
+        any_redis: Backend, logdir: Path, receiver: Receiver) -> None:
+    gw = hooked_gateway(any_redis, logdir, receiver)
+    first = start_dispatcher(any_redis, logdir, receiver)
+    second = start_dispatcher(any_redis, logdir, receiver)
     try:
         await connect(gw, "grace")
         await wait_for(receiver, "user.online", "grace")
