@@ -16,10 +16,17 @@ import pytest
 
 from switchboard import receipts, streams
 from switchboard import whcontract as wh
+from switchboard.localcluster import LocalCluster
 from tests.clients import WsClient, until
 from tests.integration import test_webhooks
 from tests.integration.cluster import token
-from tests.integration.test_webhooks import Receiver, hooked_gateway, start_dispatcher
+from tests.integration.test_webhooks import (
+    Backend,
+    Receiver,
+    command,
+    hooked_gateway,
+    start_dispatcher,
+)
 from tests.support import API_KEY, Proc, RedisServer, start_router
 
 pytestmark = pytest.mark.integration
@@ -37,18 +44,21 @@ def undelivered(receiver: Receiver, user: str) -> list[dict[str, Any]]:
     return [e for e in receiver.unique("message.undelivered") if e["user"] == user]
 
 
-def due_score(redis: RedisServer, user: str) -> str:
-    keys = wh.WebhookKeys("sb:")
+def partition_keys(redis: Backend, user: str) -> wh.WebhookKeys:
+    return wh.WebhookKeys("sb:", cluster=isinstance(redis, LocalCluster))
+
+
+def due_score(redis: Backend, user: str) -> str:
+    keys = partition_keys(redis, user)
     due = keys.due(keys.partition(streams.user_key(user)))
-    return redis.cli("ZSCORE", due, wh.due_member("r", user)).strip()
+    return command(redis, "ZSCORE", due, wh.due_member("r", user))
 
 
-@pytest.fixture
-def hooked(redis_server: RedisServer, logdir: Path,
-           receiver: Receiver) -> Iterator[tuple[Proc, httpx.Client]]:
-    gw = hooked_gateway(redis_server, logdir, receiver)
-    router = start_router(redis_server, logdir, SWITCHBOARD_WEBHOOK_URL=receiver.url)
-    hooks = start_dispatcher(redis_server, logdir, receiver)
+def started(redis: Backend, logdir: Path,
+            receiver: Receiver) -> Iterator[tuple[Proc, httpx.Client]]:
+    gw = hooked_gateway(redis, logdir, receiver)
+    router = start_router(redis, logdir, SWITCHBOARD_WEBHOOK_URL=receiver.url)
+    hooks = start_dispatcher(redis, logdir, receiver)
     http = api(router)
     try:
         yield gw, http
@@ -58,10 +68,23 @@ def hooked(redis_server: RedisServer, logdir: Path,
             proc.stop()
 
 
+@pytest.fixture
+def hooked(redis_server: RedisServer, logdir: Path,
+           receiver: Receiver) -> Iterator[tuple[Proc, httpx.Client]]:
+    yield from started(redis_server, logdir, receiver)
+
+
+@pytest.fixture
+def hooked_anywhere(any_redis: Backend, logdir: Path,
+                    receiver: Receiver) -> Iterator[tuple[Proc, httpx.Client]]:
+    """As ``hooked``, on one redis-server and on a Redis Cluster."""
+    yield from started(any_redis, logdir, receiver)
+
+
 async def test_a_deadline_fires_undelivered_only_for_the_user_who_did_not_ack(
-        redis_server: RedisServer, receiver: Receiver,
-        hooked: tuple[Proc, httpx.Client]) -> None:
-    gw, http = hooked
+        any_redis: Backend, receiver: Receiver,
+        hooked_anywhere: tuple[Proc, httpx.Client]) -> None:
+    gw, http = hooked_anywhere
     url = f"ws://127.0.0.1:{gw.port}/ws?token="
     acker = await WsClient(url + token("ana")).start()
     mute = await WsClient(url + token("mo")).start()  # connected, never acks
@@ -93,10 +116,10 @@ async def test_a_deadline_fires_undelivered_only_for_the_user_who_did_not_ack(
         assert event["deadline_ms"] - event["published_ms"] == WITHIN
     # ana's check has run (her due entry is gone) and every event it could have written is
     # delivered (the outbox is empty): so none is coming for her.
-    await until(lambda: due_score(redis_server, "ana") == "", 10, "ana's deadline checked")
-    keys = wh.WebhookKeys("sb:")
+    await until(lambda: due_score(any_redis, "ana") == "", 10, "ana's deadline checked")
+    keys = partition_keys(any_redis, "ana")
     out = keys.outbox(keys.partition(streams.user_key("ana")))
-    await until(lambda: redis_server.cli("XLEN", out).strip() == "0", 10, "outbox drained")
+    await until(lambda: command(any_redis, "XLEN", out) == "0", 10, "outbox drained")
     assert undelivered(receiver, "ana") == []
     positions = http.get("/v1/users/ana/positions").json()
     assert positions["pending_receipts"] == 0

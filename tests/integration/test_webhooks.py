@@ -142,11 +142,13 @@ def hooked_gateway(redis: Backend, logdir: Path, receiver: Receiver,
     return start_gateway(redis, logdir, **webhook_env(receiver), **extra)
 
 
-def exists(backend: Backend, key: str) -> int:
+def command(backend: Backend, *args: str) -> str:
+    """One command's reply as text ('' for none), on one node or at the key's master."""
     if isinstance(backend, LocalCluster):
         with cluster_client(backend) as client:
-            return int(client.exists(key))
-    return int(backend.cli("EXISTS", key))
+            reply = client.execute_command(*args)
+            return "" if reply is None else str(reply)
+    return backend.cli(*args).strip()
 
 
 def roster_of(gateway_id: str) -> str:
@@ -223,7 +225,7 @@ async def test_reconnects_and_a_drain_fire_no_offline(
         client = await connect(gw2, "bob")
         assert gw1.proc.wait(15) == 0
         # a clean stop left every connection itself: nothing of gw1 is left to sweep
-        assert exists(any_redis, roster_of(online["gateway"])) == 0
+        assert command(any_redis, "EXISTS", roster_of(online["gateway"])) == "0"
         await quiet_for(DELAY + 1)
         assert of(receiver, "user.offline", "bob") == []
         assert len(of(receiver, "user.online", "bob")) == 1
@@ -366,16 +368,16 @@ async def test_up_runs_a_dispatcher_when_a_receiver_is_set(tmp_path: Path,
 
 
 async def test_a_gateway_restarted_under_its_id_takes_its_predecessors_users_offline(
-        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
+        any_redis: Backend, logdir: Path, receiver: Receiver) -> None:
     pinned = {"SWITCHBOARD_GATEWAY_ID": "gw-pinned"}
-    gw = hooked_gateway(redis_server, logdir, receiver, **pinned)
-    hooks = start_dispatcher(redis_server, logdir, receiver)
+    gw = hooked_gateway(any_redis, logdir, receiver, **pinned)
+    hooks = start_dispatcher(any_redis, logdir, receiver)
     try:
         ivan = await connect(gw, "ivan", ("den",))
         await wait_for(receiver, "presence.join", "den")
         gw.kill()  # SIGKILL, and back under the same id before its registry entry expired
         await until(lambda: ivan.closed, 10, "connection lost")
-        gw = hooked_gateway(redis_server, logdir, receiver, **pinned)
+        gw = hooked_gateway(any_redis, logdir, receiver, **pinned)
         await connect(gw, "judy")
         [offline] = await wait_for(receiver, "user.offline", "ivan", timeout=20)
         assert offline["reason"] == "gateway_lost"
@@ -391,9 +393,9 @@ async def test_a_gateway_restarted_under_its_id_takes_its_predecessors_users_off
 
 
 async def test_a_paused_gateway_is_swept_and_its_users_come_back_online(
-        redis_server: RedisServer, logdir: Path, receiver: Receiver) -> None:
-    gw = hooked_gateway(redis_server, logdir, receiver)
-    hooks = start_dispatcher(redis_server, logdir, receiver)
+        any_redis: Backend, logdir: Path, receiver: Receiver) -> None:
+    gw = hooked_gateway(any_redis, logdir, receiver)
+    hooks = start_dispatcher(any_redis, logdir, receiver)
     try:
         kate = await connect(gw, "kate")
         await wait_for(receiver, "user.online", "kate")

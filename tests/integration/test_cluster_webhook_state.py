@@ -1,0 +1,183 @@
+"""The gateway's webhook state and the dispatcher's sweep on a real Redis Cluster
+(gateway/clusterwebhookstate.py, switchboard/webhooks/sweep.py): without a transaction that
+spans slots, a write held by a stopped master and sent again is still applied once in effect,
+and the sweep, in steps, leaves every connection of a dead gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from gateway import clusterwebhookstate
+from gateway.clusterwebhookstate import ClusterWebhookState
+from gateway.ports import Registration
+from switchboard import contract, streams
+from switchboard import whcontract as wh
+from switchboard.config import GatewaySettings, WebhookSettings
+from switchboard.localcluster import LocalCluster, start_cluster
+from switchboard.redisurl import parse_cluster
+from switchboard.webhooks.sweep import Sweeper
+from tests.clients import until
+
+pytestmark = pytest.mark.integration
+
+GATEWAY = "gw-under-test"
+KEYS = wh.WebhookKeys(cluster=True)
+
+
+@pytest.fixture
+def masters_only() -> Iterator[LocalCluster]:
+    """No replicas: a master stopped for seconds is not failed over, it is only late."""
+    cluster = start_cluster(masters=3, replicas_per_master=0, node_timeout_ms=1000,
+                            start_timeout=60)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def client(masters_only: LocalCluster) -> AsyncIterator[RedisCluster]:
+    seeds = [ClusterNode(h, p) for h, p in parse_cluster(masters_only.url).seeds]
+    c = RedisCluster(startup_nodes=seeds)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+def settings(cluster: LocalCluster) -> GatewaySettings:
+    # no debounce: a write applied twice would report a second online/offline at once
+    return GatewaySettings(redis_url=cluster.url, redis_timeout=0.3,
+                           webhook_url="http://127.0.0.1:9/unused", webhook_offline_delay=0)
+
+
+async def events_of(client: RedisCluster, entity: str) -> list[tuple[str, str]]:
+    entries = await client.xrange(KEYS.outbox(KEYS.partition(entity)))
+    found = [json.loads(fields[b"e"]) for _, fields in entries]
+    return [(e["type"], e.get("reason", "")) for e in found
+            if e["id"].startswith(entity + "/")]
+
+
+class Running:
+    def __init__(self, cluster: LocalCluster, gateway_id: str = GATEWAY) -> None:
+        s = settings(cluster)
+        self.state = ClusterWebhookState(s, gateway_id,
+                                         clusterwebhookstate.connection(s, gateway_id))
+        self.task = asyncio.create_task(self.state.run())
+
+    async def flushed(self) -> None:
+        assert await self.state.flushed(30), "webhook state not written"
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await self.state.aclose()
+
+
+def reg(user: str, conn: str, *channels: str) -> Registration:
+    return Registration(user=user, conn_id=conn, session_id=streams.random_id(),
+                        channels=channels)
+
+
+async def test_a_write_held_by_a_stopped_master_is_applied_once_in_effect(
+        masters_only: LocalCluster, client: RedisCluster) -> None:
+    running = Running(masters_only)
+    # a user whose master is not the roster's: the roster's entries go first, unhindered,
+    # and the scripts are what the stopped master holds
+    roster_master = masters_only.master_of_slot(LocalCluster.slot_of(KEYS.roster(GATEWAY)))
+    user = next(u for u in (f"alice{i}" for i in range(100)) if masters_only.master_of_slot(
+        KEYS.partition(streams.user_key(u))) is not roster_master)
+    held = masters_only.master_of_slot(KEYS.partition(streams.user_key(user)))
+    warm = next(u for u in (f"warm{i}" for i in range(100)) if masters_only.master_of_slot(
+        KEYS.partition(streams.user_key(u))) is held)
+    try:
+        # a connection to that master is open: the write reaches it, and waits there
+        running.state.connected(reg(warm, "w1"))
+        await running.flushed()
+        held.proc.send_signal(signal.SIGSTOP)  # the master keeps every copy, unanswered
+        try:
+            alice = reg(user, "a1", "room")
+            running.state.connected(alice)
+            running.state.disconnected(alice)
+            # sent again at least once while the first copies wait in the master's socket
+            await until(lambda: running.state.failures >= 2, 20, "the write sent again")
+        finally:
+            held.proc.send_signal(signal.SIGCONT)
+        await running.flushed()
+        # A repeat of a connect after its disconnect would leave the user online for ever, and
+        # with no debounce it would say online, offline, online, offline.
+        assert await events_of(client, f"u:{user}") == [("user.online", ""),
+                                                       ("user.offline", "closed")]
+        assert await client.hlen(KEYS.user(user)[1]) == 0
+        assert [t for t, _ in await events_of(client, "c:room")] == [
+            "channel.occupied", "presence.join", "presence.leave", "channel.vacated"]
+        # a1's entries came and went: the roster holds the warm-up connection only
+        assert set(await client.hkeys(KEYS.roster(GATEWAY))) == {wh.ROSTER_INC.encode(),
+                                                                  b"w1"}
+        # the partitions that got events were hinted to the dispatcher
+        hinted = {int(p) for p in await client.smembers(KEYS.hints())}
+        assert KEYS.partition(streams.user_key(user)) in hinted
+    finally:
+        await running.close()
+
+
+async def test_the_sweep_in_steps_leaves_every_connection_of_a_dead_gateway(
+        masters_only: LocalCluster, client: RedisCluster) -> None:
+    running = Running(masters_only)
+    try:
+        alice, bob = reg("alice", "a1", "room"), reg("bob", "b1")
+        running.state.connected(alice)
+        running.state.connected(bob)
+        await running.flushed()
+    finally:
+        await running.close()  # dies with both connected: nothing left by itself
+    sweeper = Sweeper(WebhookSettings(redis_url=masters_only.url, webhook_offline_delay=0),
+                      client, KEYS)
+    registry = contract.Keys().gateway(GATEWAY)
+    await client.set(registry, "alive")
+    await sweeper.sweep()  # a gateway with a registry entry is alive: nothing happens
+    assert await events_of(client, "u:bob") == [("user.online", "")]
+    await client.delete(registry)
+    await sweeper.sweep()
+    for user in ("alice", "bob"):
+        assert await events_of(client, f"u:{user}") == [("user.online", ""),
+                                                         ("user.offline", "gateway_lost")]
+    assert [t for t, _ in await events_of(client, "c:room")] == [
+        "channel.occupied", "presence.join", "presence.leave", "channel.vacated"]
+    assert sweeper.swept == 2
+    assert not await client.smembers(KEYS.dead_rosters())
+    await sweeper.sweep()  # swept once: a second sweep reports nothing, and unlists it
+    assert len(await events_of(client, "u:alice")) == 2
+    assert not await client.smembers(KEYS.rosters())
+
+
+async def test_a_gateway_starting_under_its_predecessors_id_has_its_users_swept(
+        masters_only: LocalCluster, client: RedisCluster) -> None:
+    first = Running(masters_only)
+    try:
+        first.state.connected(reg("carol", "c1"))
+        await first.flushed()
+    finally:
+        await first.close()
+    second = Running(masters_only)  # the same id, before the first one's entry expired
+    try:
+        await until(lambda: second.state.started, 20, "roster taken over")
+        second.state.connected(reg("dave", "d1"))
+        await second.flushed()
+        sweeper = Sweeper(WebhookSettings(redis_url=masters_only.url,
+                                          webhook_offline_delay=0), client, KEYS)
+        await client.set(contract.Keys().gateway(GATEWAY), "alive")  # the second one's
+        await sweeper.sweep()
+        assert await events_of(client, "u:carol") == [("user.online", ""),
+                                                       ("user.offline", "gateway_lost")]
+        assert await events_of(client, "u:dave") == [("user.online", "")]
+        roster: dict[Any, Any] = await client.hgetall(KEYS.roster(GATEWAY))
+        assert b"d1" in roster and b"c1" not in roster
+    finally:
+        await second.close()
