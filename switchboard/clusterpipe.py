@@ -38,12 +38,16 @@ REDIRECTS = 5  # MOVED/ASK/TRYAGAIN followed per call before giving up (answered
 
 class ClusterPipelined:
     def __init__(self, cluster: RedisCluster, url: ClusterUrl, timeout: float, *,
-                 client_name: str, scripts: Sequence[Script] = ()) -> None:
+                 client_name: str, scripts: Sequence[Script] = (),
+                 fenced: bool = False) -> None:
+        """``fenced``: each link's new connection first kills the one before it (see
+        :class:`~switchboard.pipelined.PipelinedRedis`)."""
         self.cluster = cluster
         self.url = url
         self.timeout = timeout
         self.client_name = client_name
         self.scripts = list(scripts)
+        self.fenced = fenced
         self._links: dict[tuple[str, int], PipelinedRedis] = {}
         self._by_slot: list[PipelinedRedis | None] = [None] * SLOTS
         self._refreshing: asyncio.Task[None] | None = None
@@ -60,7 +64,8 @@ class ClusterPipelined:
         link = self._links.get((host, port))
         if link is None:
             link = PipelinedRedis(self.url.node_url(host, port), self.timeout,
-                                  client_name=self.client_name, scripts=self.scripts)
+                                  client_name=self.client_name, scripts=self.scripts,
+                                  fenced=self.fenced)
             self._links[(host, port)] = link
         return link
 
@@ -166,6 +171,51 @@ class ClusterPipelined:
             results[i] = await self.run_script(script, *calls[i])
         return results
 
+    async def execute_routed(self, commands: Sequence[Sequence[Arg]],
+                             scripts: Sequence[Script] = ()) -> list[Any]:
+        """Mixed commands, each at the master of its first key's slot (an ``EVALSHA``'s
+        KEYS[1]), one write per master with their order kept; the ``scripts`` they call are
+        loaded in front of them in that write, and a call that finds none anyway (NOSCRIPT)
+        runs again as ``EVAL``. Calls redirected (MOVED, ASK, TRYAGAIN) did not run: they are
+        sent again, in their order. Any other error reply is its command's result; a lost
+        connection or a timeout raises (some commands may have run)."""
+        results: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        by_sha = {s.sha: s for s in scripts}
+        for attempt in range(REDIRECTS):
+            groups: dict[int, tuple[PipelinedRedis, list[int]]] = {}
+            for i in todo:
+                link = await self._link(key_slot(_bytes(_first_key(commands[i]))))
+                groups.setdefault(id(link), (link, []))[1].append(i)
+            outcomes = await asyncio.gather(*(
+                _send_group(link, [commands[i] for i in idx], by_sha)
+                for link, idx in groups.values()), return_exceptions=True)
+            redo: list[int] = []
+            moved = False
+            for (_, idx), outcome in zip(groups.values(), outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    if isinstance(outcome, (exceptions.ConnectionError,
+                                            exceptions.TimeoutError)):
+                        self._refresh_later()
+                    raise outcome
+                for i, reply in zip(idx, outcome, strict=True):
+                    if isinstance(reply, (exceptions.MovedError, exceptions.AskError,
+                                          exceptions.TryAgainError)):
+                        # ASK too: the map is read again, and the call waits for the slot
+                        # to settle rather than chase a migration half way
+                        moved = True
+                        redo.append(i)
+                    else:
+                        results[i] = reply
+            if not redo:
+                return results
+            todo = sorted(redo)
+            if moved:
+                await self._refresh()
+            await asyncio.sleep(0.05 * (attempt + 1))
+        raise exceptions.ClusterDownError(f"{len(todo)} commands kept being redirected: "
+                                          f"gave up after {REDIRECTS} tries")
+
     def close(self) -> None:
         self._closed = True
         for link in self._links.values():
@@ -179,6 +229,28 @@ async def _asking(link: PipelinedRedis, script: Script, keys: Sequence[Arg],
     """ASKING and the call in one write: ASKING only lets the very next command in."""
     replies = await link.execute_raw([resp.command("ASKING"), script.eval(keys, args)])
     return replies[1]
+
+
+def _first_key(command: Sequence[Arg]) -> Arg:
+    name = str(command[0]).upper()
+    return command[3] if name in ("EVAL", "EVALSHA") else command[1]
+
+
+async def _send_group(link: PipelinedRedis, commands: list[Sequence[Arg]],
+                      scripts: dict[str, Script]) -> list[Any]:
+    """One master's commands in one write, behind the loads of the scripts they call."""
+    called = sorted({str(c[1]) for c in commands if str(c[0]).upper() == "EVALSHA"})
+    loads = [resp.command("SCRIPT", "LOAD", scripts[sha].source) for sha in called]
+    replies = (await link.execute_raw([*loads, *(resp.command(*c) for c in commands)],
+                                      raise_on_error=False))[len(loads):]
+    missing = [i for i, r in enumerate(replies) if isinstance(r, exceptions.NoScriptError)]
+    if missing:  # a script flush inside the write: those did not run
+        again = await link.execute_raw(
+            [resp.command("EVAL", scripts[str(commands[i][1])].source, *commands[i][2:])
+             for i in missing], raise_on_error=False)
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+    return replies
 
 
 def _bytes(key: Arg) -> bytes:
