@@ -126,7 +126,11 @@ class Dispatcher:
         writers (:meth:`~switchboard.whcontract.WebhookKeys.hints`), those with events
         waiting and those with a confirmation due."""
         parts = await self._to_look_at()
-        peeks = await self._peek(parts)
+        try:
+            peeks = await self._peek(parts)
+        except BaseException:
+            self._full_at = 0.0  # the hints taken are gone: the next poll looks everywhere
+            raise
         for p, peek in zip(parts, peeks, strict=True):
             if not isinstance(peek, Exception):
                 self._lengths[p], self._first_due[p] = int(peek[0]), float(peek[1])

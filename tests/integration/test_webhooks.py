@@ -10,6 +10,7 @@ event lost while the receiver is down or the dispatcher leader dies.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
@@ -24,11 +25,12 @@ from typing import Any
 import pytest
 import redis
 
+from switchboard import streams
 from switchboard import whcontract as wh
 from switchboard.localcluster import LocalCluster
 from switchboard.signing import verify
 from tests.clients import WsClient, until
-from tests.cluster_support import cluster_client
+from tests.cluster_support import cluster_client, key_in_slot
 from tests.integration.cluster import token
 from tests.support import (
     Proc,
@@ -319,6 +321,41 @@ async def test_receiver_down_for_ten_seconds_loses_nothing(
         by_id: dict[str, dict[str, Any]] = {}
         for e in receiver.events():
             assert by_id.setdefault(e["id"], e) == e
+    finally:
+        hooks.stop()
+        gw.stop()
+
+
+async def test_webhooks_go_on_across_a_master_failover(
+        redis_cluster: LocalCluster, logdir: Path, receiver: Receiver) -> None:
+    keys = wh.WebhookKeys(cluster=True)
+    slot = keys.partition(streams.user_key("olga"))
+    victim = redis_cluster.master_of_slot(slot)
+    gw = hooked_gateway(redis_cluster, logdir, receiver)
+    hooks = start_dispatcher(redis_cluster, logdir, receiver)
+    try:
+        olga = await connect(gw, "olga")
+        await wait_for(receiver, "user.online", "olga")
+        # the replica has olga's state before its master dies (WAIT covers every write
+        # the master took before this one)
+        node = redis.Redis(host=victim.host, port=victim.port, socket_timeout=5)
+        try:
+            node.set(key_in_slot(slot, "synced"), 1)
+            assert node.execute_command("WAIT", 1, 5000) == 1
+        finally:
+            node.close()
+        redis_cluster.kill(victim)
+        promoted = await asyncio.to_thread(redis_cluster.wait_failover, victim, 45)
+        # the gateway's writes and the dispatcher's looks follow the slots to the promoted
+        # replica: olga's leave and a new user there are reported
+        await olga.close()
+        [offline] = await wait_for(receiver, "user.offline", "olga", timeout=45)
+        assert offline["reason"] == "closed"
+        pia = next(u for u in (f"pia{i}" for i in range(200)) if redis_cluster.master_of_slot(
+            keys.partition(streams.user_key(u))).port == promoted.port)
+        await connect(gw, pia)
+        await wait_for(receiver, "user.online", pia, timeout=45)
+        assert len(of(receiver, "user.online", "olga")) == 1
     finally:
         hooks.stop()
         gw.stop()
