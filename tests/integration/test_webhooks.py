@@ -383,12 +383,15 @@ async def test_the_standby_takes_over_from_a_killed_leader(
         gw.stop()
 
 
-async def test_up_runs_a_dispatcher_when_a_receiver_is_set(tmp_path: Path,
-                                                           receiver: Receiver) -> None:
+@pytest.mark.parametrize("shards", [(), ("--redis-shards", "3")],
+                         ids=["one_node", "redis_cluster"])
+async def test_up_runs_a_dispatcher_when_a_receiver_is_set(
+        tmp_path: Path, receiver: Receiver, shards: tuple[str, ...]) -> None:
     from tests.integration.test_up import children_of, cmdline, credentials, start_up
 
     log = tmp_path / "up.log"
-    up, port, _ = start_up(log, "--no-autoscale", SWITCHBOARD_WEBHOOK_URL=receiver.url,
+    up, port, _ = start_up(log, "--no-autoscale", *shards,
+                           SWITCHBOARD_WEBHOOK_URL=receiver.url,
                            SWITCHBOARD_WEBHOOK_PORT=str(free_port()),
                            SWITCHBOARD_WEBHOOK_SECRETS=",".join(SECRETS))
     try:
