@@ -211,6 +211,9 @@ class RedisBackplane:
         # Not before the webhook state's first write: it moves a predecessor's roster aside.
         hooks = self.webhooks if self.webhooks is not None and self.webhooks.started else None
         if hooks is not None:
+            if hooks.cluster:  # beside the roster: its move checks it in the same call
+                pipe.set(hooks.keys.alive(self.gateway_id), 1,
+                         px=contract.registry_ttl_ms(s.heartbeat_interval))
             pipe.hset(hooks.roster, wh.ROSTER_INC, hooks.incarnation)
             pipe.sadd(hooks.keys.rosters(), self.gateway_id)
         try:

@@ -1,21 +1,29 @@
-"""The gateway's webhook state on Redis Cluster (docs/webhooks.md#redis-cluster).
+"""The gateway's webhook state on Redis Cluster (docs/webhooks.md#on-a-redis-cluster).
 
 The same writes as on one node (:mod:`gateway.webhookstate`), but a transaction cannot span
 slots, so there is no sent marker that makes a repeat harmless. Repeats are made harmless by
-what goes into one batch instead: a batch holds at most one script per connection and
-entity (``USER_ON`` or ``USER_OFF``, ``CHANNEL_ON`` or ``CHANNEL_OFF``), and batches are
-written strictly one after the other, each sent again until it is through. A batch sent
-again therefore repeats only calls whose own connection has not moved on since, and each
-script does nothing when repeated right after itself (the holder check, ``HSET`` answering 0
-for a connection already there). What the one-node design guarded against, a ``USER_ON``
-applied again after its ``USER_OFF`` (a connection left online for ever), cannot happen:
-the two are never in one batch, and the second is not sent before the first is through.
+what goes into one batch instead, and by the order of batches:
+
+- a batch holds at most one command per connection and entity (a state script: ``USER_ON``
+  or ``USER_OFF``, ``CHANNEL_ON`` or ``CHANNEL_OFF``) and at most one per roster entry;
+- batches are written strictly one after the other, each sent again until it is through,
+  over one pipelined connection per master that is fenced as on one node (a new connection
+  kills the one before it first), so a first copy cannot arrive after the next batch.
+
+A batch sent again therefore repeats only calls whose own connection and entity have not
+moved on since, and each script does nothing when repeated right after itself (the holder
+check, ``HSET`` answering 0 for a connection already there). What the one-node design
+guards against, a ``USER_ON`` applied again after its ``USER_OFF`` (a connection left online
+for ever), cannot happen: the two are never in one batch, and the second is not sent before
+the first is through.
 
 A batch goes out in three steps, each one write per master: the roster entries it adds, the
-scripts, and the roster entries it removes. A roster entry is so written before its state and
-removed after it, as on one node, although roster and state are in different slots. Then one
-hint (``SADD sb:{wh}:hints``) names the partitions that got an event or a due confirmation:
-the dispatcher looks at those at once and at every partition now and then.
+scripts, then the roster entries it removes and the roster's listing. A roster entry is so
+written before its state and removed after it, as on one node, although roster and state are
+in different slots; an entry that moves to a new incarnation (:meth:`rewritten`) names both
+until the state names the new one. The last step also hints the partitions the scripts wrote
+to (``SADD sb:{wh}:hints``): the dispatcher looks at those at once, and at every partition
+now and then.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from redis import exceptions
 from redis.crc import key_slot
 
 from gateway.errors import unavailable
+from gateway.ports import Registration
 from gateway.webhookstate import _SCRIPTS, CHUNK, Command, WebhookState
 from switchboard import streams
 from switchboard import whcontract as wh
@@ -38,8 +47,7 @@ from switchboard.config import GatewaySettings
 log = logging.getLogger("switchboard.gateway")
 
 _CALLED = (*_SCRIPTS, wh.TAKE_SLOT)
-_OPENS = {wh.USER_ON.sha, wh.CHANNEL_ON.sha}
-_CLOSES = {wh.USER_OFF.sha, wh.CHANNEL_OFF.sha}
+_STATE = {wh.USER_ON.sha, wh.CHANNEL_ON.sha, wh.USER_OFF.sha, wh.CHANNEL_OFF.sha}
 
 
 def connection(settings: GatewaySettings, gateway_id: str) -> ClusterPipelined:
@@ -53,23 +61,24 @@ def connection(settings: GatewaySettings, gateway_id: str) -> ClusterPipelined:
                             fenced=True)
 
 
-def _entity_op(cmd: Command) -> tuple[str, str] | None:
-    """(connection, state key) of a state script; None for a roster write."""
-    if cmd[0] != "EVALSHA" or cmd[1] not in _OPENS | _CLOSES:
-        return None
-    nkeys = int(cmd[2])
-    return str(cmd[3 + nkeys]), str(cmd[3])
-
-
-# Errors after which the call did not run (or may not have): the step is sent again. Any
-# other error reply is the script's own, which a repeat would not mend.
-_RETRIED = (exceptions.AskError, exceptions.TryAgainError, exceptions.ClusterDownError,
-            exceptions.ReadOnlyError, exceptions.OutOfMemoryError)
+def _conflict_key(cmd: Command) -> tuple[str, str] | None:
+    """What a command must not share a batch with another command about: (connection, state
+    key) for a state script, ("roster", field) for a roster entry; None otherwise."""
+    if cmd[0] == "EVALSHA" and cmd[1] in _STATE:
+        nkeys = int(cmd[2])
+        return str(cmd[3 + nkeys]), str(cmd[3])
+    if cmd[0] in ("HSET", "HDEL") and len(cmd) >= 3:
+        return "roster", str(cmd[2])
+    return None
 
 
 def _not_run(exc: Exception) -> bool:
-    return (not isinstance(exc, exceptions.ResponseError) or isinstance(exc, _RETRIED)
-            or str(exc).startswith(("BUSY", "MASTERDOWN", "CLUSTERDOWN")))
+    """Whether an error reply means the call did not run, so the step is sent again: every
+    refusal (a redirection, CLUSTERDOWN, READONLY, OOM, NOREPLICAS, MISCONF, NOPERM, BUSY,
+    MASTERDOWN, ...). Only a plain ``ERR`` or ``WRONGTYPE`` is the script's own error, which
+    a repeat would not mend (one node logs those too, inside its EXEC)."""
+    return not (type(exc) is exceptions.ResponseError
+                and str(exc).startswith(("ERR", "WRONGTYPE")))
 
 
 class ClusterWebhookState(WebhookState):
@@ -85,50 +94,94 @@ class ClusterWebhookState(WebhookState):
 
     async def _take_predecessor(self) -> None:
         """A predecessor's roster (a gateway that had our id) is moved aside for the sweep:
-        listed as dead first, then moved, then ours is begun. Each step again until it is
-        through (each is harmless repeated: nothing writes our roster before we start)."""
-        token = streams.random_id()
-        member = wh.dead_member(self.gateway_id, token)
-        dead = self.keys.dead_roster(self.gateway_id, token)
-        await self._step([("SADD", self.keys.dead_rosters(), member)])
-        # Listed even when there was no roster to move (a repeat of a move whose answer was
-        # lost would say so too): the sweep unlists a dead roster that does not exist.
-        await self._step([("EVALSHA", wh.TAKE_SLOT.sha, 2, self.roster, dead)])
-        await self._step(self._listed())
+        listed as dead first, then moved, then ours is begun, its roster written before it
+        is listed (see :meth:`~switchboard.webhooks.sweep.Sweeper._take_in_steps`). A move
+        that failed is tried again under a new token: the connection is fenced, so the one
+        that failed either ran before or never will, and a listed token whose roster never
+        came is finished by the sweep as empty."""
+        while True:
+            token = streams.random_id()
+            await self._step([("SADD", self.keys.dead_rosters(),
+                               wh.dead_member(self.gateway_id, token))])
+            try:
+                [moved] = await self._pipeline([(
+                    "EVALSHA", wh.TAKE_SLOT.sha, 4, self.roster,
+                    self.keys.dead_roster(self.gateway_id, token),
+                    self.keys.swept(self.gateway_id, token), self.keys.alive(self.gateway_id),
+                    "0")])
+            except _FAILURES as exc:
+                self._failed(exc)
+                await asyncio.sleep(1.0)
+                continue
+            if moved != -2:
+                break
+        roster, listed = self._listed()
+        await self._step([roster])
+        await self._step([listed])
 
     async def _step(self, commands: list[Command]) -> list[Any]:
         while True:
             try:
                 return await self._pipeline(commands)
-            except (exceptions.RedisError, OSError) as exc:
-                self.failures += 1
-                log.warning("webhook roster not taken over (%s): retrying", exc)
+            except _FAILURES as exc:
+                self._failed(exc)
                 await asyncio.sleep(1.0)
 
+    def _failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        log.warning("webhook roster not taken over (%s): retrying", exc)
+
+    def rewritten(self, regs: list[Registration]) -> None:
+        """As on one node, but a roster entry that changes holder names both holders until
+        the state names the new one (a batch further on): the state's holder and the
+        roster's are written in separate steps here, and a sweep between them must still
+        find the state's."""
+        old = self.incarnation
+        self.new_incarnation()
+        self._put(list(self._listed()))
+        both = f"{self.incarnation},{old}"
+        settle: list[Command] = []
+        for reg in regs:
+            cmds: list[Command] = [("HSET", self.roster, wh.roster_field(reg.conn_id),
+                                    wh.roster_value(both, reg.user)),
+                                   self._user_on(reg)]
+            settle.append(("HSET", self.roster, wh.roster_field(reg.conn_id),
+                           wh.roster_value(self.incarnation, reg.user)))
+            for channel in reg.channels:
+                field = wh.roster_field(reg.conn_id, channel)
+                cmds += [("HSET", self.roster, field, wh.roster_value(both, reg.user)),
+                         self._channel_on(reg, channel)]
+                settle.append(("HSET", self.roster, field,
+                               wh.roster_value(self.incarnation, reg.user)))
+            self._put(cmds)
+        self._put(settle)  # each conflicts with its first write: a later batch
+
     def _batch_size(self) -> int:
-        """The longest head of the queue (at most CHUNK) with one script per connection and
-        entity: see the module's docstring."""
+        """The longest head of the queue (at most CHUNK) with at most one command per
+        connection and entity, and per roster entry: see the module's docstring."""
         seen: set[tuple[str, str]] = set()
         for i, cmd in enumerate(self._queue[:CHUNK]):
-            op = _entity_op(cmd)
-            if op is None:
+            key = _conflict_key(cmd)
+            if key is None:
                 continue
-            if op in seen:
+            if key in seen:
                 return i
-            seen.add(op)
+            seen.add(key)
         return min(len(self._queue), CHUNK)
 
     async def _send(self, token: str, commands: list[Command]) -> None:
-        adds = [c for c in commands if c[0] in ("HSET", "SADD")]
+        adds = [c for c in commands if c[0] == "HSET"]
         scripts = [c for c in commands if c[0] == "EVALSHA"]
-        removes = [c for c in commands if c[0] == "HDEL"]
+        # the listing of our roster (SADD) after the roster is written, as the sweep expects
+        removes = [c for c in commands if c[0] in ("HDEL", "SADD")]
         await self._pipeline(adds)
         replies = await self._pipeline(scripts)
-        hinted = {key_slot(str(c[3]).encode()) for c, r in zip(scripts, replies, strict=True)
-                  if not isinstance(r, Exception) and r}
         failed = [r for r in replies if isinstance(r, Exception)]
         if failed:  # a script's own error: sending it again would not mend it
             log.error("%d webhook state writes failed (%s)", len(failed), failed[0])
+        # Every partition the batch's scripts wrote to: a repeated batch answers 0 where
+        # the first copy wrote, and its hint must not be lost with that copy's reply.
+        hinted = {key_slot(str(c[3]).encode()) for c in scripts}
         if hinted:
             removes.append(("SADD", self.keys.hints(), *sorted(hinted)))
         await self._pipeline(removes)
@@ -144,9 +197,13 @@ class ClusterWebhookState(WebhookState):
 
     async def forget_roster(self) -> None:
         with unavailable("webhook_state"):
-            await self._pipeline([("DEL", self.roster),
-                                  ("SREM", self.keys.rosters(), self.gateway_id)])
+            await self._pipeline([("DEL", self.roster, self.keys.alive(self.gateway_id))])
+            await self._pipeline([("SREM", self.keys.rosters(), self.gateway_id)])
 
     async def aclose(self) -> None:
         self._redis.close()
         await self._redis.cluster.aclose()
+
+
+_FAILURES = (exceptions.RedisError, exceptions.RedisClusterException, OSError)
+

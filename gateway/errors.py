@@ -79,11 +79,12 @@ class BadClientRequest(GatewayError):
 @contextlib.contextmanager
 def unavailable(what: str) -> Iterator[None]:
     """Translate the backend's own errors (redis-py's, sockets', timeouts) at the boundary."""
-    from redis.exceptions import RedisError
+    # RedisClusterException (e.g. no node of a cluster reachable) is not a RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
     try:
         yield
     except BackendUnavailable:
         raise
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         raise BackendUnavailable(f"{what}: {exc}") from exc

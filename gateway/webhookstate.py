@@ -101,8 +101,7 @@ class WebhookState:
     def connected(self, reg: Registration) -> None:
         value = wh.roster_value(self.incarnation, reg.user)
         cmds: list[Command] = [("HSET", self.roster, wh.roster_field(reg.conn_id), value)]
-        cmds.append(_call(wh.USER_ON, self._args.user_on(reg.conn_id, self.holder, reg.user,
-                                                         self.gateway_id)))
+        cmds.append(self._user_on(reg))
         for channel in reg.channels:
             cmds += self._join(reg, channel)
         self._put(cmds)
@@ -121,11 +120,17 @@ class WebhookState:
         cmds.append(("HDEL", self.roster, wh.roster_field(reg.conn_id)))
         self._put(cmds)
 
+    def _user_on(self, reg: Registration) -> Command:
+        return _call(wh.USER_ON, self._args.user_on(reg.conn_id, self.holder, reg.user,
+                                                    self.gateway_id))
+
+    def _channel_on(self, reg: Registration, channel: str) -> Command:
+        return _call(wh.CHANNEL_ON, self._args.channel_on(reg.conn_id, self.holder, reg.user,
+                                                          channel))
+
     def _join(self, reg: Registration, channel: str) -> list[Command]:
         return [("HSET", self.roster, wh.roster_field(reg.conn_id, channel),
-                             wh.roster_value(self.incarnation, reg.user)),
-                _call(wh.CHANNEL_ON, self._args.channel_on(reg.conn_id, self.holder, reg.user,
-                                                           channel))]
+                 wh.roster_value(self.incarnation, reg.user)), self._channel_on(reg, channel)]
 
     def _leave(self, reg: Registration, channel: str) -> list[Command]:
         return [_call(wh.CHANNEL_OFF, self._args.channel_off(reg.conn_id, self.holder,

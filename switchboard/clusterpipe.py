@@ -141,8 +141,9 @@ class ClusterPipelined:
                               calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]], *,
                               raise_on_error: bool = True) -> list[Any]:
         """Each master's calls in one write (their order kept); calls redirected by MOVED or
-        ASK did not run and are sent again one by one; any other failure is raised (an
-        error reply is returned in its place with ``raise_on_error=False``)."""
+        ASK did not run and are sent again one by one; any other failure is raised. With
+        ``raise_on_error=False`` an error reply, and a master's lost connection or timeout,
+        is returned in place of each call it failed: one master down is not all of them."""
         if not calls:
             return []
         groups: dict[int, tuple[PipelinedRedis, list[int]]] = {}
@@ -158,7 +159,11 @@ class ClusterPipelined:
             if isinstance(outcome, BaseException):
                 if isinstance(outcome, (exceptions.ConnectionError, exceptions.TimeoutError)):
                     self._refresh_later()
-                raise outcome
+                if raise_on_error or not isinstance(outcome, Exception):
+                    raise outcome
+                for i in idx:
+                    results[i] = outcome
+                continue
             for i, reply in zip(idx, outcome, strict=True):
                 if isinstance(reply, (exceptions.MovedError, exceptions.AskError,
                                       exceptions.TryAgainError)):

@@ -16,9 +16,11 @@ What differs from one node (docs/scaling.md):
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from switchboard import contract, receipts, streams
 from switchboard import whcontract as wh
@@ -28,6 +30,7 @@ from switchboard.config import RedisSettings
 from switchboard.pipelined import Script
 from switchboard.store import SCAN_COUNT, Store, Target, text
 
+log = logging.getLogger("switchboard")
 CLUSTER_PUBLISH_SCRIPT = Script(contract.CLUSTER_PUBLISH_LUA)
 
 
@@ -65,7 +68,11 @@ class ClusterStore(Store):
         """Hint the dispatcher at the user's partition, so it sees the deadline soon and not
         only at its next look at every partition (the hint is not needed for correctness)."""
         keys = wh.WebhookKeys(self.settings.prefix, cluster=True)
-        await self.redis.sadd(keys.hints(), keys.partition(streams.user_key(user)))
+        try:
+            await self.redis.sadd(keys.hints(), keys.partition(streams.user_key(user)))
+        except (RedisError, RedisClusterException) as exc:  # the publish is stored: a 2xx
+            log.warning("receipt hint for %s not written (%s): found by the next full look",
+                        user, exc)
 
     async def connections(self, user: str) -> dict[str, str]:
         key = self.keys.conns(user)

@@ -4,7 +4,8 @@ Online/offline, occupied/vacated and join/leave transitions are decided *in Redi
 that run in the slot of the user or channel they change, and each event is written by the same
 script into an outbox of that slot: no gateway's memory holds a transition, so none is lost
 with a gateway. A dead gateway's connections are left by the dispatcher, from the gateway's
-roster (``sb:{gw:G}:roster``: field ``CONN`` or ``CONN\\tCHANNEL`` -> ``INC\\tUSER``).
+roster (``sb:{gw:G}:roster``: field ``CONN`` or ``CONN\\tCHANNEL`` -> ``INC\\tUSER``, or
+``INC,INC\\tUSER`` for a moment on Redis Cluster, while an entry moves to a new incarnation).
 
 Every connection held by the webhook state names its holder, ``GATEWAY/INC``: ``INC`` is the
 gateway's incarnation, new each time its registry entry was lost (it may have been swept
@@ -82,6 +83,17 @@ class WebhookKeys:
     def dead_roster(self, gateway_id: str, token: str) -> str:
         """Where a roster is moved once its writer is gone: the sweep leaves what is in it."""
         return f"{self.prefix}{{gw:{gateway_id}}}:roster:dead:{token}"
+
+    def swept(self, gateway_id: str, token: str) -> str:
+        """Redis Cluster: the tombstone of a dead roster the sweep is done with (or found
+        absent): a late move under that token is refused, so it cannot land unlisted."""
+        return self.dead_roster(gateway_id, token) + ":swept"
+
+    def alive(self, gateway_id: str) -> str:
+        """Redis Cluster: written by the gateway's heartbeat with the registry's TTL, in the
+        roster's slot, so the move of a roster can check in the same call that its gateway
+        is dead (the registry entry is in another slot)."""
+        return f"{self.prefix}{{gw:{gateway_id}}}:alive"
 
     def sent(self, gateway_id: str) -> str:
         """The token of the gateway's last webhook-state transaction that was applied."""
@@ -433,15 +445,32 @@ redis.call('SADD', KEYS[3], ARGV[1])
 return 1
 """)
 
-# Redis Cluster's TAKE, in the roster's slot only. KEYS: roster, dead roster. Moves the roster
-# aside; 1 moved, -1 no roster. The dead member is listed (SADD sb:wh:dead, another slot)
-# *before* this call, so a roster moved aside is never unlisted; a member listed for a roster
-# that was never moved is swept as an empty roster. The registry entry is checked before, not
-# in the same call: a gateway that came back in between has its connections left and writes
-# them again at its next heartbeat (its roster is gone), within the offline delay: no event.
+# Redis Cluster's TAKE, in the roster's slot only. KEYS: roster, dead roster, its tombstone
+# (WebhookKeys.swept), the gateway's alive key. ARGV: 1 to check the alive key (the sweep),
+# 0 not to (a gateway moving its predecessor's roster). Returns 1 moved (also for a repeat of
+# a move that was made), 0 the gateway is alive, -1 no roster, -2 the token's tombstone is
+# there (the sweep is done with it: take again under a new token). The dead member is
+# listed (SADD sb:wh:dead, another slot) before this call, so a roster moved aside is never
+# unlisted; a member listed for a roster never moved is left by FINISH as an empty one.
 TAKE_SLOT = Script(r"""
+if redis.call('EXISTS', KEYS[3]) == 1 then return -2 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 redis.call('RENAME', KEYS[1], KEYS[2])
+return 1
+""")
+
+# The sweep's end of a dead roster. KEYS: dead roster, its tombstone. ARGV: tombstone ttl ms.
+# Deletes the roster only if it holds no connection any more, checked in the same call (a
+# move that landed after the sweep read it is left for the next sweep), and leaves the
+# tombstone. Returns 1 done, 0 not yet.
+FINISH = Script(r"""
+local n = redis.call('HLEN', KEYS[1])
+if redis.call('HEXISTS', KEYS[1], '_inc') == 1 then n = n - 1 end
+if n > 0 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 return 1
 """)
 

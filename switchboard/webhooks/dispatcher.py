@@ -51,6 +51,7 @@ class Dispatcher:
         self._lengths: dict[int, int] = {}  # outbox lengths, as last looked at
         self._first_due: dict[int, float] = {}  # earliest due confirmation, as last looked at
         self._full_at = 0.0  # monotonic: when every partition was last looked at
+        self._unread: set[int] = set()  # partitions whose last look failed
         self.id = streams.random_id()
         self.leader = False
         self._valid_until = 0.0  # monotonic: until then the lease is surely ours
@@ -129,8 +130,10 @@ class Dispatcher:
         try:
             peeks = await self._peek(parts)
         except BaseException:
-            self._full_at = 0.0  # the hints taken are gone: the next poll looks everywhere
+            self._not_read(parts, full=len(parts) == self.keys.partitions)
             raise
+        self._not_read([p for p, peek in zip(parts, peeks, strict=True)
+                        if isinstance(peek, Exception)], full=len(parts) == self.keys.partitions)
         for p, peek in zip(parts, peeks, strict=True):
             if not isinstance(peek, Exception):
                 self._lengths[p], self._first_due[p] = int(peek[0]), float(peek[1])
@@ -156,6 +159,17 @@ class Dispatcher:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
+    def _not_read(self, parts: list[int], *, full: bool) -> None:
+        """Partitions whose look failed (a master down, say). Those of a look at a few are
+        looked at again at the next poll (their hints are gone from Redis); a look at every
+        partition that failed somewhere is made again a second later, not at every poll."""
+        if not parts or self._peeker is None:
+            return
+        if full:
+            self._full_at = min(self._full_at, time.monotonic() - FULL_LOOK_INTERVAL + 1.0)
+        else:
+            self._unread.update(parts)
+
     async def _to_look_at(self) -> list[int]:
         if self._peeker is None or time.monotonic() >= self._full_at + FULL_LOOK_INTERVAL:
             self._full_at = time.monotonic()
@@ -164,7 +178,10 @@ class Dispatcher:
             return []
         hinted = await self.redis.spop(self.keys.hints(), HINTS_TAKEN)
         now_ms = contract.now_ms()
-        parts = {int(raw) for raw in hinted or ()}
+        parts = {int(raw) for raw in hinted or () if text(raw).isdigit()}
+        parts |= self._unread | self._sweeper.touched  # not read last time; the sweep's leaves
+        self._unread.clear()
+        self._sweeper.touched.clear()
         parts.update(p for p, n in self._lengths.items() if n)
         parts.update(p for p, due in self._first_due.items() if 0 <= due <= now_ms)
         return sorted(p for p in parts if 0 <= p < self.keys.partitions)
