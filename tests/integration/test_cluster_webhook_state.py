@@ -6,7 +6,6 @@ and the sweep, in steps, leaves every connection of a dead gateway."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -17,7 +16,6 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from gateway import clusterwebhookstate
 from gateway.clusterwebhookstate import ClusterWebhookState
-from gateway.ports import Registration
 from switchboard import contract, receipts, streams
 from switchboard import whcontract as wh
 from switchboard.clusterclient import connect_cluster
@@ -29,6 +27,8 @@ from switchboard.redisurl import parse_cluster
 from switchboard.store import Target
 from switchboard.webhooks.sweep import Sweeper
 from tests.clients import until
+from tests.integration.test_webhook_state import events_of as node_events_of
+from tests.integration.test_webhook_state import reg
 
 pytestmark = pytest.mark.integration
 
@@ -64,10 +64,7 @@ def settings(cluster: LocalCluster) -> GatewaySettings:
 
 
 async def events_of(client: RedisCluster, entity: str) -> list[tuple[str, str]]:
-    entries = await client.xrange(KEYS.outbox(KEYS.partition(entity)))
-    found = [json.loads(fields[b"e"]) for _, fields in entries]
-    return [(e["type"], e.get("reason", "")) for e in found
-            if e["id"].startswith(entity + "/")]
+    return await node_events_of(client, entity, KEYS)
 
 
 class Running:
@@ -83,11 +80,6 @@ class Running:
     async def close(self) -> None:
         self.task.cancel()
         await self.state.aclose()
-
-
-def reg(user: str, conn: str, *channels: str) -> Registration:
-    return Registration(user=user, conn_id=conn, session_id=streams.random_id(),
-                        channels=channels)
 
 
 async def test_a_write_held_by_a_stopped_master_is_applied_once_in_effect(

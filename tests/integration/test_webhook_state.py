@@ -29,6 +29,7 @@ from tests.support import RedisServer
 pytestmark = pytest.mark.integration
 
 GATEWAY = "gw-under-test"
+NODE_KEYS = wh.WebhookKeys()
 
 
 def settings(redis_server: RedisServer, url: str | None = None,
@@ -47,8 +48,8 @@ async def client(redis_server: RedisServer) -> AsyncIterator[Any]:
         await c.aclose()
 
 
-async def events_of(client: Any, entity: str) -> list[tuple[str, str]]:
-    keys = wh.WebhookKeys()
+async def events_of(client: Any, entity: str,
+                    keys: wh.WebhookKeys = NODE_KEYS) -> list[tuple[str, str]]:
     entries = await client.xrange(keys.outbox(keys.partition(entity)))
     found = [json.loads(fields[b"e"]) for _, fields in entries]
     return [(e["type"], e.get("reason", "")) for e in found
