@@ -158,6 +158,8 @@ class RedisBackplane:
         with contextlib.suppress(RedisError, OSError):
             pipe = self.redis.pipeline(transaction=False)
             pipe.delete(self.keys.gateway(self.gateway_id))
+            if self.webhooks is not None and self.webhooks.cluster:
+                pipe.delete(self.webhooks.keys.alive(self.gateway_id))  # swept as on one node
             pipe.zrem(self.keys.gateways(), self.gateway_id)
             await pipe.execute()
         # The loops also check this flag: a cancellation that lands while redis-py is inside
@@ -212,8 +214,9 @@ class RedisBackplane:
         hooks = self.webhooks if self.webhooks is not None and self.webhooks.started else None
         if hooks is not None:
             if hooks.cluster:  # beside the roster: its move checks it in the same call
+                # a little shorter-lived than the registry entry, which is written first
                 pipe.set(hooks.keys.alive(self.gateway_id), 1,
-                         px=contract.registry_ttl_ms(s.heartbeat_interval))
+                         px=contract.registry_ttl_ms(s.heartbeat_interval) - 1000)
             pipe.hset(hooks.roster, wh.ROSTER_INC, hooks.incarnation)
             pipe.sadd(hooks.keys.rosters(), self.gateway_id)
         try:

@@ -47,6 +47,7 @@ from switchboard.config import GatewaySettings
 log = logging.getLogger("switchboard.gateway")
 
 _CALLED = (*_SCRIPTS, wh.TAKE_SLOT)
+SETTLE = "SETTLE"  # queued only: a roster HSET sent in a batch's last step (see rewritten)
 _STATE = {wh.USER_ON.sha, wh.CHANNEL_ON.sha, wh.USER_OFF.sha, wh.CHANNEL_OFF.sha}
 
 
@@ -67,7 +68,7 @@ def _conflict_key(cmd: Command) -> tuple[str, str] | None:
     if cmd[0] == "EVALSHA" and cmd[1] in _STATE:
         nkeys = int(cmd[2])
         return str(cmd[3 + nkeys]), str(cmd[3])
-    if cmd[0] in ("HSET", "HDEL") and len(cmd) >= 3:
+    if cmd[0] in ("HSET", "HDEL", SETTLE) and len(cmd) >= 3:
         return "roster", str(cmd[2])
     return None
 
@@ -110,8 +111,9 @@ class ClusterWebhookState(WebhookState):
                     self.keys.swept(self.gateway_id, token), self.keys.alive(self.gateway_id),
                     "0")])
             except _FAILURES as exc:
-                self._failed(exc)
-                await asyncio.sleep(1.0)
+                # not under this token again: backing off keeps the tokens listed meanwhile
+                # (each finished by the sweep as empty) few during an outage
+                await self._failed(exc)
                 continue
             if moved != -2:
                 break
@@ -124,12 +126,12 @@ class ClusterWebhookState(WebhookState):
             try:
                 return await self._pipeline(commands)
             except _FAILURES as exc:
-                self._failed(exc)
-                await asyncio.sleep(1.0)
+                await self._failed(exc)
 
-    def _failed(self, exc: BaseException) -> None:
+    async def _failed(self, exc: BaseException) -> None:
         self.failures += 1
         log.warning("webhook roster not taken over (%s): retrying", exc)
+        await asyncio.sleep(min(10.0, 2.0 ** min(self.failures, 4) / 4))
 
     def rewritten(self, regs: list[Registration]) -> None:
         """As on one node, but a roster entry that changes holder names both holders until
@@ -138,23 +140,25 @@ class ClusterWebhookState(WebhookState):
         find the state's."""
         old = self.incarnation
         self.new_incarnation()
-        self._put(list(self._listed()))
+        self._put(self._listed())
         both = f"{self.incarnation},{old}"
         settle: list[Command] = []
         for reg in regs:
             cmds: list[Command] = [("HSET", self.roster, wh.roster_field(reg.conn_id),
                                     wh.roster_value(both, reg.user)),
                                    self._user_on(reg)]
-            settle.append(("HSET", self.roster, wh.roster_field(reg.conn_id),
+            settle.append((SETTLE, self.roster, wh.roster_field(reg.conn_id),
                            wh.roster_value(self.incarnation, reg.user)))
             for channel in reg.channels:
                 field = wh.roster_field(reg.conn_id, channel)
                 cmds += [("HSET", self.roster, field, wh.roster_value(both, reg.user)),
                          self._channel_on(reg, channel)]
-                settle.append(("HSET", self.roster, field,
+                settle.append((SETTLE, self.roster, field,
                                wh.roster_value(self.incarnation, reg.user)))
             self._put(cmds)
-        self._put(settle)  # each conflicts with its first write: a later batch
+        # Settled in the last step of a batch, after the scripts: whatever batch a cut puts
+        # a settle in, its state's new holder was written before it or in that batch.
+        self._put(settle)
 
     def _batch_size(self) -> int:
         """The longest head of the queue (at most CHUNK) with at most one command per
@@ -172,8 +176,10 @@ class ClusterWebhookState(WebhookState):
     async def _send(self, token: str, commands: list[Command]) -> None:
         adds = [c for c in commands if c[0] == "HSET"]
         scripts = [c for c in commands if c[0] == "EVALSHA"]
-        # the listing of our roster (SADD) after the roster is written, as the sweep expects
-        removes = [c for c in commands if c[0] in ("HDEL", "SADD")]
+        # the listing of our roster (SADD) after the roster is written, as the sweep expects;
+        # a settled roster entry after the state it names
+        removes = [("HSET", *c[1:]) if c[0] == SETTLE else c for c in commands
+                   if c[0] in ("HDEL", "SADD", SETTLE)]
         await self._pipeline(adds)
         replies = await self._pipeline(scripts)
         failed = [r for r in replies if isinstance(r, Exception)]

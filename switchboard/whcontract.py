@@ -85,8 +85,8 @@ class WebhookKeys:
         return f"{self.prefix}{{gw:{gateway_id}}}:roster:dead:{token}"
 
     def swept(self, gateway_id: str, token: str) -> str:
-        """Redis Cluster: the tombstone of a dead roster the sweep is done with (or found
-        absent): a late move under that token is refused, so it cannot land unlisted."""
+        """The tombstone of a dead roster the sweep is done with (or found absent): on Redis
+        Cluster a late move under that token is refused, so it cannot land unlisted."""
         return self.dead_roster(gateway_id, token) + ":swept"
 
     def alive(self, gateway_id: str) -> str:
@@ -461,13 +461,14 @@ redis.call('RENAME', KEYS[1], KEYS[2])
 return 1
 """)
 
-# The sweep's end of a dead roster. KEYS: dead roster, its tombstone. ARGV: tombstone ttl ms.
+# The sweep's end of a dead roster. KEYS: dead roster, its tombstone. ARGV: tombstone ttl ms,
+# the incarnation field (ROSTER_INC).
 # Deletes the roster only if it holds no connection any more, checked in the same call (a
 # move that landed after the sweep read it is left for the next sweep), and leaves the
 # tombstone. Returns 1 done, 0 not yet.
 FINISH = Script(r"""
 local n = redis.call('HLEN', KEYS[1])
-if redis.call('HEXISTS', KEYS[1], '_inc') == 1 then n = n - 1 end
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then n = n - 1 end
 if n > 0 then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 import httpx
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from switchboard import contract, receipts, streams
 from switchboard import whcontract as wh
@@ -36,6 +36,9 @@ log = logging.getLogger("switchboard.webhooks")
 CONFIRM_BATCH = 100
 FULL_LOOK_INTERVAL = 5.0  # Redis Cluster: seconds between looks at every partition
 HINTS_TAKEN = 10_000  # Redis Cluster: hinted partitions taken per poll
+# what Redis being away raises (redis-py's cluster client: RedisClusterException, which is
+# not a RedisError, when no node answers or slots are uncovered during a failover)
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 class Dispatcher:
@@ -75,7 +78,7 @@ class Dispatcher:
             try:
                 held = bool(await self._run_script(wh.LEASE, [self.keys.lease()],
                                                    [self.id, self._lease_ttl]))
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("webhook lease not renewed: %s", exc)
                 held = False
             if held:
@@ -90,7 +93,7 @@ class Dispatcher:
     async def release(self) -> None:
         """At a clean stop: a standby need not wait for the lease to expire."""
         if self.leader:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._run_script(wh.RELEASE, [self.keys.lease()], [self.id])
 
     @property
@@ -105,7 +108,7 @@ class Dispatcher:
             if self.leading:
                 try:
                     await self._sweeper.sweep()
-                except (RedisError, OSError) as exc:
+                except REDIS_ERRORS as exc:
                     log.warning("dead-gateway sweep failed: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_interval)
 
@@ -113,7 +116,7 @@ class Dispatcher:
         while True:
             try:
                 await self.poll()
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("webhook outboxes not read: %s", exc)
             await asyncio.sleep(self.settings.webhook_poll_interval)
 
@@ -141,9 +144,13 @@ class Dispatcher:
         if not self.leading:
             return
         now_ms = contract.now_ms()
+        unread = [(p, peek) for p, peek in zip(parts, peeks, strict=True)
+                  if isinstance(peek, Exception)]
+        if unread:  # one line: a master down fails thousands of partitions at once
+            log.error("%d webhook outboxes not read (outbox %d: %s)", len(unread),
+                      unread[0][0], unread[0][1])
         for p, peek in zip(parts, peeks, strict=True):
             if isinstance(peek, Exception):
-                log.error("webhook outbox %d not read: %s", p, peek)
                 continue
             length, first_due, lost = int(peek[0]), float(peek[1]), int(peek[2])
             try:
@@ -178,7 +185,7 @@ class Dispatcher:
             return []
         hinted = await self.redis.spop(self.keys.hints(), HINTS_TAKEN)
         now_ms = contract.now_ms()
-        parts = {int(raw) for raw in hinted or () if text(raw).isdigit()}
+        parts = {int(raw) for raw in hinted or () if text(raw).isdecimal() and text(raw).isascii()}
         parts |= self._unread | self._sweeper.touched  # not read last time; the sweep's leaves
         self._unread.clear()
         self._sweeper.touched.clear()
@@ -238,7 +245,7 @@ class Dispatcher:
         try:
             async with self._slots:
                 await self._deliver_once(p)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("webhook outbox %d not read: %s", p, exc)
         finally:
             self._busy.discard(p)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from switchboard import contract, streams
 from switchboard import whcontract as wh
@@ -58,7 +58,7 @@ class Sweeper:
             # every other dead gateway's users online: it stays listed, for the next sweep
             try:
                 left_all = await self._leave_all(gateway_id, dead)
-            except RedisError as exc:
+            except (RedisError, RedisClusterException) as exc:
                 log.error("the connections of dead gateway %s not swept: %s", gateway_id, exc)
                 continue
             if not left_all:
@@ -66,7 +66,7 @@ class Sweeper:
             # deleted only if nothing was moved in since it was read (a late move), and a
             # move under this token after this is refused by the tombstone
             finished = await self._run(wh.FINISH, [dead, self.keys.swept(gateway_id, token)],
-                                       [TOMBSTONE_MS])
+                                       [TOMBSTONE_MS, wh.ROSTER_INC])
             if not int(finished):
                 continue
             await self.redis.srem(self.keys.dead_rosters(), member)
@@ -95,7 +95,7 @@ class Sweeper:
                     self.keys.roster(gateway_id), self.keys.dead_roster(gateway_id, token),
                     self.keys.dead_rosters(), self.ckeys.gateway(gateway_id),
                     self.keys.rosters()], [wh.dead_member(gateway_id, token), gateway_id])
-            except RedisError as exc:  # this one roster only: the others are still taken
+            except (RedisError, RedisClusterException) as exc:  # this roster only
                 log.error("the roster of dead gateway %s not taken: %s", gateway_id, exc)
 
     async def _take_in_steps(self, gateway_id: str, token: str) -> None:
@@ -125,6 +125,7 @@ class Sweeper:
             cursor, fields = await self.redis.hscan(roster, cursor, count=SCAN_COUNT)
             pipe = self.redis.pipeline(transaction=False)
             batch: list[str] = []
+            touched: list[int] = []
             for raw_field, raw_value in fields.items():
                 field, value = text(raw_field), text(raw_value)
                 if field == wh.ROSTER_INC:
@@ -138,15 +139,16 @@ class Sweeper:
                     if channel:
                         keys, args = self._args.channel_off(conn, holder, user, channel)
                         await self._run(wh.CHANNEL_OFF, keys, args, client=pipe)
-                        self.touched.add(self.keys.partition(streams.channel_key(channel)))
+                        touched.append(self.keys.partition(streams.channel_key(channel)))
                     else:
                         keys, args = self._args.user_off(conn, holder, user, REASON)
                         await self._run(wh.USER_OFF, keys, args, client=pipe)
-                        self.touched.add(self.keys.partition(streams.user_key(user)))
+                        touched.append(self.keys.partition(streams.user_key(user)))
                     batch.append(field)
             # a roster entry goes only once its leaves are written: a script that failed
             # (NOSCRIPT after a SCRIPT FLUSH, say) keeps its entry for the next sweep
             results = await pipe.execute(raise_on_error=False) if batch else []
+            self.touched.update(touched)  # after the writes: a look before would find nothing
             failed = {f for f, r in zip(batch, results, strict=True) if isinstance(r, Exception)}
             done = [f for f in dict.fromkeys(batch) if f not in failed]
             for f, r in zip(batch, results, strict=True):

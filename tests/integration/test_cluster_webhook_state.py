@@ -287,9 +287,9 @@ async def test_take_slot_is_a_repeatable_move_and_a_finished_token_is_refused(
     assert await take([roster, dead, swept]) == 1  # a repeat of a move that was made
     assert await client.hget(dead, "c1") == b"inc\tuser"
     finish = wh.FINISH.source
-    assert await client.eval(finish, 2, dead, swept, 60000) == 0  # holds a connection
+    assert await client.eval(finish, 2, dead, swept, 60000, wh.ROSTER_INC) == 0  # a conn
     await client.hdel(dead, "c1")
-    assert await client.eval(finish, 2, dead, swept, 60000) == 1
+    assert await client.eval(finish, 2, dead, swept, 60000, wh.ROSTER_INC) == 1
     assert not await client.exists(dead)
     await client.hset(roster, mapping={"c2": "inc\tuser"})  # a late move under T1
     assert await take([roster, dead, swept], "0") == -2
@@ -329,3 +329,42 @@ async def test_a_receipt_publish_is_stored_when_its_hint_cannot_be(
         assert await client.zcard(receipts.receipts_key("sb:", "hal")) == 1
     finally:
         await store.aclose()
+
+
+async def test_a_settled_roster_entry_waits_for_the_state_it_names(
+        masters_only: LocalCluster, client: RedisCluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """rewritten(): wherever a batch is cut, the entry naming only the new incarnation is
+    written after the script that gives the state that holder; until then a sweep must
+    still find the old one. Batches of 3 put the cut between the entry's first write and its
+    script; the script's master refuses writes meanwhile."""
+    roster_master = masters_only.master_of_slot(LocalCluster.slot_of(KEYS.roster(GATEWAY)))
+    user = next(u for u in (f"ida{i}" for i in range(100)) if masters_only.master_of_slot(
+        KEYS.partition(streams.user_key(u))) is not roster_master)
+    held = masters_only.master_of_slot(KEYS.partition(streams.user_key(user)))
+    node = redis.Redis(host=held.host, port=held.port, socket_timeout=5)
+    running = Running(masters_only)
+    ida = reg(user, "i1")
+    try:
+        running.state.connected(ida)
+        await running.flushed()
+        old = running.state.incarnation
+        monkeypatch.setattr(clusterwebhookstate, "CHUNK", 3)
+        node.config_set("min-replicas-to-write", 1)
+        try:
+            failures = running.state.failures
+            running.state.rewritten([ida])  # [_inc, listing, entry] | [USER_ON, settle]
+            await until(lambda: running.state.failures > failures, 20, "the refusal")
+            new = running.state.incarnation
+            assert await client.hget(KEYS.user(user)[1], "i1") == f"{GATEWAY}/{old}".encode()
+            assert await client.hget(KEYS.roster(GATEWAY), "i1") == wh.roster_value(
+                f"{new},{old}", user).encode()
+        finally:
+            node.config_set("min-replicas-to-write", 0)
+        await running.flushed()
+        assert await client.hget(KEYS.roster(GATEWAY), "i1") == wh.roster_value(
+            new, user).encode()
+        assert await client.hget(KEYS.user(user)[1], "i1") == f"{GATEWAY}/{new}".encode()
+    finally:
+        node.close()
+        await running.close()
