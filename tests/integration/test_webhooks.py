@@ -361,6 +361,50 @@ async def test_webhooks_go_on_across_a_master_failover(
         gw.stop()
 
 
+async def test_webhooks_lose_nothing_while_their_slots_are_resharded(
+        redis_cluster: LocalCluster, logdir: Path, receiver: Receiver) -> None:
+    source = redis_cluster.master_of_slot(0)
+    target = next(m for m in redis_cluster.masters() if m.port != source.port)
+    moving = 600  # redis-cli moves the source's lowest slots: 0..599
+    users = [u for u in (f"r{i}" for i in range(5000))
+             if LocalCluster.slot_of(f"u:{u}") < moving][:8]
+    room = next(c for c in (f"hall{i}" for i in range(5000))
+                if LocalCluster.slot_of(f"c:{c}") < moving)
+    gw = hooked_gateway(redis_cluster, logdir, receiver)
+    hooks = start_dispatcher(redis_cluster, logdir, receiver)
+    try:
+        first = {u: await connect(gw, u, (room,)) for u in users[:4]}
+        for u in users[:4]:
+            await wait_for(receiver, "user.online", u)
+        moved = asyncio.create_task(asyncio.to_thread(
+            redis_cluster.reshard, moving, source, target, 120))
+        # while the slots move: half leave, the other half come
+        for u in users[:4]:
+            await first[u].close()
+        late = {u: await connect(gw, u, (room,)) for u in users[4:]}
+        await moved
+        assert all(redis_cluster.master_of_slot(LocalCluster.slot_of(f"u:{u}")).port
+                   == target.port for u in users)
+        for u in users:
+            await wait_for(receiver, "user.online", u, timeout=30)
+        for u in users[:4]:
+            await wait_for(receiver, "user.offline", u, timeout=30)
+        for c in late.values():
+            await c.close()
+        for u in users[4:]:
+            await wait_for(receiver, "user.offline", u, timeout=30)
+        await wait_for(receiver, "channel.vacated", room, timeout=30)
+        await quiet_for(DELAY + 1)
+        for u in users:  # once each: no transition lost, none written twice
+            assert len(of(receiver, "user.online", u)) == 1, u
+            assert len(of(receiver, "user.offline", u)) == 1, u
+        joins = [e["user"] for e in of(receiver, "presence.join", room)]
+        assert sorted(joins) == sorted(users)
+    finally:
+        hooks.stop()
+        gw.stop()
+
+
 async def test_the_standby_takes_over_from_a_killed_leader(
         any_redis: Backend, logdir: Path, receiver: Receiver) -> None:
     gw = hooked_gateway(any_redis, logdir, receiver)
