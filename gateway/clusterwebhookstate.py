@@ -35,7 +35,7 @@ from typing import Any
 from redis import exceptions
 from redis.crc import key_slot
 
-from gateway.errors import unavailable
+from gateway.errors import BackendUnavailable, unavailable
 from gateway.ports import Registration
 from gateway.webhookstate import _SCRIPTS, CHUNK, Command, WebhookState
 from switchboard import streams
@@ -105,12 +105,13 @@ class ClusterWebhookState(WebhookState):
             await self._step([("SADD", self.keys.dead_rosters(),
                                wh.dead_member(self.gateway_id, token))])
             try:
-                [moved] = await self._pipeline([(
-                    "EVALSHA", wh.TAKE_SLOT.sha, 4, self.roster,
-                    self.keys.dead_roster(self.gateway_id, token),
-                    self.keys.swept(self.gateway_id, token), self.keys.alive(self.gateway_id),
-                    "0")])
-            except _FAILURES as exc:
+                with unavailable("webhook_state"):
+                    [moved] = await self._pipeline([(
+                        "EVALSHA", wh.TAKE_SLOT.sha, 4, self.roster,
+                        self.keys.dead_roster(self.gateway_id, token),
+                        self.keys.swept(self.gateway_id, token),
+                        self.keys.alive(self.gateway_id), "0")])
+            except BackendUnavailable as exc:
                 # not under this token again: backing off keeps the tokens listed meanwhile
                 # (each finished by the sweep as empty) few during an outage
                 await self._failed(exc)
@@ -124,8 +125,9 @@ class ClusterWebhookState(WebhookState):
     async def _step(self, commands: list[Command]) -> list[Any]:
         while True:
             try:
-                return await self._pipeline(commands)
-            except _FAILURES as exc:
+                with unavailable("webhook_state"):
+                    return await self._pipeline(commands)
+            except BackendUnavailable as exc:
                 await self._failed(exc)
 
     async def _failed(self, exc: BaseException) -> None:
@@ -135,9 +137,9 @@ class ClusterWebhookState(WebhookState):
 
     def rewritten(self, regs: list[Registration]) -> None:
         """As on one node, but a roster entry that changes holder names both holders until
-        the state names the new one (a batch further on): the state's holder and the
-        roster's are written in separate steps here, and a sweep between them must still
-        find the state's."""
+        it is settled in the last step of a batch, after the script that gives the state the
+        new holder: the state's holder and the roster's are written in separate steps here,
+        and a sweep between them must still find the state's."""
         old = self.incarnation
         self.new_incarnation()
         self._put(self._listed())
@@ -209,7 +211,4 @@ class ClusterWebhookState(WebhookState):
     async def aclose(self) -> None:
         self._redis.close()
         await self._redis.cluster.aclose()
-
-
-_FAILURES = (exceptions.RedisError, exceptions.RedisClusterException, OSError)
 
