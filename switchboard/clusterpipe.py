@@ -137,6 +137,16 @@ class ClusterPipelined:
         raise exceptions.ClusterDownError(f"slot {slot} kept moving: gave up after "
                                           f"{REDIRECTS} redirections")
 
+    async def _by_link(self, keyed: Sequence[tuple[int, Arg]]
+                       ) -> dict[int, tuple[PipelinedRedis, list[int]]]:
+        """The indices of ``keyed`` (index, first key) grouped by the master link of their
+        key's slot, each group in the given order."""
+        groups: dict[int, tuple[PipelinedRedis, list[int]]] = {}
+        for i, key in keyed:
+            link = await self._link(key_slot(_bytes(key)))
+            groups.setdefault(id(link), (link, []))[1].append(i)
+        return groups
+
     async def run_script_many(self, script: Script,
                               calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]], *,
                               raise_on_error: bool = True) -> list[Any]:
@@ -146,10 +156,7 @@ class ClusterPipelined:
         is returned in place of each call it failed: one master down is not all of them."""
         if not calls:
             return []
-        groups: dict[int, tuple[PipelinedRedis, list[int]]] = {}
-        for i, (keys, _) in enumerate(calls):
-            link = await self._link(key_slot(_bytes(keys[0])))
-            groups.setdefault(id(link), (link, []))[1].append(i)
+        groups = await self._by_link([(i, keys[0]) for i, (keys, _) in enumerate(calls)])
         results: list[Any] = [None] * len(calls)
         outcomes = await asyncio.gather(*(
             link.run_script_many(script, [calls[i] for i in idx], raise_on_error=False)
@@ -188,10 +195,7 @@ class ClusterPipelined:
         todo = list(range(len(commands)))
         by_sha = {s.sha: s for s in scripts}
         for attempt in range(REDIRECTS):
-            groups: dict[int, tuple[PipelinedRedis, list[int]]] = {}
-            for i in todo:
-                link = await self._link(key_slot(_bytes(_first_key(commands[i]))))
-                groups.setdefault(id(link), (link, []))[1].append(i)
+            groups = await self._by_link([(i, _first_key(commands[i])) for i in todo])
             outcomes = await asyncio.gather(*(
                 _send_group(link, [commands[i] for i in idx], by_sha)
                 for link, idx in groups.values()), return_exceptions=True)
