@@ -224,7 +224,7 @@ return {epoch, offset, route_to_user(KEYS[4], ARGV[8], env), 0}
 """)
 # Redis Cluster: every key is in the user's slot (the due set of its partition too, which is
 # that slot), and the message goes to the user's sharded channel, as CLUSTER_PUBLISH_LUA's.
-CLUSTER_RECEIPT_PUBLISH = Script(contract._GATEWAYS_LUA + _RECEIPT_PUBLISH + r"""
+CLUSTER_RECEIPT_PUBLISH = Script(_RECEIPT_PUBLISH + r"""
 return {epoch, offset, redis.call('SPUBLISH', ARGV[11], env), 0}
 """)
 
