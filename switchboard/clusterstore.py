@@ -50,6 +50,7 @@ class ClusterStore(Store):
         self.publish_script = CLUSTER_PUBLISH_SCRIPT
         self.receipt_script = receipts.CLUSTER_RECEIPT_PUBLISH
         self.cluster = True
+        self._webhook_keys = wh.WebhookKeys(settings.prefix, cluster=True)
 
     @classmethod
     def open(cls, settings: RedisSettings, client_name: str) -> ClusterStore:
@@ -67,7 +68,7 @@ class ClusterStore(Store):
     async def _receipt_stored(self, user: str) -> None:
         """Hint the dispatcher at the user's partition, so it sees the deadline soon and not
         only at its next look at every partition (the hint is not needed for correctness)."""
-        keys = wh.WebhookKeys(self.settings.prefix, cluster=True)
+        keys = self._webhook_keys
         try:
             await self.redis.sadd(keys.hints(), keys.partition(streams.user_key(user)))
         except (RedisError, RedisClusterException) as exc:  # the publish is stored: a 2xx

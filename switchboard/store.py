@@ -220,7 +220,7 @@ class Store:
         idempotency_ttl: float = 3600.0,
         receipt_ms: int | None = None,
     ) -> Published:
-        """``receipt_ms`` (a user target, one Redis node): fire ``message.undelivered`` if no
+        """``receipt_ms`` (a user target): fire ``message.undelivered`` if no
         session of the user acknowledged the message that long after it is stored; raises
         :class:`~switchboard.receipts.ReceiptsFull` (nothing stored) past the cap."""
         keys, args = self._publish_args(target, data, idempotency_key, idempotency_ttl)

@@ -90,9 +90,9 @@ class WebhookKeys:
         return self.dead_roster(gateway_id, token) + ":swept"
 
     def alive(self, gateway_id: str) -> str:
-        """Redis Cluster: written by the gateway's heartbeat with the registry's TTL, in the
-        roster's slot, so the move of a roster can check in the same call that its gateway
-        is dead (the registry entry is in another slot)."""
+        """Redis Cluster: written by the gateway's heartbeat, a second shorter-lived than its
+        registry entry, in the roster's slot, so the move of a roster can check in the same
+        call that its gateway is dead (the registry entry is in another slot)."""
         return f"{self.prefix}{{gw:{gateway_id}}}:alive"
 
     def sent(self, gateway_id: str) -> str:

@@ -130,13 +130,15 @@ class Dispatcher:
         writers (:meth:`~switchboard.whcontract.WebhookKeys.hints`), those with events
         waiting and those with a confirmation due."""
         parts = await self._to_look_at()
+        full = len(parts) == self.keys.partitions
         try:
             peeks = await self._peek(parts)
         except BaseException:
-            self._not_read(parts, full=len(parts) == self.keys.partitions)
+            self._not_read(parts, full=full)
             raise
-        self._not_read([p for p, peek in zip(parts, peeks, strict=True)
-                        if isinstance(peek, Exception)], full=len(parts) == self.keys.partitions)
+        unread = [(p, peek) for p, peek in zip(parts, peeks, strict=True)
+                  if isinstance(peek, Exception)]
+        self._not_read([p for p, _ in unread], full=full)
         for p, peek in zip(parts, peeks, strict=True):
             if not isinstance(peek, Exception):
                 self._lengths[p], self._first_due[p] = int(peek[0]), float(peek[1])
@@ -144,8 +146,6 @@ class Dispatcher:
         if not self.leading:
             return
         now_ms = contract.now_ms()
-        unread = [(p, peek) for p, peek in zip(parts, peeks, strict=True)
-                  if isinstance(peek, Exception)]
         if unread:  # one line: a master down fails thousands of partitions at once
             log.error("%d webhook outboxes not read (outbox %d: %s)", len(unread),
                       unread[0][0], unread[0][1])

@@ -57,10 +57,9 @@ def open_redis(settings: WebhookSettings) -> tuple[Any, ClusterPipelined | None]
     calls (``python -m loadtest.webhook_look``)."""
     if not is_cluster(settings.redis_url):
         return connect(settings.redis_url, settings.redis_timeout, reconnect_retry=True), None
-    client, url = connect_cluster(settings.redis_url, settings.redis_timeout,
-                                  client_name=f"{settings.prefix}webhooks")
-    return client, ClusterPipelined(client, url, settings.redis_timeout,
-                                    client_name=f"{settings.prefix}webhooks",
+    name = f"{settings.prefix}webhooks"
+    client, url = connect_cluster(settings.redis_url, settings.redis_timeout, client_name=name)
+    return client, ClusterPipelined(client, url, settings.redis_timeout, client_name=name,
                                     scripts=[wh.PEEK])
 
 
