@@ -9,14 +9,14 @@ ends, its directory removed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from redis.cluster import ClusterNode, RedisCluster
 
 from switchboard.clusterclient import tag_for_slot
-from switchboard.localcluster import LocalCluster, start_cluster
+from switchboard.localcluster import LocalCluster, Node, start_cluster
 from switchboard.redisurl import parse_cluster
 
 NODE_TIMEOUT_MS = 1000
@@ -43,3 +43,9 @@ def cluster_client(cluster: LocalCluster, **kwargs: Any) -> RedisCluster:
 def key_in_slot(slot: int, name: str = "k") -> str:
     """A key that Redis Cluster puts in ``slot``."""
     return f"{name}{{{tag_for_slot(slot)}}}"
+
+
+def user_on(cluster: LocalCluster, stem: str, where: Callable[[Node], bool]) -> str:
+    """A user name (``stem`` and a number) whose slot's master passes ``where``."""
+    return next(u for u in (f"{stem}{i}" for i in range(1000))
+                if where(cluster.master_of_slot(LocalCluster.slot_of(f"u:{u}"))))

@@ -27,6 +27,7 @@ from switchboard.redisurl import parse_cluster
 from switchboard.store import Target
 from switchboard.webhooks.sweep import Sweeper
 from tests.clients import until
+from tests.cluster_support import user_on
 from tests.integration.test_webhook_state import events_of as node_events_of
 from tests.integration.test_webhook_state import reg
 
@@ -88,11 +89,9 @@ async def test_a_write_held_by_a_stopped_master_is_applied_once_in_effect(
     # a user whose master is not the roster's: the roster's entries go first, unhindered,
     # and the scripts are what the stopped master holds
     roster_master = masters_only.master_of_slot(LocalCluster.slot_of(KEYS.roster(GATEWAY)))
-    user = next(u for u in (f"alice{i}" for i in range(100)) if masters_only.master_of_slot(
-        KEYS.partition(streams.user_key(u))) is not roster_master)
+    user = user_on(masters_only, "alice", lambda m: m.port != roster_master.port)
     held = masters_only.master_of_slot(KEYS.partition(streams.user_key(user)))
-    warm = next(u for u in (f"warm{i}" for i in range(100)) if masters_only.master_of_slot(
-        KEYS.partition(streams.user_key(u))) is held)
+    warm = user_on(masters_only, "warm", lambda m: m.port == held.port)
     try:
         # a connection to that master is open: the write reaches it, and waits there
         running.state.connected(reg(warm, "w1"))
@@ -339,8 +338,7 @@ async def test_a_settled_roster_entry_waits_for_the_state_it_names(
     still find the old one. Batches of 3 put the cut between the entry's first write and its
     script; the script's master refuses writes meanwhile."""
     roster_master = masters_only.master_of_slot(LocalCluster.slot_of(KEYS.roster(GATEWAY)))
-    user = next(u for u in (f"ida{i}" for i in range(100)) if masters_only.master_of_slot(
-        KEYS.partition(streams.user_key(u))) is not roster_master)
+    user = user_on(masters_only, "ida", lambda m: m.port != roster_master.port)
     held = masters_only.master_of_slot(KEYS.partition(streams.user_key(user)))
     node = redis.Redis(host=held.host, port=held.port, socket_timeout=5)
     running = Running(masters_only)

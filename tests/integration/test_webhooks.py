@@ -30,7 +30,7 @@ from switchboard import whcontract as wh
 from switchboard.localcluster import LocalCluster
 from switchboard.signing import verify
 from tests.clients import WsClient, until
-from tests.cluster_support import cluster_client, key_in_slot
+from tests.cluster_support import cluster_client, key_in_slot, user_on
 from tests.integration.cluster import token
 from tests.support import (
     Proc,
@@ -351,8 +351,7 @@ async def test_webhooks_go_on_across_a_master_failover(
         await olga.close()
         [offline] = await wait_for(receiver, "user.offline", "olga", timeout=45)
         assert offline["reason"] == "closed"
-        pia = next(u for u in (f"pia{i}" for i in range(200)) if redis_cluster.master_of_slot(
-            keys.partition(streams.user_key(u))).port == promoted.port)
+        pia = user_on(redis_cluster, "pia", lambda m: m.port == promoted.port)
         await connect(gw, pia)
         await wait_for(receiver, "user.online", pia, timeout=45)
         assert len(of(receiver, "user.online", "olga")) == 1
